@@ -1,0 +1,60 @@
+"""coherent_cache: a multi-tier async cache (L1 in memory, L2 in Redis/Valkey) for FastAPI services."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import CacheConfig, CacheStrategy, CacheTier
+from .errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    CacheClosedError,
+    CacheError,
+    ConfigurationError,
+    DeserializationError,
+    InvalidKeyError,
+    InvalidTTLError,
+    SerializationError,
+    ValueTooLargeError,
+)
+from .keys import CacheKeyGenerator
+from .l1 import InMemoryCache
+from .l2 import RedisCache
+from .manager import CacheManager, create_cache_manager
+from .multitier import CacheStats, MultiTierCache
+from .serializer import CacheSerializer
+from .types import USE_DEFAULT, UseDefault
+
+try:
+    __version__ = version("coherent-cache")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "USE_DEFAULT",
+    "BackendError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "CacheClosedError",
+    "CacheConfig",
+    "CacheError",
+    "CacheKeyGenerator",
+    "CacheManager",
+    "CacheSerializer",
+    "CacheStats",
+    "CacheStrategy",
+    "CacheTier",
+    "ConfigurationError",
+    "DeserializationError",
+    "InMemoryCache",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "MultiTierCache",
+    "RedisCache",
+    "SerializationError",
+    "UseDefault",
+    "ValueTooLargeError",
+    "__version__",
+    "create_cache_manager",
+]

@@ -1,0 +1,111 @@
+"""A small circuit breaker: stop calling a dead Redis, probe it again after a growing cooldown."""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Callable
+from typing import final
+
+__all__ = ()
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@final
+class CircuitBreaker:
+    """Closed → open after ``threshold`` consecutive failures → half-open probe after a cooldown.
+
+    The cooldown starts at ``initial_cooldown`` and doubles (with ±20 % jitter, so replicas
+    do not probe in step) on every failed probe, up to ``max_cooldown``. One success closes
+    the breaker and resets the cooldown. While half-open, exactly one call is let through;
+    its caller must report `success`, `failure` or `release` (cancelled) to end the probe.
+    """
+
+    __slots__ = (
+        "_cooldown",
+        "_failures",
+        "_open_until",
+        "_probing",
+        "_random",
+        "_timer",
+        "initial_cooldown",
+        "max_cooldown",
+        "opened",
+        "state",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        *,
+        threshold: int,
+        max_cooldown: float,
+        initial_cooldown: float = 0.1,
+        timer: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.max_cooldown = max_cooldown
+        self.initial_cooldown = min(initial_cooldown, max_cooldown)
+        self.state = BreakerState.CLOSED
+        self.opened = 0
+        self._timer = timer
+        self._random = rng or random.Random()
+        self._failures = 0
+        self._cooldown = self.initial_cooldown
+        self._open_until = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """Whether a call may go to the server now (a True in open state starts the probe)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self._probing or self._timer() < self._open_until:
+            return False
+        self.state = BreakerState.HALF_OPEN
+        self._probing = True
+        return True
+
+    def success(self) -> bool:
+        """Record a successful call; return True if this closed an open breaker."""
+        self._failures = 0
+        self._probing = False
+        if self.state is BreakerState.CLOSED:
+            return False
+        self.state = BreakerState.CLOSED
+        self._cooldown = self.initial_cooldown
+        return True
+
+    def failure(self) -> bool:
+        """Record a failed call; return True if this opened the breaker."""
+        self._failures += 1
+        was_probe = self._probing
+        self._probing = False
+        if self.state is BreakerState.CLOSED and self._failures < self.threshold:
+            return False
+        opening = self.state is BreakerState.CLOSED
+        if was_probe or self.state is not BreakerState.CLOSED:
+            self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+        self.trip(self._cooldown)
+        return opening
+
+    def trip(self, cooldown: float | None = None) -> None:
+        """Open the breaker now, for ``cooldown`` seconds (default: the current cooldown)."""
+        if self.state is BreakerState.CLOSED:
+            self.opened += 1
+        wait = self._cooldown if cooldown is None else cooldown
+        jitter = 1.0 + self._random.uniform(-0.2, 0.2)
+        self.state = BreakerState.OPEN
+        self._open_until = self._timer() + min(wait * jitter, self.max_cooldown)
+
+    def release(self) -> None:
+        """End a probe whose outcome is unknown (the call was cancelled): allow a new probe."""
+        if self._probing:
+            self._probing = False
+            self.state = BreakerState.OPEN

@@ -1,0 +1,252 @@
+"""CacheConfig, the one validated configuration object, and the CacheStrategy / CacheTier enums."""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigurationError
+
+__all__ = ["CacheConfig", "CacheStrategy", "CacheTier"]
+
+ENV_PREFIX = "COHERENT_CACHE_"
+# Variables under this prefix belong to the test harness (coherent_cache.testing), not the config.
+_ENV_RESERVED_PREFIXES = (ENV_PREFIX + "TEST_",)
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_URL_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_COMPRESSION_MODULES = {"zlib": "zlib", "zstd": "zstandard", "lz4": "lz4.frame"}
+_NONE_WORDS = frozenset({"", "none", "null"})
+
+
+class CacheStrategy(enum.StrEnum):
+    """Which entry the L1 evicts when it is full.
+
+    Every strategy also honours per-entry TTLs and ``memory_cache_ttl``.
+    """
+
+    TTL = "ttl"
+    """Time aware LRU: expired entries go first, then the least recently used."""
+    LRU = "lru"
+    """Least recently used."""
+    LFU = "lfu"
+    """Least frequently used."""
+    FIFO = "fifo"
+    """Oldest insertion first."""
+
+
+class CacheTier(enum.StrEnum):
+    """Which tier(s) an operation touches."""
+
+    L1 = "l1"
+    """The in-process memory cache of this instance only."""
+    L2 = "l2"
+    """The shared Redis / Valkey cache only."""
+    BOTH = "both"
+    """L1 first, then L2 (reads fill L1 from L2)."""
+
+
+def _mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class CacheConfig(BaseModel):
+    """Validated, immutable settings of a `CacheManager`.
+
+    Build it with keyword arguments, or from ``COHERENT_CACHE_*`` environment variables
+    with `CacheConfig.from_env`. Invalid values raise `ConfigurationError` naming the
+    field; unknown fields are rejected so typos fail loudly.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    redis_url: str | None = "redis://localhost:6379"
+    """``redis://``, ``rediss://`` (TLS) or ``unix://`` URL of the L2; ``None`` for L1 only."""
+    redis_username: str | None = None
+    """ACL user name; overrides the one in ``redis_url``."""
+    redis_password: SecretStr | None = None
+    """Password; overrides the one in ``redis_url``. Never shown in repr, logs or stats."""
+    namespace: str = "cache"
+    """Prefix of every Redis key (``<namespace>:<key>``); letters, digits, ``_ . -`` only."""
+
+    memory_cache_size: int = Field(default=1000, ge=1)
+    """Maximum number of entries in the L1 of each instance."""
+    memory_cache_ttl: float = Field(default=300, gt=0)
+    """Longest time in seconds an entry lives in L1, whatever its own TTL."""
+    memory_cache_strategy: CacheStrategy = CacheStrategy.TTL
+    """Eviction policy of the L1 when it is full."""
+
+    enable_multi_tier: bool = True
+    """``False`` runs on L1 alone, as does ``redis_url=None``."""
+    enable_compression: bool = True
+    """Compress L2 payloads larger than ``compression_threshold`` bytes."""
+    compression_threshold: int = Field(default=512, ge=0)
+    """Size in bytes above which an encoded payload is compressed."""
+    compression_algorithm: Literal["zlib", "zstd", "lz4"] = "zlib"
+    """``zlib`` (standard library), ``zstd`` (extra ``zstd``) or ``lz4`` (extra ``lz4``)."""
+    enable_monitoring: bool = True
+    """Seed setting kept for compatibility; stats are always collected."""
+
+    default_ttl: float | None = Field(default=3600, gt=0)
+    """TTL in seconds of entries written without an explicit ``ttl``; ``None``: no expiry."""
+    max_value_size: int = Field(default=8 * 1024 * 1024, ge=1)
+    """Largest encoded (and compressed) value in bytes; larger writes raise."""
+
+    operation_timeout: float = Field(default=0.5, gt=0)
+    """Deadline in seconds of one Redis call."""
+    connect_timeout: float = Field(default=1.0, gt=0)
+    """Deadline in seconds to open a Redis connection (and of ``start()``'s first PING)."""
+    max_connections: int = Field(default=64, ge=1)
+    """Size of the Redis connection pool of each instance."""
+    circuit_breaker_threshold: int = Field(default=3, ge=1)
+    """Consecutive failed Redis calls that open the circuit breaker."""
+    circuit_breaker_cooldown: float = Field(default=5.0, gt=0, le=60)
+    """Longest wait in seconds before an open breaker lets a probe call through."""
+
+    if not TYPE_CHECKING:
+        # At run time, turn pydantic's ValidationError into our typed ConfigurationError;
+        # type checkers keep seeing pydantic's generated keyword signature.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise _configuration_error(exc) from exc
+
+    @field_validator("memory_cache_strategy", mode="before")
+    @classmethod
+    def _lower_strategy(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in _URL_SCHEMES:
+            raise ValueError(
+                f"scheme must be one of redis://, rediss:// or unix://, got {parts.scheme!r}"
+            )
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("a unix:// URL needs a socket path")
+            return value
+        if not parts.hostname:
+            raise ValueError("the URL has no host")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError("the URL's port is not a number from 0 to 65535") from exc
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"the database in the URL path must be a number, got {db!r}")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _NAMESPACE_RE.fullmatch(value):
+            raise ValueError(
+                "namespace must be 1-64 characters from letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit (':' and glob characters would make keys "
+                "of different namespaces collide)"
+            )
+        return value
+
+    @field_validator("compression_algorithm")
+    @classmethod
+    def _check_compression(cls, value: str) -> str:
+        module = _COMPRESSION_MODULES[value]
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise ValueError(
+                f"compression {value!r} needs the {module.split('.')[0]!r} package: "
+                f"pip install 'coherent-cache[{value}]'"
+            )
+        return value
+
+    @property
+    def l2_enabled(self) -> bool:
+        """Whether this configuration uses a Redis L2 and bus."""
+        return self.redis_url is not None and self.enable_multi_tier
+
+    def redacted_url(self) -> str | None:
+        """``redis_url`` with its password (if any) replaced by ``***``."""
+        return None if self.redis_url is None else _mask_url(self.redis_url)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (_mask_url(value) if name == "redis_url" and value else value)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> CacheConfig:
+        """Build a config from ``COHERENT_CACHE_<FIELD>`` variables, then ``overrides``.
+
+        ``COHERENT_CACHE_REDIS_URL=none`` (or empty) selects L1 only. An unknown
+        ``COHERENT_CACHE_*`` variable is an error, so a misspelt setting never goes unnoticed
+        (``COHERENT_CACHE_TEST_*`` is left to the test harness).
+
+        Args:
+            environ: the variables to read; ``os.environ`` when omitted.
+            **overrides: field values that win over the environment.
+
+        Raises:
+            ConfigurationError: a variable is unknown or its value is invalid.
+        """
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        for name, raw in env.items():
+            if not name.startswith(ENV_PREFIX) or name.startswith(_ENV_RESERVED_PREFIXES):
+                continue
+            field = name[len(ENV_PREFIX) :].lower()
+            info = cls.model_fields.get(field)
+            if info is None:
+                raise ConfigurationError(
+                    f"unknown setting {name}; known settings are "
+                    + ", ".join(ENV_PREFIX + f.upper() for f in cls.model_fields),
+                    field=field,
+                )
+            nullable = info.default is None or type(None) in getattr(
+                info.annotation, "__args__", ()
+            )
+            data[field] = None if nullable and raw.strip().lower() in _NONE_WORDS else raw
+        data.update(overrides)
+        return cls(**data)
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError:
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {}
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else None
+    lines = []
+    for err in errors:
+        name = ".".join(str(part) for part in err.get("loc", ())) or "config"
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        value = err.get("input")
+        if name == "redis_url" and isinstance(value, str):
+            value = _mask_url(value)
+        lines.append(f"{name}: {msg} (got {value!r})")
+    return ConfigurationError("invalid CacheConfig: " + "; ".join(lines), field=field)

@@ -1,0 +1,273 @@
+"""CacheKeyGenerator, key and pattern validation, Redis glob matching and namespace prefixing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import functools
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import orjson
+
+from .errors import InvalidKeyError
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "CacheKeyGenerator",
+    "compile_pattern",
+    "escape_glob",
+    "redis_key",
+    "validate_key",
+    "validate_pattern",
+]
+
+MAX_KEY_LENGTH: Final = 1024
+"""Longest accepted key or pattern, in UTF-8 bytes (before the namespace prefix)."""
+# A str of at most this many characters is at most MAX_KEY_LENGTH bytes in UTF-8.
+_FAST_KEY_CHARS: Final = MAX_KEY_LENGTH // 4
+_GLOB_SPECIAL: Final = frozenset("*?[]\\")
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if it is a usable cache key, else raise `InvalidKeyError`.
+
+    A key is a non-empty ``str`` of at most `MAX_KEY_LENGTH` UTF-8 bytes. Glob characters
+    are allowed and taken literally.
+    """
+    if type(key) is str and 0 < len(key) <= _FAST_KEY_CHARS:
+        return key
+    return _validate_slow(key, "key")
+
+
+def validate_pattern(pattern: object) -> str:
+    """Return ``pattern`` if it is a usable Redis glob pattern, else raise `InvalidKeyError`."""
+    text = _validate_slow(pattern, "pattern")
+    compile_pattern(text)  # raises on an unterminated [ or a trailing backslash
+    return text
+
+
+def _validate_slow(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidKeyError(
+            f"a cache {what} must be a str, got {type(value).__name__}", key=value
+        )
+    if not value:
+        raise InvalidKeyError(f"a cache {what} must not be empty", key=value)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_LENGTH:
+        raise InvalidKeyError(
+            f"a cache {what} must be at most {MAX_KEY_LENGTH} bytes, got {size} "
+            "(use CacheKeyGenerator.generate_hash_key for long keys)",
+            key=value[:64] + "...",
+        )
+    return value
+
+
+def redis_key(namespace: str, key: str) -> str:
+    """The Redis key of ``key`` in ``namespace``: the one place the namespace is applied."""
+    return f"{namespace}:{key}"
+
+
+def escape_glob(text: str) -> str:
+    """Escape Redis glob characters so ``text`` matches only itself."""
+    if not _GLOB_SPECIAL.intersection(text):
+        return text
+    return "".join("\\" + ch if ch in _GLOB_SPECIAL else ch for ch in text)
+
+
+@functools.lru_cache(maxsize=256)
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """Compile a Redis glob pattern (``*``, ``?``, ``[abc]``, ``[^a-z]``, ``\\x``) to a matcher.
+
+    The matcher agrees with Redis' ``stringmatchlen`` for the patterns Redis accepts, so
+    the L1 and the L2 drop the same keys on ``clear_pattern``.
+
+    Raises:
+        InvalidKeyError: an unterminated ``[`` class or a trailing backslash.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "*":
+            while i + 1 < n and pattern[i + 1] == "*":
+                i += 1
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\":
+            if i + 1 >= n:
+                raise InvalidKeyError(
+                    f"pattern {pattern!r} ends with a lone backslash", key=pattern
+                )
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif ch == "[":
+            i, cls = _glob_class(pattern, i)
+            out.append(cls)
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    regex = re.compile("".join(out), re.DOTALL)
+    return lambda key: regex.fullmatch(key) is not None
+
+
+def _glob_class(pattern: str, start: int) -> tuple[int, str]:
+    """Translate the ``[...]`` class starting at ``start``; return (index of ``]``, regex)."""
+    i = start + 1
+    n = len(pattern)
+    negate = i < n and pattern[i] == "^"
+    if negate:
+        i += 1
+    items: list[str] = []
+    while i < n and pattern[i] != "]":
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < n:
+            i += 1
+            items.append(re.escape(pattern[i]))
+        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            low, high = sorted((ch, pattern[i + 2]))
+            items.append(f"{re.escape(low)}-{re.escape(high)}")
+            i += 2
+        else:
+            items.append(re.escape(ch))
+        i += 1
+    if i >= n:
+        raise InvalidKeyError(f"pattern {pattern!r} has an unterminated '['", key=pattern)
+    if not items:
+        # Redis treats "[]" as a class that matches nothing and "[^]" as any character.
+        return i, "." if negate else "(?!)"
+    return i, ("[^" if negate else "[") + "".join(items) + "]"
+
+
+def _encode_part(value: object) -> str:
+    """Encode one key part canonically; raise `InvalidKeyError` for values without one."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, int | float | decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _encode_part(value.value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _canonical(value: object) -> object:
+    """Reduce a structured value to JSON-native data with a single canonical form."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, enum.Enum):
+        return _canonical(value.value)
+    if isinstance(value, decimal.Decimal | uuid.UUID | datetime.date | datetime.time | bytes):
+        return _encode_part(value)
+    if isinstance(value, Mapping):
+        return {_encode_part(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_canonical(v) for v in value), key=lambda v: orjson.dumps(v))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):  # a pydantic model
+        return _canonical(model_dump(mode="json"))
+    raise InvalidKeyError(
+        f"cannot build a deterministic cache key from a {type(value).__qualname__}: "
+        "pass str, numbers, enums, dates, UUIDs, lists, dicts, dataclasses or pydantic "
+        "models, or exclude the argument from the key",
+        key=value,
+    )
+
+
+class CacheKeyGenerator:
+    """Build cache keys from values, deterministically across processes and runs.
+
+    ``generate_key("user", 42, fields=["a", "b"])`` is ``"user:42:fields=["a","b"]"``:
+    positional parts in order, keyword parts sorted by name as ``name=value``, structured
+    values as canonical JSON (sorted keys). No ``hash()`` is involved, so every replica
+    computes the same key. Keys longer than ``max_length`` keep ``prefix`` and hash the rest
+    with BLAKE2b.
+
+    Args:
+        prefix: prepended to every key as ``<prefix>:``.
+        separator: joins the parts.
+        max_length: longest key kept readable; longer ones are hashed.
+    """
+
+    def __init__(
+        self, prefix: str | None = None, *, separator: str = ":", max_length: int = 200
+    ) -> None:
+        if prefix is not None:
+            validate_key(prefix)
+        if not separator:
+            raise InvalidKeyError("separator must not be empty", key=separator)
+        if not 32 <= max_length <= MAX_KEY_LENGTH:
+            raise InvalidKeyError(
+                f"max_length must be between 32 and {MAX_KEY_LENGTH}, got {max_length}",
+                key=max_length,
+            )
+        self.prefix = prefix
+        self.separator = separator
+        self.max_length = max_length
+
+    def _body(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        parts = [_encode_part(a) for a in args]
+        parts.extend(f"{name}={_encode_part(kwargs[name])}" for name in sorted(kwargs))
+        return self.separator.join(parts)
+
+    def _join(self, body: str) -> str:
+        if self.prefix is None:
+            return body
+        return f"{self.prefix}{self.separator}{body}" if body else self.prefix
+
+    def _hashed(self, body: str) -> str:
+        digest = hashlib.blake2b(body.encode("utf-8", "surrogatepass"), digest_size=16)
+        return self._join(digest.hexdigest())
+
+    def generate_key(self, *args: Any, **kwargs: Any) -> str:
+        """Join the encoded arguments into a key, hashing it when it exceeds ``max_length``.
+
+        Raises:
+            InvalidKeyError: an argument has no deterministic encoding, or no part was given.
+        """
+        body = self._body(args, kwargs)
+        key = self._join(body)
+        if not key:
+            raise InvalidKeyError("generate_key needs at least one part or a prefix")
+        if len(key.encode("utf-8", "surrogatepass")) > self.max_length:
+            return self._hashed(body)
+        return key
+
+    def generate_hash_key(self, *args: Any, **kwargs: Any) -> str:
+        """Like `generate_key`, but always hash the parts (fixed length: prefix + 32 hex)."""
+        return self._hashed(self._body(args, kwargs))
+
+    def generate_pattern_key(self, pattern: str, *args: Any, **kwargs: Any) -> str:
+        """Fill ``{}`` placeholders of a glob ``pattern`` with encoded, glob-escaped values.
+
+        ``generate_pattern_key("user:{user_id}:*", user_id="a*")`` is ``"user:a\\*:*"``:
+        the value matches only itself, so an argument can never widen an invalidation.
+
+        Raises:
+            InvalidKeyError: a placeholder has no value, or the result is not a valid pattern.
+        """
+        enc_args = [escape_glob(_encode_part(a)) for a in args]
+        enc_kwargs = {k: escape_glob(_encode_part(v)) for k, v in kwargs.items()}
+        try:
+            filled = pattern.format(*enc_args, **enc_kwargs)
+        except (IndexError, KeyError) as exc:
+            raise InvalidKeyError(
+                f"pattern {pattern!r} has a placeholder without a value: {exc}", key=pattern
+            ) from exc
+        return validate_pattern(self._join(filled) if self.prefix else filled)

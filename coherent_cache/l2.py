@@ -1,0 +1,466 @@
+"""RedisCache: the shared L2 over redis.asyncio, with timeouts, a circuit breaker and no raising.
+
+Every public operation reports a Redis failure as a miss / ``False`` / ``0`` and counts it;
+bad input (an invalid key, an unserialisable value) still raises, because that is the
+caller's bug, not an outage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, TypedDict, TypeVar, final
+
+import anyio
+import structlog
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ._breaker import BreakerState, CircuitBreaker
+from .config import CacheConfig
+from .errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    DeserializationError,
+)
+from .keys import escape_glob, redis_key, validate_key, validate_pattern
+from .serializer import CacheSerializer
+
+__all__ = ["L2Stats", "RedisCache"]
+
+log = structlog.get_logger("coherent_cache")
+
+T = TypeVar("T")
+_MISSING: Final[Any] = object()
+SCAN_COUNT: Final = 1000
+"""Keys asked for per SCAN call (and deleted per UNLINK) by ``clear_pattern``."""
+
+
+class L2Stats(TypedDict):
+    """Statistics of a `RedisCache` (the seed's ``l2_cache`` block, plus extras)."""
+
+    hits: int
+    misses: int
+    hit_rate: float
+    connected: bool
+    errors: int
+    timeouts: int
+    rejected_payloads: int
+    short_circuited: int
+    breaker: str
+    url: str | None
+
+
+def _key_prefix(key: str) -> str:
+    """What logs show of a key: its first segment, never the full key."""
+    return key.split(":", 1)[0]
+
+
+def _ttl_ms(ttl: float | None) -> int | None:
+    return None if ttl is None else max(1, math.ceil(ttl * 1000))
+
+
+@final
+class RedisCache:
+    """The L2 tier: one namespace of a Redis or Valkey server, shared by every instance.
+
+    Keys are stored as ``<namespace>:<key>``; values as `CacheSerializer` payloads.
+    Every call runs under ``operation_timeout`` and a circuit breaker: after
+    ``circuit_breaker_threshold`` consecutive connection failures or timeouts, calls fail
+    fast (as misses) until a probe after a cooldown (at most ``circuit_breaker_cooldown``)
+    succeeds. redis-py reconnects by itself; nothing needs restarting.
+
+    Args:
+        config: the settings; ``redis_url`` must not be ``None``.
+        client: a ready ``redis.asyncio.Redis`` to use instead of one built from the config
+            (the caller keeps ownership: `aclose` does not close it).
+        serializer: the payload codec; built from the config when omitted.
+        timer: the clock used by the circuit breaker.
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        client: Redis | None = None,
+        serializer: CacheSerializer | None = None,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if client is None and config.redis_url is None:
+            raise ValueError("RedisCache needs config.redis_url or a client")
+        self.config = config
+        self.namespace = config.namespace
+        self.serializer = serializer or CacheSerializer(
+            compression=config.enable_compression,
+            threshold=config.compression_threshold,
+            algorithm=config.compression_algorithm,
+            max_size=config.max_value_size,
+        )
+        self._owns_client = client is None
+        self._client = client if client is not None else _client_from_config(config)
+        self._timeout = config.operation_timeout
+        self._breaker = CircuitBreaker(
+            threshold=config.circuit_breaker_threshold,
+            max_cooldown=config.circuit_breaker_cooldown,
+            timer=timer,
+        )
+        self.connected = False
+        self._hits = 0
+        self._misses = 0
+        self._errors = 0
+        self._timeouts = 0
+        self._rejected = 0
+        self._short_circuited = 0
+
+    @property
+    def client(self) -> Redis:
+        """The underlying ``redis.asyncio.Redis`` client."""
+        return self._client
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """PING the server within ``connect_timeout``; return whether it answered.
+
+        A failure opens the circuit breaker at once, so the first operations after a failed
+        start do not each wait for a connect timeout.
+        """
+        try:
+            with anyio.fail_after(self.config.connect_timeout + self._timeout):
+                await self._client.ping()
+        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+            self._errors += 1
+            self.connected = False
+            self._breaker.trip()
+            log.warning(
+                "l2_unavailable",
+                url=self.config.redacted_url(),
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+            return False
+        self.connected = True
+        self._breaker.success()
+        return True
+
+    async def aclose(self) -> None:
+        """Close the connection pool (unless the client was passed in)."""
+        self.connected = False
+        if self._owns_client:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
+                await self._client.aclose()
+
+    async def __aenter__(self) -> RedisCache:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the guarded call ------------------------------------------------------------------
+
+    async def _call(self, op: str, func: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis call under the breaker and the operation timeout.
+
+        Raises:
+            BackendUnavailableError: the breaker is open or the connection failed.
+            BackendTimeoutError: the call took longer than ``operation_timeout``.
+            BackendError: Redis answered with an error.
+        """
+        breaker = self._breaker
+        if not breaker.allow():
+            self._short_circuited += 1
+            raise BackendUnavailableError(f"Redis circuit breaker is open ({op} not sent)")
+        try:
+            with anyio.fail_after(self._timeout):
+                result = await func()
+        except TimeoutError as exc:
+            self._timeouts += 1
+            self._record_failure(op, exc)
+            raise BackendTimeoutError(
+                f"Redis {op} took longer than operation_timeout={self._timeout}s"
+            ) from exc
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            self._record_failure(op, exc)
+            raise BackendUnavailableError(f"Redis {op} failed: {exc}") from exc
+        except redis_errors.RedisError as exc:
+            # The server answered (e.g. OOM, READONLY): the connection itself is fine.
+            self._errors += 1
+            self._record_success()
+            log.warning("l2_command_error", op=op, error=type(exc).__name__, detail=str(exc))
+            raise BackendError(f"Redis {op} failed: {exc}") from exc
+        except BaseException:
+            breaker.release()
+            raise
+        self._record_success()
+        return result
+
+    def _record_failure(self, op: str, exc: BaseException) -> None:
+        self._errors += 1
+        was_connected = self.connected
+        self.connected = False
+        opened = self._breaker.failure()
+        if was_connected or opened:
+            log.warning(
+                "l2_unavailable",
+                op=op,
+                error=type(exc).__name__,
+                detail=str(exc),
+                breaker=self._breaker.state.value,
+            )
+
+    def _record_success(self) -> None:
+        recovered = self._breaker.success()
+        if not self.connected or recovered:
+            self.connected = True
+            log.info("l2_connected", url=self.config.redacted_url())
+
+    def _decode(self, key: str, payload: bytes) -> Any:
+        try:
+            return self.serializer.deserialize(payload)
+        except DeserializationError as exc:
+            self._rejected += 1
+            log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason=str(exc))
+            return _MISSING
+
+    def _count(self, value: Any) -> None:
+        if value is _MISSING:
+            self._misses += 1
+        else:
+            self._hits += 1
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value of ``key``, or ``default`` on a miss, a bad payload or an outage."""
+        validate_key(key)
+        try:
+            payload = await self._call("GET", lambda: self._client.get(redis_key(self.namespace, key)))
+        except BackendError:
+            return default
+        value = _MISSING if payload is None else self._decode(key, payload)
+        self._count(value)
+        return default if value is _MISSING else value
+
+    async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
+        """Return ``(value, remaining_ttl_seconds)`` of ``key`` in one round trip, or ``None``.
+
+        ``remaining_ttl_seconds`` is ``None`` for a key without expiry. Misses, bad payloads
+        and outages all return ``None``.
+        """
+        validate_key(key)
+        name = redis_key(self.namespace, key)
+
+        async def fetch() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(name)
+                pipe.pttl(name)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        try:
+            payload, pttl = await self._call("GET+PTTL", fetch)
+        except BackendError:
+            return None
+        # pttl == -2: the key expired between GET and PTTL; the value is still a valid read.
+        value = _MISSING if payload is None else self._decode(key, payload)
+        self._count(value)
+        if value is _MISSING:
+            return None
+        return value, (None if pttl == -1 else max(pttl, 0) / 1000)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Return the values of the ``keys`` that hit, with one ``MGET``."""
+        wanted = [validate_key(k) for k in keys]
+        if not wanted:
+            return {}
+        names = [redis_key(self.namespace, k) for k in wanted]
+        try:
+            payloads = await self._call("MGET", lambda: self._client.mget(names))
+        except BackendError:
+            return {}
+        found: dict[str, Any] = {}
+        for key, payload in zip(wanted, payloads, strict=True):
+            value = _MISSING if payload is None else self._decode(key, payload)
+            self._count(value)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists in Redis (``False`` during an outage)."""
+        validate_key(key)
+        try:
+            count = await self._call("EXISTS", lambda: self._client.exists(redis_key(self.namespace, key)))
+        except BackendError:
+            return False
+        return bool(count)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` for ``ttl`` seconds (``None``: no expiry); ``False`` on an outage.
+
+        Raises:
+            SerializationError: ``value`` cannot be encoded; nothing is written.
+            ValueTooLargeError: the encoded value exceeds ``max_value_size``.
+        """
+        validate_key(key)
+        payload = self.serializer.pack(self.serializer.dumps(value, key=key), key=key)
+        return await self.set_payload(key, payload, ttl)
+
+    async def set_payload(self, key: str, payload: bytes, ttl: float | None) -> bool:
+        """Store an already encoded payload (from `CacheSerializer`); ``False`` on an outage."""
+        name = redis_key(self.namespace, key)
+        px = _ttl_ms(ttl)
+        try:
+            await self._call("SET", lambda: self._client.set(name, payload, px=px))
+        except BackendError:
+            return False
+        return True
+
+    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> bool:
+        """Store every item in one pipeline; ``False`` on an outage.
+
+        All values are encoded before anything is sent, so one bad value writes nothing.
+
+        Raises:
+            SerializationError: a value cannot be encoded; nothing is written.
+            ValueTooLargeError: an encoded value exceeds ``max_value_size``.
+        """
+        encoded = {
+            redis_key(self.namespace, validate_key(k)): self.serializer.pack(
+                self.serializer.dumps(v, key=k), key=k
+            )
+            for k, v in items.items()
+        }
+        if not encoded:
+            return True
+        px = _ttl_ms(ttl)
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, payload in encoded.items():
+                    pipe.set(name, payload, px=px)
+                await pipe.execute()
+
+        try:
+            await self._call("SET*", write)
+        except BackendError:
+            return False
+        return True
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it existed (``False`` on an outage too)."""
+        validate_key(key)
+        try:
+            count = await self._call("UNLINK", lambda: self._client.unlink(redis_key(self.namespace, key)))
+        except BackendError:
+            return False
+        return bool(count)
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys`` with one ``UNLINK``; return how many existed."""
+        names = [redis_key(self.namespace, validate_key(k)) for k in keys]
+        if not names:
+            return 0
+        try:
+            count = await self._call("UNLINK", lambda: self._client.unlink(*names))
+        except BackendError:
+            return 0
+        return int(count)
+
+    async def clear_pattern(self, pattern: str) -> int:
+        """Remove this namespace's keys matching the glob ``pattern``; return how many.
+
+        Runs ``SCAN MATCH`` + ``UNLINK`` in batches of `SCAN_COUNT`, each call under
+        ``operation_timeout``, so the server is never blocked (no ``KEYS``). If Redis fails
+        midway, the keys removed so far are counted and the failure is logged.
+        """
+        validate_pattern(pattern)
+        match = f"{escape_glob(self.namespace)}:{pattern}"
+        removed = 0
+        cursor: int = 0
+        try:
+            while True:
+                cursor, names = await self._scan(cursor, match)
+                if names:
+                    removed += int(
+                        await self._call("UNLINK", lambda names=names: self._client.unlink(*names))
+                    )
+                if cursor == 0:
+                    break
+        except BackendError as exc:
+            log.warning(
+                "l2_clear_pattern_incomplete",
+                pattern_prefix=_key_prefix(pattern),
+                removed=removed,
+                error=str(exc),
+            )
+        return removed
+
+    async def _scan(self, cursor: int, match: str) -> tuple[int, list[bytes]]:
+        result = await self._call(
+            "SCAN", lambda: self._client.scan(cursor=cursor, match=match, count=SCAN_COUNT)
+        )
+        next_cursor, names = result
+        return int(next_cursor), list(names)
+
+    async def clear(self) -> int:
+        """Remove every key of this namespace (never another namespace's); return how many."""
+        return await self.clear_pattern("*")
+
+    # -- stats -----------------------------------------------------------------------------
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        """The circuit breaker's state."""
+        return self._breaker.state
+
+    def stats(self) -> L2Stats:
+        """The counters, without asking Redis anything."""
+        total = self._hits + self._misses
+        return {
+            "hits": self._hits,
+            "misses": self._misses,
+            "hit_rate": self._hits / total if total else 0.0,
+            "connected": self.connected,
+            "errors": self._errors,
+            "timeouts": self._timeouts,
+            "rejected_payloads": self._rejected,
+            "short_circuited": self._short_circuited,
+            "breaker": self._breaker.state.value,
+            "url": self.config.redacted_url(),
+        }
+
+    async def get_stats(self) -> L2Stats:
+        """The seed's ``l2_cache`` statistics (hits, misses, hit_rate, connected, errors, ...)."""
+        return self.stats()
+
+
+def _client_from_config(config: CacheConfig) -> Redis:
+    """Build a client whose every wait is bounded by the configured timeouts."""
+    assert config.redis_url is not None
+    extra: dict[str, Any] = {}
+    if config.redis_username is not None:
+        extra["username"] = config.redis_username
+    if config.redis_password is not None:
+        extra["password"] = config.redis_password.get_secret_value()
+    pool = BlockingConnectionPool.from_url(
+        config.redis_url,
+        max_connections=config.max_connections,
+        # Waiting for a free pooled connection is bounded like any other wait.
+        timeout=config.operation_timeout,
+        socket_timeout=config.operation_timeout,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        # One immediate retry on a fresh connection covers a pooled connection the server
+        # closed while idle; the operation deadline still bounds the whole call.
+        retry=Retry(NoBackoff(), 1),
+        client_name=f"coherent_cache:{config.namespace}",
+        **extra,
+    )
+    return Redis.from_pool(pool)

@@ -1,0 +1,253 @@
+"""MultiTierCache: read-through from L1 to L2, tier routing and the fill-race guard."""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypedDict, final
+
+import orjson
+
+from .config import CacheTier
+from .keys import compile_pattern, validate_key, validate_pattern
+from .l1 import InMemoryCache, L1Stats, check_ttl
+from .l2 import L2Stats, RedisCache
+from .serializer import CacheSerializer
+from .types import TTL, USE_DEFAULT
+
+__all__ = ["CacheStats", "MultiTierCache"]
+
+_MISSING: Final[Any] = object()
+
+
+class CacheStats(TypedDict):
+    """The seed's statistics shape: one block per tier and the totals of the manager."""
+
+    l1_cache: L1Stats
+    l2_cache: L2Stats
+    total_hits: int
+    total_misses: int
+    total_sets: int
+    total_deletes: int
+    l2_enabled: bool
+    namespace: str
+
+
+@final
+class _Fill:
+    """One L2 read in flight whose result may be copied into L1, unless made stale."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
+
+
+@final
+class MultiTierCache:
+    """Route operations to the L1, the L2 or both, keeping the L1 from going stale.
+
+    A read of `CacheTier.BOTH` that misses L1 reads the value and its remaining TTL from
+    L2 in one round trip and copies it into L1 for at most that long. If the key is
+    invalidated (set, deleted, matched by a pattern clear, or cleared) while that L2 read
+    is in flight, the value read is still returned to its caller but is not installed in
+    L1: this is the classic client-side-caching race, closed by `invalidate_local`.
+
+    Writes encode the value once, before touching any tier, so a value that cannot be
+    encoded raises and changes nothing. L1 receives the decoded form of what L2 receives,
+    so every tier and every instance return the same value (JSON types).
+
+    Args:
+        l1: the memory tier of this instance.
+        l2: the Redis tier, or ``None`` to run on L1 alone.
+        serializer: the codec shared with ``l2``.
+        default_ttl: TTL of writes made with `USE_DEFAULT`.
+        namespace: reported in the stats.
+    """
+
+    def __init__(
+        self,
+        l1: InMemoryCache,
+        l2: RedisCache | None,
+        *,
+        serializer: CacheSerializer,
+        default_ttl: float | None,
+        namespace: str = "cache",
+    ) -> None:
+        self.l1 = l1
+        self.l2 = l2
+        self.serializer = serializer
+        self.default_ttl = default_ttl
+        self.namespace = namespace
+        self._fills: dict[str, list[_Fill]] = {}
+        self._hits = 0
+        self._misses = 0
+        self._sets = 0
+        self._deletes = 0
+
+    # -- invalidation of in-flight fills ---------------------------------------------------
+
+    def invalidate_local(self, key: str) -> None:
+        """Drop ``key`` from L1 and stop any L2 read in flight from installing it."""
+        self.l1.delete(key)
+        fills = self._fills.get(key)
+        if fills:
+            for fill in fills:
+                fill.stale = True
+
+    def invalidate_local_pattern(self, pattern: str) -> int:
+        """Drop L1 keys matching ``pattern`` and make matching in-flight fills stale."""
+        removed = self.l1.delete_pattern(pattern)
+        if self._fills:
+            match = compile_pattern(pattern)
+            for key, fills in self._fills.items():
+                if match(key):
+                    for fill in fills:
+                        fill.stale = True
+        return removed
+
+    def invalidate_local_all(self) -> None:
+        """Empty L1 and make every in-flight fill stale."""
+        self.l1.clear()
+        for fills in self._fills.values():
+            for fill in fills:
+                fill.stale = True
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
+        """Return the value of ``key`` from the tiers asked for, or ``default``."""
+        validate_key(key)
+        if tier is CacheTier.L2:
+            value = _MISSING if self.l2 is None else await self.l2.get(key, _MISSING)
+        else:
+            value = self.l1.get(key, _MISSING)
+            if value is _MISSING and tier is CacheTier.BOTH and self.l2 is not None:
+                value = await self._fill_from_l2(key)
+        if value is _MISSING:
+            self._misses += 1
+            return default
+        self._hits += 1
+        return value
+
+    async def _fill_from_l2(self, key: str) -> Any:
+        assert self.l2 is not None
+        fill = _Fill()
+        fills = self._fills.setdefault(key, [])
+        fills.append(fill)
+        try:
+            found = await self.l2.get_with_ttl(key)
+        finally:
+            fills.remove(fill)
+            if not fills:
+                del self._fills[key]
+        if found is None:
+            return _MISSING
+        value, remaining = found
+        if not fill.stale and (remaining is None or remaining > 0):
+            self.l1.set(key, value, remaining)
+        return value
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _resolve_ttl(self, ttl: TTL) -> float | None:
+        return self.default_ttl if ttl is USE_DEFAULT else check_ttl(ttl)
+
+    async def set(
+        self, key: str, value: Any, ttl: TTL = USE_DEFAULT, tier: CacheTier = CacheTier.BOTH
+    ) -> bool:
+        """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed.
+
+        L1 is written before L2, so this instance reads its own write even while Redis is
+        down; the L2 write is not retried.
+
+        Raises:
+            InvalidKeyError: ``key`` is not a valid key.
+            InvalidTTLError: ``ttl`` is not positive.
+            SerializationError: ``value`` cannot be encoded; no tier is written.
+            ValueTooLargeError: the encoded value exceeds ``max_value_size``; nothing written.
+        """
+        validate_key(key)
+        seconds = self._resolve_ttl(ttl)
+        raw = self.serializer.dumps(value, key=key)
+        payload = self.serializer.pack(raw, key=key)
+        self._sets += 1
+        if tier is not CacheTier.L2:
+            self.invalidate_local(key)
+            self.l1.set(key, orjson.loads(raw), seconds)
+        elif self.l1.peek(key, _MISSING) is not _MISSING:
+            # An L2-only write must not leave this instance serving an older L1 copy.
+            self.invalidate_local(key)
+        if tier is CacheTier.L1:
+            return True
+        if self.l2 is None:
+            return tier is CacheTier.BOTH
+        return await self.l2.set_payload(key, payload, seconds)
+
+    async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
+        """Remove ``key`` from the tiers asked for; return whether any tier held it."""
+        validate_key(key)
+        self._deletes += 1
+        existed = False
+        if tier is not CacheTier.L2:
+            existed = self.l1.peek(key, _MISSING) is not _MISSING
+            self.invalidate_local(key)
+        if tier is not CacheTier.L1 and self.l2 is not None:
+            existed = await self.l2.delete(key) or existed
+        return existed
+
+    async def clear_pattern(self, pattern: str, tier: CacheTier = CacheTier.BOTH) -> int:
+        """Remove keys matching the glob ``pattern`` from the tiers asked for.
+
+        Returns:
+            The number of L2 keys removed when L2 is involved, else the number of L1 keys.
+        """
+        validate_pattern(pattern)
+        removed = 0
+        if tier is not CacheTier.L2:
+            removed = self.invalidate_local_pattern(pattern)
+        if tier is not CacheTier.L1 and self.l2 is not None:
+            removed = await self.l2.clear_pattern(pattern)
+        return removed
+
+    async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
+        """Remove every key of this namespace from the tiers asked for (see `clear_pattern`)."""
+        removed = 0
+        if tier is not CacheTier.L2:
+            removed = len(self.l1)
+            self.invalidate_local_all()
+        if tier is not CacheTier.L1 and self.l2 is not None:
+            removed = await self.l2.clear()
+        return removed
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Statistics of both tiers and the totals, without a Redis round trip."""
+        if self.l2 is not None:
+            l2 = self.l2.stats()
+        else:
+            l2 = {
+                "hits": 0,
+                "misses": 0,
+                "hit_rate": 0.0,
+                "connected": False,
+                "errors": 0,
+                "timeouts": 0,
+                "rejected_payloads": 0,
+                "short_circuited": 0,
+                "breaker": "closed",
+                "url": None,
+            }
+        return {
+            "l1_cache": self.l1.get_stats(),
+            "l2_cache": l2,
+            "total_hits": self._hits,
+            "total_misses": self._misses,
+            "total_sets": self._sets,
+            "total_deletes": self._deletes,
+            "l2_enabled": self.l2 is not None,
+            "namespace": self.namespace,
+        }
+
+    async def get_stats(self) -> CacheStats:
+        """The seed's statistics (see `CacheStats`)."""
+        return self.stats()

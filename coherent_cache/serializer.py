@@ -1,0 +1,217 @@
+"""CacheSerializer: a two-byte header, orjson, optional compression; never pickle.
+
+Wire layout of every L2 payload::
+
+    byte 0   0xC5                         magic: marks a coherent_cache payload
+    byte 1   format (low 4 bits) | compression << 4
+    byte 2.. the encoded value, compressed when the compression bits say so
+
+Formats: 1 = JSON (orjson). Compression: 0 = none, 1 = zlib, 2 = zstd, 3 = lz4 (frame).
+Anything else (another program's value, truncated bytes, a pickle) is rejected with
+`DeserializationError`, which the tiers turn into a counted miss.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Final, Literal
+
+import orjson
+
+from .errors import DeserializationError, SerializationError, ValueTooLargeError
+
+__all__ = ["CacheSerializer"]
+
+MAGIC: Final = 0xC5
+FORMAT_JSON: Final = 1
+COMPRESSION_NONE: Final = 0
+COMPRESSION_ZLIB: Final = 1
+COMPRESSION_ZSTD: Final = 2
+COMPRESSION_LZ4: Final = 3
+_ALGORITHM_CODES: Final = {"zlib": COMPRESSION_ZLIB, "zstd": COMPRESSION_ZSTD, "lz4": COMPRESSION_LZ4}
+_JSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_PLAIN_HEADER: Final = bytes((MAGIC, FORMAT_JSON))
+# Decompressed payloads larger than this are rejected: a hostile or corrupt entry in Redis
+# must not make a reader allocate without bound.
+DEFAULT_MAX_DECOMPRESSED: Final = 256 * 1024 * 1024
+
+
+class _Unencodable(TypeError):
+    def __init__(self, value_type: type) -> None:
+        super().__init__(value_type.__qualname__)
+        self.value_type = value_type
+
+
+def _reject(obj: object) -> object:
+    raise _Unencodable(type(obj))
+
+
+class CacheSerializer:
+    """Encode values for Redis and decode them back.
+
+    Values are JSON: ``dict`` (keys become strings), ``list``/``tuple`` (read back as
+    ``list``), ``str``, ``int`` (64-bit), ``float``, ``bool``, ``None``, plus what orjson
+    encodes natively (dataclasses, ``datetime``, ``UUID``, ``Enum``, numpy arrays), which read
+    back as their JSON form.
+
+    Args:
+        compression: compress payloads longer than ``threshold`` bytes.
+        threshold: size in bytes above which to compress.
+        algorithm: ``"zlib"``, ``"zstd"`` (needs ``zstandard``) or ``"lz4"`` (needs ``lz4``).
+        max_size: largest encoded payload accepted by `serialize`; ``None`` for no limit.
+        max_decompressed_size: largest decompressed payload accepted by `deserialize`.
+    """
+
+    __slots__ = (
+        "_compress",
+        "_header",
+        "_lz4",
+        "_max_decompressed",
+        "_zstd",
+        "algorithm",
+        "compression",
+        "max_size",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        *,
+        compression: bool = True,
+        threshold: int = 512,
+        algorithm: Literal["zlib", "zstd", "lz4"] = "zlib",
+        max_size: int | None = None,
+        max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED,
+    ) -> None:
+        if algorithm not in _ALGORITHM_CODES:
+            raise ValueError(f"unknown compression algorithm {algorithm!r}")
+        self.compression = compression
+        self.threshold = threshold
+        self.algorithm = algorithm
+        self.max_size = max_size
+        self._max_decompressed = max_decompressed_size
+        self._header = bytes((MAGIC, FORMAT_JSON | (_ALGORITHM_CODES[algorithm] << 4)))
+        self._zstd: Any = None
+        self._lz4: Any = None
+        if algorithm == "zstd":
+            import zstandard
+
+            self._zstd = zstandard
+        elif algorithm == "lz4":
+            import lz4.frame
+
+            self._lz4 = lz4.frame
+        self._compress = {
+            "zlib": lambda raw: zlib.compress(raw, 6),
+            "zstd": lambda raw: self._zstd.ZstdCompressor(level=3).compress(raw),
+            "lz4": lambda raw: self._lz4.compress(raw),
+        }[algorithm]
+
+    def dumps(self, data: Any, *, key: str | None = None) -> bytes:
+        """Encode ``data`` as JSON bytes, without header or compression.
+
+        Raises:
+            SerializationError: ``data`` (or something inside it) is not JSON-encodable.
+        """
+        try:
+            return orjson.dumps(data, default=_reject, option=_JSON_OPTIONS)
+        except TypeError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, _Unencodable) else None
+            value_type = cause.value_type if cause is not None else type(data)
+            where = f" for key {key!r}" if key is not None else ""
+            raise SerializationError(
+                f"cannot serialize a value of type {value_type.__qualname__}{where}: {exc}",
+                value_type=value_type,
+                key=key,
+            ) from exc
+
+    def pack(self, raw: bytes, *, key: str | None = None) -> bytes:
+        """Add the header to JSON bytes from `dumps`, compressing them above the threshold.
+
+        Raises:
+            ValueTooLargeError: the payload exceeds ``max_size``.
+        """
+        if self.compression and len(raw) > self.threshold:
+            compressed = self._compress(raw)
+            # Keep the plain form when compression does not pay (already dense data).
+            payload = (
+                self._header + compressed if len(compressed) < len(raw) else _PLAIN_HEADER + raw
+            )
+        else:
+            payload = _PLAIN_HEADER + raw
+        if self.max_size is not None and len(payload) > self.max_size:
+            where = f" for key {key!r}" if key is not None else ""
+            raise ValueTooLargeError(
+                f"encoded value{where} is {len(payload)} bytes, over max_value_size "
+                f"{self.max_size}",
+                size=len(payload),
+                limit=self.max_size,
+                key=key,
+            )
+        return payload
+
+    def serialize(self, data: Any) -> bytes:
+        """Encode ``data`` to a self-describing payload (header + JSON, maybe compressed).
+
+        Raises:
+            SerializationError: ``data`` cannot be encoded; the message names the type.
+            ValueTooLargeError: the payload exceeds ``max_size``.
+        """
+        return self.pack(self.dumps(data))
+
+    def deserialize(self, data: bytes) -> Any:
+        """Decode a payload made by `serialize`.
+
+        Raises:
+            DeserializationError: the bytes are not a valid coherent_cache payload.
+        """
+        if len(data) < 2 or data[0] != MAGIC:
+            raise DeserializationError("not a coherent_cache payload (bad or missing header)")
+        flags = data[1]
+        if flags & 0x0F != FORMAT_JSON:
+            raise DeserializationError(f"unknown payload format {flags & 0x0F}")
+        body = memoryview(data)[2:]
+        codec = flags >> 4
+        try:
+            raw: bytes | memoryview = body if codec == COMPRESSION_NONE else self._inflate(
+                codec, body
+            )
+            return orjson.loads(raw)
+        except DeserializationError:
+            raise
+        except Exception as exc:  # zlib.error, zstd/lz4 errors, orjson.JSONDecodeError
+            raise DeserializationError(f"corrupt payload: {exc}") from exc
+
+    def _inflate(self, codec: int, body: memoryview) -> bytes:
+        limit = self._max_decompressed
+        if codec == COMPRESSION_ZLIB:
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(body, limit)
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise DeserializationError(
+                    "compressed payload is truncated or inflates beyond the size limit"
+                )
+            return out
+        if codec == COMPRESSION_ZSTD:
+            zstd = self._zstd or _import("zstandard", "zstd")
+            out = zstd.ZstdDecompressor().decompress(bytes(body), max_output_size=limit)
+        elif codec == COMPRESSION_LZ4:
+            lz4_frame = self._lz4 or _import("lz4.frame", "lz4")
+            out = lz4_frame.decompress(bytes(body))
+        else:
+            raise DeserializationError(f"unknown compression code {codec}")
+        if len(out) > limit:
+            raise DeserializationError("payload inflates beyond the size limit")
+        return bytes(out)
+
+
+def _import(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DeserializationError(
+            f"payload is {extra}-compressed but {module} is not installed: "
+            f"pip install 'coherent-cache[{extra}]'"
+        ) from exc

