@@ -1,4 +1,4 @@
-"""coherent_cache: a multi-tier async cache (L1 in memory, L2 in Redis/Valkey) for FastAPI services."""
+"""coherent_cache: a multi-tier async cache (in-process L1, Redis/Valkey L2) for FastAPI."""
 
 from __future__ import annotations
 

@@ -199,9 +199,7 @@ class CacheConfig(BaseModel):
             yield name, (_mask_url(value) if name == "redis_url" and value else value)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> CacheConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CacheConfig:
         """Build a config from ``COHERENT_CACHE_<FIELD>`` variables, then ``overrides``.
 
         ``COHERENT_CACHE_REDIS_URL=none`` (or empty) selects L1 only. An unknown
@@ -238,8 +236,7 @@ class CacheConfig(BaseModel):
 
 def _configuration_error(exc: ValidationError) -> ConfigurationError:
     errors = exc.errors(include_url=False)
-    first = errors[0] if errors else {}
-    loc = first.get("loc", ())
+    loc = errors[0]["loc"] if errors else ()
     field = str(loc[0]) if loc else None
     lines = []
     for err in errors:

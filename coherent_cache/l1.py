@@ -78,6 +78,10 @@ def _entry_expiry(_key: str, entry: _Entry, _now: float) -> float:
     return entry.expires
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_ttl(ttl: object) -> float | None:
     """Return ``ttl`` as seconds if it is ``None`` or a positive finite number, else raise."""
     if ttl is None:
@@ -119,7 +123,7 @@ class InMemoryCache:
         *,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+        if not _is_positive_int(maxsize):
             raise ValueError(f"maxsize must be a positive int, got {maxsize!r}")
         self.maxsize = maxsize
         self.ttl = check_ttl(ttl)

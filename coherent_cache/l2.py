@@ -219,7 +219,11 @@ class RedisCache:
             self.connected = True
             log.info("l2_connected", url=self.config.redacted_url())
 
-    def _decode(self, key: str, payload: bytes) -> Any:
+    def _decode(self, key: str, payload: bytes | str) -> Any:
+        if not isinstance(payload, bytes):  # only with decode_responses=True clients
+            self._rejected += 1
+            log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason="not bytes")
+            return _MISSING
         try:
             return self.serializer.deserialize(payload)
         except DeserializationError as exc:
@@ -239,7 +243,9 @@ class RedisCache:
         """Return the value of ``key``, or ``default`` on a miss, a bad payload or an outage."""
         validate_key(key)
         try:
-            payload = await self._call("GET", lambda: self._client.get(redis_key(self.namespace, key)))
+            payload = await self._call(
+                "GET", lambda: self._client.get(redis_key(self.namespace, key))
+            )
         except BackendError:
             return default
         value = _MISSING if payload is None else self._decode(key, payload)
@@ -257,9 +263,9 @@ class RedisCache:
 
         async def fetch() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(name)
-                pipe.pttl(name)
-                return await pipe.execute()  # type: ignore[no-any-return]
+                _ = pipe.get(name)
+                _ = pipe.pttl(name)
+                return list(await pipe.execute())
 
         try:
             payload, pttl = await self._call("GET+PTTL", fetch)
@@ -294,7 +300,9 @@ class RedisCache:
         """Whether ``key`` exists in Redis (``False`` during an outage)."""
         validate_key(key)
         try:
-            count = await self._call("EXISTS", lambda: self._client.exists(redis_key(self.namespace, key)))
+            count = await self._call(
+                "EXISTS", lambda: self._client.exists(redis_key(self.namespace, key))
+            )
         except BackendError:
             return False
         return bool(count)
@@ -344,8 +352,8 @@ class RedisCache:
         async def write() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
                 for name, payload in encoded.items():
-                    pipe.set(name, payload, px=px)
-                await pipe.execute()
+                    _ = pipe.set(name, payload, px=px)
+                _ = await pipe.execute()
 
         try:
             await self._call("SET*", write)
@@ -357,7 +365,9 @@ class RedisCache:
         """Remove ``key``; return whether it existed (``False`` on an outage too)."""
         validate_key(key)
         try:
-            count = await self._call("UNLINK", lambda: self._client.unlink(redis_key(self.namespace, key)))
+            count = await self._call(
+                "UNLINK", lambda: self._client.unlink(redis_key(self.namespace, key))
+            )
         except BackendError:
             return False
         return bool(count)
@@ -388,9 +398,7 @@ class RedisCache:
             while True:
                 cursor, names = await self._scan(cursor, match)
                 if names:
-                    removed += int(
-                        await self._call("UNLINK", lambda names=names: self._client.unlink(*names))
-                    )
+                    removed += await self._unlink(names)
                 if cursor == 0:
                     break
         except BackendError as exc:
@@ -402,12 +410,15 @@ class RedisCache:
             )
         return removed
 
-    async def _scan(self, cursor: int, match: str) -> tuple[int, list[bytes]]:
+    async def _scan(self, cursor: int, match: str) -> tuple[int, list[bytes | str]]:
         result = await self._call(
             "SCAN", lambda: self._client.scan(cursor=cursor, match=match, count=SCAN_COUNT)
         )
         next_cursor, names = result
         return int(next_cursor), list(names)
+
+    async def _unlink(self, names: list[bytes | str]) -> int:
+        return int(await self._call("UNLINK", lambda: self._client.unlink(*names)))
 
     async def clear(self) -> int:
         """Remove every key of this namespace (never another namespace's); return how many."""

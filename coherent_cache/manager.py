@@ -69,9 +69,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         )
         self.l2: RedisCache | None = None
         if cfg.enable_multi_tier and (cfg.redis_url is not None or redis_client is not None):
-            self.l2 = RedisCache(
-                cfg, client=redis_client, serializer=self.serializer, timer=timer
-            )
+            self.l2 = RedisCache(cfg, client=redis_client, serializer=self.serializer, timer=timer)
         self._cache = MultiTierCache(
             self.l1,
             self.l2,

@@ -14,6 +14,7 @@ Anything else (another program's value, truncated bytes, a pickle) is rejected w
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import orjson
@@ -28,7 +29,11 @@ COMPRESSION_NONE: Final = 0
 COMPRESSION_ZLIB: Final = 1
 COMPRESSION_ZSTD: Final = 2
 COMPRESSION_LZ4: Final = 3
-_ALGORITHM_CODES: Final = {"zlib": COMPRESSION_ZLIB, "zstd": COMPRESSION_ZSTD, "lz4": COMPRESSION_LZ4}
+_ALGORITHM_CODES: Final = {
+    "zlib": COMPRESSION_ZLIB,
+    "zstd": COMPRESSION_ZSTD,
+    "lz4": COMPRESSION_LZ4,
+}
 _JSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _PLAIN_HEADER: Final = bytes((MAGIC, FORMAT_JSON))
 # Decompressed payloads larger than this are rejected: a hostile or corrupt entry in Redis
@@ -101,11 +106,13 @@ class CacheSerializer:
             import lz4.frame
 
             self._lz4 = lz4.frame
-        self._compress = {
-            "zlib": lambda raw: zlib.compress(raw, 6),
-            "zstd": lambda raw: self._zstd.ZstdCompressor(level=3).compress(raw),
-            "lz4": lambda raw: self._lz4.compress(raw),
-        }[algorithm]
+        self._compress: Callable[[bytes], bytes]
+        if algorithm == "zstd":
+            self._compress = self._zstd.ZstdCompressor(level=3).compress
+        elif algorithm == "lz4":
+            self._compress = self._lz4.compress
+        else:
+            self._compress = _zlib_compress
 
     def dumps(self, data: Any, *, key: str | None = None) -> bytes:
         """Encode ``data`` as JSON bytes, without header or compression.
@@ -173,8 +180,8 @@ class CacheSerializer:
         body = memoryview(data)[2:]
         codec = flags >> 4
         try:
-            raw: bytes | memoryview = body if codec == COMPRESSION_NONE else self._inflate(
-                codec, body
+            raw: bytes | memoryview = (
+                body if codec == COMPRESSION_NONE else self._inflate(codec, body)
             )
             return orjson.loads(raw)
         except DeserializationError:
@@ -203,6 +210,10 @@ class CacheSerializer:
         if len(out) > limit:
             raise DeserializationError("payload inflates beyond the size limit")
         return bytes(out)
+
+
+def _zlib_compress(raw: bytes) -> bytes:
+    return zlib.compress(raw, 6)
 
 
 def _import(module: str, extra: str) -> Any:

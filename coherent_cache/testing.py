@@ -180,7 +180,7 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded at this point
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Final, Literal, TypeAlias
 
-__all__ = ["USE_DEFAULT", "TTL", "UseDefault"]
+__all__ = ["TTL", "USE_DEFAULT", "UseDefault"]
 
 
 class UseDefault(enum.Enum):
@@ -20,5 +20,5 @@ class UseDefault(enum.Enum):
 USE_DEFAULT: Final = UseDefault.USE_DEFAULT
 """Sentinel meaning "use the configured default" (``None`` means "no expiry")."""
 
-TTL: TypeAlias = float | None | Literal[UseDefault.USE_DEFAULT]
+TTL: TypeAlias = float | Literal[UseDefault.USE_DEFAULT] | None
 """A TTL argument: seconds, ``None`` for no expiry, or `USE_DEFAULT` for ``default_ttl``."""

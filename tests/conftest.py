@@ -1,0 +1,120 @@
+"""Shared fixtures: a real Redis/Valkey server per test module, a namespace per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from coherent_cache import CacheConfig, CacheManager
+from coherent_cache.testing import RedisServer, ServerNotFoundError, server_url_from_env
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis.asyncio runs on asyncio only."""
+    return "asyncio"
+
+
+class FakeClock:
+    """A manually advanced monotonic clock (cachetools' ``Timer.tick()`` idea)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock starting at t=1000."""
+    return FakeClock()
+
+
+def _start_private_server(extra_args: tuple[str, ...] = ()) -> RedisServer:
+    try:
+        return RedisServer(extra_args=extra_args).start()
+    except ServerNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """URL of a real server: COHERENT_CACHE_TEST_REDIS_URL, else a private one per module.
+
+    Fails (never skips) with instructions when no server binary can be found.
+    """
+    external = server_url_from_env()
+    if external is not None:
+        yield external
+        return
+    server = _start_private_server()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_server() -> Iterator[RedisServer]:
+    """A server of this test's own, which the test may stop, kill, pause or restart."""
+    server = _start_private_server()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh namespace per test, so tests sharing a server never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
+    """A plain redis.asyncio client to inspect the server; deletes this test's keys after."""
+    client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        yield client
+    finally:
+        async for name in client.scan_iter(match=f"{namespace}:*", count=1000):
+            await client.unlink(name)
+        await client.aclose()
+
+
+ManagerFactory = Callable[..., Awaitable[CacheManager]]
+
+
+@pytest.fixture
+async def make_manager(
+    redis_url: str, namespace: str, raw_redis: Redis
+) -> AsyncIterator[ManagerFactory]:
+    """Build and start managers on the module's server and this test's namespace.
+
+    Keyword arguments override `CacheConfig` fields; ``timer=`` is passed to the manager.
+    Every manager made is stopped at teardown.
+    """
+    made: list[CacheManager] = []
+
+    async def factory(*, timer: Callable[[], float] | None = None, **fields: Any) -> CacheManager:
+        fields.setdefault("redis_url", redis_url)
+        fields.setdefault("namespace", namespace)
+        config = CacheConfig(**fields)
+        manager = CacheManager(config) if timer is None else CacheManager(config, timer=timer)
+        made.append(manager)
+        await manager.start()
+        return manager
+
+    try:
+        yield factory
+    finally:
+        for manager in reversed(made):
+            await manager.stop()

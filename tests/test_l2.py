@@ -1,0 +1,177 @@
+"""RedisCache against a real server: storage, TTL, SCAN-based pattern clears, bad payloads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from coherent_cache import CacheConfig, RedisCache, SerializationError
+from coherent_cache.l2 import SCAN_COUNT
+from coherent_cache.serializer import COMPRESSION_NONE, COMPRESSION_ZLIB
+
+
+@pytest.fixture
+async def l2(redis_url: str, namespace: str, raw_redis: Redis) -> AsyncIterator[RedisCache]:
+    """A connected RedisCache on this test's namespace."""
+    async with RedisCache(CacheConfig(redis_url=redis_url, namespace=namespace)) as cache:
+        yield cache
+
+
+class TestStorage:
+    async def test_set_get_delete_round_trip(self, l2: RedisCache) -> None:
+        """A value written is read back equal, and is gone after delete."""
+        value = {"id": 7, "tags": ["a", "b"], "nested": {"x": None}}
+        assert True is await l2.set("user:7", value, ttl=60)
+        assert value == await l2.get("user:7")
+        assert True is await l2.delete("user:7")
+        assert None is await l2.get("user:7")
+        assert False is await l2.delete("user:7")
+
+    async def test_keys_are_stored_under_the_namespace(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """The Redis key is `<namespace>:<key>`, with the TTL asked for."""
+        await l2.set("k", 1, ttl=30)
+        assert 1 == await raw_redis.exists(f"{namespace}:k")
+        ttl_ms = await raw_redis.pttl(f"{namespace}:k")
+        assert 29_000 < ttl_ms <= 30_000
+
+    async def test_ttl_none_means_no_expiry(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """`ttl=None` writes a key without expiry."""
+        await l2.set("forever", "x", ttl=None)
+        assert -1 == await raw_redis.pttl(f"{namespace}:forever")
+
+    async def test_get_with_ttl_reports_remaining_seconds(self, l2: RedisCache) -> None:
+        """Value and remaining TTL come back in one call; a key without expiry reports None."""
+        await l2.set("a", "v", ttl=20)
+        await l2.set("b", "w", ttl=None)
+        found_a = await l2.get_with_ttl("a")
+        assert found_a is not None
+        assert "v" == found_a[0]
+        assert found_a[1] is not None and 19 < found_a[1] <= 20
+        assert ("w", None) == await l2.get_with_ttl("b")
+        assert None is await l2.get_with_ttl("missing")
+
+    async def test_many(self, l2: RedisCache) -> None:
+        """set_many writes all items in one pipeline; get_many returns only the hits."""
+        assert await l2.set_many({"m1": 1, "m2": [2], "m3": {"three": 3}}, ttl=60)
+        assert {"m1": 1, "m3": {"three": 3}} == await l2.get_many(["m1", "nope", "m3"])
+        assert 2 == await l2.delete_many(["m1", "m2", "nope"])
+
+    async def test_set_many_with_one_bad_value_writes_nothing(self, l2: RedisCache) -> None:
+        """A batch containing an unencodable value raises before anything is sent."""
+        with pytest.raises(SerializationError):
+            await l2.set_many({"ok": 1, "bad": {1, 2}})
+        assert {} == await l2.get_many(["ok", "bad"])
+
+    @pytest.mark.parametrize(("size", "codec"), [(100, COMPRESSION_NONE), (5000, COMPRESSION_ZLIB)])
+    async def test_compression_round_trips_through_redis(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str, size: int, codec: int
+    ) -> None:
+        """Payloads above compression_threshold are stored compressed and read back equal."""
+        value = {"text": "abc" * (size // 3)}
+        await l2.set("c", value, ttl=60)
+        stored = await raw_redis.get(f"{namespace}:c")
+        assert isinstance(stored, bytes)
+        assert codec == stored[1] >> 4
+        if codec != COMPRESSION_NONE:
+            assert len(stored) < size
+        assert value == await l2.get("c")
+
+
+class TestBadPayloads:
+    @pytest.mark.parametrize(
+        "payload",
+        [b"plain text", b'{"json": "from another app"}', b"\xc5\x01{broken", b"\xc5\x11garbage"],
+    )
+    async def test_corrupt_or_foreign_bytes_are_a_counted_miss(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str, payload: bytes
+    ) -> None:
+        """Bytes put straight into Redis that are not ours read as a miss and are counted."""
+        await raw_redis.set(f"{namespace}:bad", payload)
+        assert "default" == await l2.get("bad", "default")
+        assert None is await l2.get_with_ttl("bad")
+        assert {} == await l2.get_many(["bad"])
+        stats = l2.stats()
+        assert 3 == stats["rejected_payloads"]
+        assert 0 == stats["hits"]
+        assert 3 == stats["misses"]
+
+
+class TestClearPattern:
+    async def test_ten_thousand_keys_across_scan_batches(
+        self, redis_url: str, namespace: str, raw_redis: Redis, l2: RedisCache
+    ) -> None:
+        """clear_pattern removes exactly the matching keys of its own namespace, in batches."""
+        other = RedisCache(CacheConfig(redis_url=redis_url, namespace=f"{namespace}x"))
+        try:
+            await l2.set_many({f"user:{i}": i for i in range(10_000)}, ttl=300)
+            await l2.set_many({f"order:{i}": i for i in range(500)}, ttl=300)
+            await other.set_many({f"user:{i}": i for i in range(100)}, ttl=300)
+            assert 10_000 > SCAN_COUNT  # the clear needs many SCAN round trips
+
+            assert 10_000 == await l2.clear_pattern("user:*")
+
+            assert 500 == len([k async for k in raw_redis.scan_iter(f"{namespace}:*", count=1000)])
+            assert 100 == len([k async for k in raw_redis.scan_iter(f"{namespace}x:*", count=1000)])
+            assert 5 == await l2.get("order:5")
+        finally:
+            await other.clear()
+            await other.aclose()
+
+    async def test_glob_metacharacters_in_pattern(self, l2: RedisCache) -> None:
+        """`?`, character classes and escapes follow Redis glob rules."""
+        for key in ["a1", "a2", "ab", "a*", "b1"]:
+            await l2.set(key, key, ttl=60)
+        assert 2 == await l2.clear_pattern("a[0-9]")
+        assert 1 == await l2.clear_pattern("a\\*")
+        assert {"ab": "ab", "b1": "b1"} == await l2.get_many(["a1", "a2", "ab", "a*", "b1"])
+
+    async def test_clear_only_touches_own_namespace(
+        self, redis_url: str, namespace: str, raw_redis: Redis, l2: RedisCache
+    ) -> None:
+        """clear() empties this namespace and leaves a prefix-sharing namespace alone."""
+        neighbour = f"{namespace}-2"
+        await raw_redis.set(f"{neighbour}:k", b"x")
+        await l2.set("k", 1, ttl=60)
+        try:
+            assert 1 == await l2.clear()
+            assert 1 == await raw_redis.exists(f"{neighbour}:k")
+        finally:
+            await raw_redis.delete(f"{neighbour}:k")
+
+
+class TestNamespaces:
+    async def test_two_namespaces_on_one_server_are_isolated(
+        self, redis_url: str, namespace: str, l2: RedisCache
+    ) -> None:
+        """The same key in two namespaces holds two values; deleting one leaves the other."""
+        async with RedisCache(CacheConfig(redis_url=redis_url, namespace=f"{namespace}b")) as b:
+            await l2.set("shared", "from a", ttl=60)
+            await b.set("shared", "from b", ttl=60)
+            assert "from a" == await l2.get("shared")
+            assert "from b" == await b.get("shared")
+            await l2.delete("shared")
+            assert "from b" == await b.get("shared")
+            await b.clear()
+
+
+class TestStats:
+    async def test_seed_shape(self, l2: RedisCache) -> None:
+        """get_stats has the seed's l2_cache keys and counts hits and misses."""
+        await l2.set("s", 1, ttl=60)
+        await l2.get("s")
+        await l2.get("nope")
+        stats = await l2.get_stats()
+        assert {"hits", "misses", "hit_rate", "connected", "errors"} <= set(stats)
+        assert (1, 1, 0.5, True, 0) == (
+            stats["hits"],
+            stats["misses"],
+            stats["hit_rate"],
+            stats["connected"],
+            stats["errors"],
+        )
