@@ -90,7 +90,9 @@ async def _demo(url: str | None, server: RedisServer | None) -> None:
             value = await a.get("config:site")
             _say(f"   A: get config:site = {value} in {_us(time.perf_counter() - start)} (L1)")
             ok = await a.set("config:new", 1, ttl=60)
-            _say(f"   A: set config:new -> written to L2: {ok}; A reads {await a.get('config:new')}")
+            _say(
+                f"   A: set config:new -> written to L2: {ok}; A reads {await a.get('config:new')}"
+            )
             start = time.perf_counter()
             value = await a.get("never-cached")
             _say(f"   A: get never-cached = {value} in {_us(time.perf_counter() - start)}")

@@ -29,9 +29,7 @@ def bash_blocks(text: str) -> list[str]:
 
 
 class TestReadme:
-    async def test_quickstart_blocks_run_as_written(
-        self, redis_url: str, raw_redis: Redis
-    ) -> None:
+    async def test_quickstart_blocks_run_as_written(self, redis_url: str, raw_redis: Redis) -> None:
         """The README's Python blocks run in sequence with top-level await, unchanged but
         for the server address, and leave the keys they promise."""
         blocks = python_blocks(README)

@@ -1,0 +1,146 @@
+"""No stale fill: an L1 fill from L2 that raced with an invalidation of its key is dropped.
+
+Each test forces the interleaving deterministically: a TCP proxy lets the server answer
+the reader's GET but holds the reply; the invalidation happens; then the reply is let go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from coherent_cache import CacheManager, CacheTier
+
+from .conftest import ManagerFactory
+from .proxy import HoldingProxy
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[HoldingProxy]:
+    """A reply-holding proxy in front of the module's server."""
+    parts = urlsplit(redis_url)
+    assert parts.hostname is not None and parts.port is not None
+    async with HoldingProxy(parts.hostname, parts.port) as running:
+        yield running
+
+
+@pytest.fixture
+async def pair(
+    proxy: HoldingProxy, make_manager: ManagerFactory
+) -> tuple[CacheManager, CacheManager]:
+    """(reader behind the proxy, writer connected directly), sharing one namespace."""
+    reader = await make_manager(redis_url=proxy.url)
+    writer = await make_manager()
+    return reader, writer
+
+
+async def race(
+    proxy: HoldingProxy,
+    reader: CacheManager,
+    key: str,
+    invalidate: Callable[[], Awaitable[Any]],
+) -> Any:
+    """Run reader.get(key) with its L2 reply held, run ``invalidate`` meanwhile, then release.
+
+    Returns what the racing get returned.
+    """
+    result: dict[str, Any] = {}
+
+    async def read() -> None:
+        result["value"] = await reader.get(key)
+
+    async def run_invalidation() -> None:
+        await invalidate()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            proxy.hold()
+            tg.start_soon(read)
+            await proxy.wait_reply_held()  # the server has answered the GET with the old value
+            assert key in reader.multi_tier._fills  # the fill is in flight
+            tg.start_soon(run_invalidation)
+            await wait_all_tasks_blocked()  # the invalidation did its local part
+            proxy.release()
+    return result["value"]
+
+
+class TestFillRace:
+    async def test_local_set_during_fill_wins(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """A set that lands while the fill is in flight is what L1 keeps, not the older read."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+        raced = await race(proxy, reader, "k", lambda: reader.set("k", "v2", ttl=60))
+        assert "v1" == raced  # the racing read returns what it read
+        assert "v2" == reader.l1.peek("k")
+        assert "v2" == await reader.get("k")
+
+    async def test_delete_during_fill_leaves_l1_empty(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """A delete that lands while the fill is in flight keeps the old value out of L1."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+        await race(proxy, reader, "k", lambda: reader.delete("k"))
+        assert None is reader.l1.peek("k")
+        assert None is await reader.get("k")
+
+    async def test_pattern_clear_during_fill_leaves_l1_empty(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """A matching clear_pattern during the fill keeps the old value out of L1."""
+        reader, writer = pair
+        await writer.set("user:1", "v1", ttl=60)
+        await race(proxy, reader, "user:1", lambda: reader.clear_pattern("user:*"))
+        assert None is reader.l1.peek("user:1")
+
+    async def test_clear_during_fill_leaves_l1_empty(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """A clear during the fill keeps the old value out of L1."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+        await race(proxy, reader, "k", reader.clear)
+        assert None is reader.l1.peek("k")
+
+    async def test_remote_invalidation_hook_during_fill(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """invalidate_local (the hook remote invalidations use) also drops the raced fill."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+
+        async def remote() -> None:
+            reader.multi_tier.invalidate_local("k")
+
+        await race(proxy, reader, "k", remote)
+        assert None is reader.l1.peek("k")
+
+    async def test_unrelated_invalidation_does_not_drop_the_fill(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """Invalidating another key (or a non-matching pattern) leaves the fill installed."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+
+        async def unrelated() -> None:
+            reader.multi_tier.invalidate_local("other")
+            reader.multi_tier.invalidate_local_pattern("user:*")
+
+        assert "v1" == await race(proxy, reader, "k", unrelated)
+        assert "v1" == reader.l1.peek("k")
+
+    async def test_l1_only_write_during_fill(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """Even an L1-only set during the fill wins over the older L2 read."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+        await race(proxy, reader, "k", lambda: reader.set("k", "mine", ttl=60, tier=CacheTier.L1))
+        assert "mine" == reader.l1.peek("k")
