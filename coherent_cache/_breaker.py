@@ -23,8 +23,10 @@ class CircuitBreaker:
 
     The cooldown starts at ``initial_cooldown`` and doubles (with ±20 % jitter, so replicas
     do not probe in step) on every failed probe, up to ``max_cooldown``. One success closes
-    the breaker and resets the cooldown. While half-open, exactly one call is let through;
-    its caller must report `success`, `failure` or `release` (cancelled) to end the probe.
+    the breaker and resets the cooldown. While half-open, exactly one call is let through:
+    the call for which `allow` returned True and left the state `HALF_OPEN` is the probe,
+    and its caller reports ``success(probe=True)``, ``failure(probe=True)`` or
+    ``release(probe=True)`` (cancelled) to end it.
     """
 
     __slots__ = (
@@ -72,28 +74,39 @@ class CircuitBreaker:
         self._probing = True
         return True
 
-    def success(self) -> bool:
-        """Record a successful call; return True if this closed an open breaker."""
+    def success(self, *, probe: bool = False) -> bool:
+        """Record a successful call; return True if this closed an open breaker.
+
+        Any answer from the server proves it is up, so a straggler's success closes too.
+        """
         self._failures = 0
-        self._probing = False
+        if probe:
+            self._probing = False
         if self.state is BreakerState.CLOSED:
             return False
         self.state = BreakerState.CLOSED
+        self._probing = False
         self._cooldown = self.initial_cooldown
         return True
 
-    def failure(self) -> bool:
-        """Record a failed call; return True if this opened the breaker."""
-        self._failures += 1
-        was_probe = self._probing
-        self._probing = False
-        if self.state is BreakerState.CLOSED and self._failures < self.threshold:
-            return False
-        opening = self.state is BreakerState.CLOSED
-        if was_probe or self.state is not BreakerState.CLOSED:
+    def failure(self, *, probe: bool = False) -> bool:
+        """Record a failed call; return True if this opened the breaker.
+
+        A failed probe re-opens the breaker with a doubled cooldown. A failure of a call
+        that was sent before the breaker opened (a straggler) changes nothing.
+        """
+        if probe and self._probing:
+            self._probing = False
             self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+            self.trip(self._cooldown)
+            return False
+        if self.state is not BreakerState.CLOSED:
+            return False
+        self._failures += 1
+        if self._failures < self.threshold:
+            return False
         self.trip(self._cooldown)
-        return opening
+        return True
 
     def trip(self, cooldown: float | None = None) -> None:
         """Open the breaker now, for ``cooldown`` seconds (default: the current cooldown)."""
@@ -104,8 +117,8 @@ class CircuitBreaker:
         self.state = BreakerState.OPEN
         self._open_until = self._timer() + min(wait * jitter, self.max_cooldown)
 
-    def release(self) -> None:
-        """End a probe whose outcome is unknown (the call was cancelled): allow a new probe."""
-        if self._probing:
+    def release(self, *, probe: bool = False) -> None:
+        """End a call whose outcome is unknown (cancelled); a cancelled probe allows a new one."""
+        if probe and self._probing:
             self._probing = False
             self.state = BreakerState.OPEN

@@ -131,7 +131,8 @@ class CacheConfig(BaseModel):
             try:
                 super().__init__(**data)
             except ValidationError as exc:
-                raise _configuration_error(exc) from exc
+                # "from None": pydantic's error quotes the raw input, passwords included.
+                raise _configuration_error(exc) from None
 
     @field_validator("memory_cache_strategy", mode="before")
     @classmethod

@@ -85,65 +85,75 @@ def escape_glob(text: str) -> str:
 def compile_pattern(pattern: str) -> Callable[[str], bool]:
     """Compile a Redis glob pattern (``*``, ``?``, ``[abc]``, ``[^a-z]``, ``\\x``) to a matcher.
 
-    The matcher agrees with Redis' ``stringmatchlen`` for the patterns Redis accepts, so
-    the L1 and the L2 drop the same keys on ``clear_pattern``.
+    Matching is on UTF-8 bytes, as Redis' ``stringmatchlen`` does (``?`` is one byte, so
+    ``é`` needs ``??``), so the L1 and the L2 drop exactly the same keys on
+    ``clear_pattern``.
 
     Raises:
         InvalidKeyError: an unterminated ``[`` class or a trailing backslash.
     """
-    out: list[str] = []
-    i, n = 0, len(pattern)
+    raw = pattern.encode("utf-8", "surrogatepass")
+    out: list[bytes] = []
+    i, n = 0, len(raw)
     while i < n:
-        ch = pattern[i]
-        if ch == "*":
-            while i + 1 < n and pattern[i + 1] == "*":
+        ch = raw[i]
+        if ch == _STAR:
+            while i + 1 < n and raw[i + 1] == _STAR:
                 i += 1
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
+            out.append(b".*")
+        elif ch == _QUESTION:
+            out.append(b".")
+        elif ch == _BACKSLASH:
             if i + 1 >= n:
                 raise InvalidKeyError(
                     f"pattern {pattern!r} ends with a lone backslash", key=pattern
                 )
             i += 1
-            out.append(re.escape(pattern[i]))
-        elif ch == "[":
-            i, cls = _glob_class(pattern, i)
+            out.append(_byte(raw[i]))
+        elif ch == _OPEN:
+            i, cls = _glob_class(raw, i, pattern)
             out.append(cls)
         else:
-            out.append(re.escape(ch))
+            out.append(_byte(ch))
         i += 1
-    regex = re.compile("".join(out), re.DOTALL)
-    return lambda key: regex.fullmatch(key) is not None
+    regex = re.compile(b"".join(out), re.DOTALL)
+    return lambda key: regex.fullmatch(key.encode("utf-8", "surrogatepass")) is not None
 
 
-def _glob_class(pattern: str, start: int) -> tuple[int, str]:
-    """Translate the ``[...]`` class starting at ``start``; return (index of ``]``, regex)."""
+_STAR, _QUESTION, _BACKSLASH, _OPEN, _CLOSE, _CARET, _DASH = b"*?\\[]^-"
+
+
+def _byte(value: int) -> bytes:
+    return re.escape(bytes((value,)))
+
+
+def _glob_class(raw: bytes, start: int, pattern: str) -> tuple[int, bytes]:
+    """Translate the ``[...]`` class at ``start``; return (index of its ``]``, regex)."""
     i = start + 1
-    n = len(pattern)
-    negate = i < n and pattern[i] == "^"
+    n = len(raw)
+    negate = i < n and raw[i] == _CARET
     if negate:
         i += 1
-    items: list[str] = []
-    while i < n and pattern[i] != "]":
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
+    items: list[bytes] = []
+    while i < n and raw[i] != _CLOSE:
+        ch = raw[i]
+        if ch == _BACKSLASH and i + 1 < n:
             i += 1
-            items.append(re.escape(pattern[i]))
-        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
-            low, high = sorted((ch, pattern[i + 2]))
-            items.append(f"{re.escape(low)}-{re.escape(high)}")
+            items.append(_byte(raw[i]))
+        elif i + 2 < n and raw[i + 1] == _DASH:
+            # As in Redis, "a-]" is a range ending at "]", and reversed ranges are swapped.
+            low, high = sorted((ch, raw[i + 2]))
+            items.append(_byte(low) + b"-" + _byte(high))
             i += 2
         else:
-            items.append(re.escape(ch))
+            items.append(_byte(ch))
         i += 1
     if i >= n:
         raise InvalidKeyError(f"pattern {pattern!r} has an unterminated '['", key=pattern)
     if not items:
-        # Redis treats "[]" as a class that matches nothing and "[^]" as any character.
-        return i, "." if negate else "(?!)"
-    return i, ("[^" if negate else "[") + "".join(items) + "]"
+        # Redis treats "[]" as a class that matches nothing and "[^]" as any byte.
+        return i, b"." if negate else b"(?!)"
+    return i, (b"[^" if negate else b"[") + b"".join(items) + b"]"
 
 
 def _encode_part(value: object) -> str:
@@ -208,14 +218,21 @@ class CacheKeyGenerator:
     def __init__(
         self, prefix: str | None = None, *, separator: str = ":", max_length: int = 200
     ) -> None:
-        if prefix is not None:
-            validate_key(prefix)
         if not separator:
             raise InvalidKeyError("separator must not be empty", key=separator)
         if not 32 <= max_length <= MAX_KEY_LENGTH:
             raise InvalidKeyError(
                 f"max_length must be between 32 and {MAX_KEY_LENGTH}, got {max_length}",
                 key=max_length,
+            )
+        # A hashed key is prefix + separator + 32 hex digits: it must fit in max_length too.
+        if (
+            prefix is not None
+            and len(validate_key(prefix).encode()) + len(separator) + 32 > max_length
+        ):
+            raise InvalidKeyError(
+                f"prefix is too long for max_length={max_length} (hashed keys must fit)",
+                key=prefix,
             )
         self.prefix = prefix
         self.separator = separator
@@ -270,4 +287,6 @@ class CacheKeyGenerator:
             raise InvalidKeyError(
                 f"pattern {pattern!r} has a placeholder without a value: {exc}", key=pattern
             ) from exc
-        return validate_pattern(self._join(filled) if self.prefix else filled)
+        if self.prefix is None:
+            return validate_pattern(filled)
+        return validate_pattern(f"{escape_glob(self.prefix)}{self.separator}{filled}")

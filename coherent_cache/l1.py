@@ -159,8 +159,12 @@ class InMemoryCache:
 
     def peek(self, key: str, default: Any = None) -> Any:
         """Like `get`, but without counting or touching the eviction order."""
-        entry: _Entry | None = Cache.get(self._data, key)
-        if entry is None or entry.expires <= self._timer():
+        try:
+            # Cache.__getitem__ skips the subclasses' recency / frequency bookkeeping.
+            entry: _Entry = Cache.__getitem__(self._data, key)
+        except KeyError:
+            return default
+        if entry.expires <= self._timer():
             return default
         return entry.value
 
@@ -197,6 +201,8 @@ class InMemoryCache:
 
     def expire(self) -> int:
         """Drop every expired entry now (they are otherwise dropped lazily); return how many."""
+        if isinstance(self._data, _TLRU):
+            return len(self._data.expire())
         now = self._timer()
         dead = [k for k, e in list(self._data.items()) if e.expires <= now]
         for key in dead:

@@ -175,35 +175,36 @@ class RedisCache:
         if not breaker.allow():
             self._short_circuited += 1
             raise BackendUnavailableError(f"Redis circuit breaker is open ({op} not sent)")
+        probe = breaker.state is BreakerState.HALF_OPEN
         try:
             with anyio.fail_after(self._timeout):
                 result = await func()
         except TimeoutError as exc:
             self._timeouts += 1
-            self._record_failure(op, exc)
+            self._record_failure(op, exc, probe)
             raise BackendTimeoutError(
                 f"Redis {op} took longer than operation_timeout={self._timeout}s"
             ) from exc
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            self._record_failure(op, exc)
+            self._record_failure(op, exc, probe)
             raise BackendUnavailableError(f"Redis {op} failed: {exc}") from exc
         except redis_errors.RedisError as exc:
             # The server answered (e.g. OOM, READONLY): the connection itself is fine.
             self._errors += 1
-            self._record_success()
+            self._record_success(probe)
             log.warning("l2_command_error", op=op, error=type(exc).__name__, detail=str(exc))
             raise BackendError(f"Redis {op} failed: {exc}") from exc
         except BaseException:
-            breaker.release()
+            breaker.release(probe=probe)
             raise
-        self._record_success()
+        self._record_success(probe)
         return result
 
-    def _record_failure(self, op: str, exc: BaseException) -> None:
+    def _record_failure(self, op: str, exc: BaseException, probe: bool) -> None:
         self._errors += 1
         was_connected = self.connected
         self.connected = False
-        opened = self._breaker.failure()
+        opened = self._breaker.failure(probe=probe)
         if was_connected or opened:
             log.warning(
                 "l2_unavailable",
@@ -213,8 +214,8 @@ class RedisCache:
                 breaker=self._breaker.state.value,
             )
 
-    def _record_success(self) -> None:
-        recovered = self._breaker.success()
+    def _record_success(self, probe: bool = False) -> None:
+        recovered = self._breaker.success(probe=probe)
         if not self.connected or recovered:
             self.connected = True
             log.info("l2_connected", url=self.config.redacted_url())

@@ -199,12 +199,17 @@ class CacheSerializer:
                     "compressed payload is truncated or inflates beyond the size limit"
                 )
             return out
+        # Read at most limit + 1 bytes, so a "bomb" never allocates more than the limit.
         if codec == COMPRESSION_ZSTD:
             zstd = self._zstd or _import("zstandard", "zstd")
-            out = zstd.ZstdDecompressor().decompress(bytes(body), max_output_size=limit)
+            with zstd.ZstdDecompressor().stream_reader(bytes(body)) as stream:
+                out = stream.read(limit + 1)
         elif codec == COMPRESSION_LZ4:
             lz4_frame = self._lz4 or _import("lz4.frame", "lz4")
-            out = lz4_frame.decompress(bytes(body))
+            inflater = lz4_frame.LZ4FrameDecompressor()
+            out = inflater.decompress(bytes(body), max_length=limit + 1)
+            if len(out) <= limit and not inflater.eof:
+                raise DeserializationError("compressed payload is truncated")
         else:
             raise DeserializationError(f"unknown compression code {codec}")
         if len(out) > limit:

@@ -36,9 +36,8 @@ async def main(redis_url: str | None = None) -> dict[str, object]:
         stats = await cache_manager.get_stats()
         seen["l2_connected"] = stats["l2_cache"]["connected"]
         print(f"read back: {seen}")
-        print(
-            f"l1 hit rate: {stats['l1_cache']['hit_rate']:.2f}, l2 connected: {seen['l2_connected']}"
-        )
+        hit_rate = stats["l1_cache"]["hit_rate"]
+        print(f"l1 hit rate: {hit_rate:.2f}, l2 connected: {seen['l2_connected']}")
     return seen
 
 

@@ -42,9 +42,9 @@ class HoldingProxy:
         """Deliver held replies and let later ones flow."""
         self._flowing.set()
 
-    async def wait_reply_held(self, timeout: float = 5.0) -> None:
+    async def wait_reply_held(self, within: float = 5.0) -> None:
         """Wait until the server has answered something that is now being held."""
-        await asyncio.wait_for(self._reply_held.wait(), timeout)
+        await asyncio.wait_for(self._reply_held.wait(), within)
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
