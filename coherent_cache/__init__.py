@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .bus import BusMessage, BusOp, InvalidationBus, InvalidationPublisher
 from .config import CacheConfig, CacheStrategy, CacheTier
 from .errors import (
     BackendError,
@@ -15,6 +16,7 @@ from .errors import (
     DeserializationError,
     InvalidKeyError,
     InvalidTTLError,
+    MalformedMessageError,
     SerializationError,
     ValueTooLargeError,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "BackendError",
     "BackendTimeoutError",
     "BackendUnavailableError",
+    "BusMessage",
+    "BusOp",
     "CacheClosedError",
     "CacheConfig",
     "CacheError",
@@ -50,6 +54,9 @@ __all__ = [
     "InMemoryCache",
     "InvalidKeyError",
     "InvalidTTLError",
+    "InvalidationBus",
+    "InvalidationPublisher",
+    "MalformedMessageError",
     "MultiTierCache",
     "RedisCache",
     "SerializationError",

@@ -124,6 +124,25 @@ class CacheConfig(BaseModel):
     circuit_breaker_cooldown: float = Field(default=5.0, gt=0, le=60)
     """Longest wait in seconds before an open breaker lets a probe call through."""
 
+    enable_invalidation_bus: bool = True
+    """Keep every instance's L1 coherent through Redis pub/sub (needs an L2)."""
+    invalidation_channel: str | None = None
+    """Pub/sub channel of the bus; ``<namespace>:invalidate`` when ``None``."""
+    max_stale_on_bus_loss: float = Field(default=5.0, ge=0)
+    """While the bus is down, seconds an L1 entry may still be served after the later of
+    the loss and the entry's own write or fill; after that L1 counts as empty."""
+    bus_health_check_interval: float = Field(default=1.0, gt=0)
+    """Seconds between PINGs on the subscriber connection; a PING unanswered for this long
+    plus ``operation_timeout`` marks the connection dead."""
+    reconnect_backoff_max: float = Field(default=2.0, gt=0, le=60)
+    """Longest wait in seconds between reconnect attempts of background connections."""
+    max_bus_message_size: int = Field(default=1024 * 1024, ge=256)
+    """Bus messages larger than this many bytes are dropped and counted."""
+    l1_mailbox_size: int = Field(default=1024, ge=1)
+    """Remote invalidations queued for the L1 actor; when full, L1 is flushed instead."""
+    origin_prefix: str | None = None
+    """Prefix of this instance's origin id (default: the host name)."""
+
     if not TYPE_CHECKING:
         # At run time, turn pydantic's ValidationError into our typed ConfigurationError;
         # type checkers keep seeing pydantic's generated keyword signature.
@@ -164,6 +183,20 @@ class CacheConfig(BaseModel):
             raise ValueError(f"the database in the URL path must be a number, got {db!r}")
         return value
 
+    @field_validator("invalidation_channel")
+    @classmethod
+    def _check_channel(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value) > 256 or not value.isprintable()):
+            raise ValueError("channel must be 1-256 printable characters")
+        return value
+
+    @field_validator("origin_prefix")
+    @classmethod
+    def _check_origin_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not _NAMESPACE_RE.fullmatch(value):
+            raise ValueError("origin_prefix must be 1-64 of letters, digits, '_', '.' and '-'")
+        return value
+
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
@@ -185,6 +218,11 @@ class CacheConfig(BaseModel):
                 f"pip install 'coherent-cache[{value}]'"
             )
         return value
+
+    @property
+    def channel(self) -> str:
+        """The invalidation bus channel: ``invalidation_channel`` or ``<namespace>:invalidate``."""
+        return self.invalidation_channel or f"{self.namespace}:invalidate"
 
     @property
     def l2_enabled(self) -> bool:

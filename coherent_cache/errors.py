@@ -9,6 +9,7 @@
     ├── SerializationError(CacheError, TypeError)
     ├── ValueTooLargeError(CacheError, ValueError)
     ├── DeserializationError(CacheError, ValueError)
+    ├── MalformedMessageError(CacheError, ValueError)
     ├── CacheClosedError(CacheError, RuntimeError)
     └── BackendError
         ├── BackendUnavailableError
@@ -30,6 +31,7 @@ __all__ = [
     "DeserializationError",
     "InvalidKeyError",
     "InvalidTTLError",
+    "MalformedMessageError",
     "SerializationError",
     "ValueTooLargeError",
 ]
@@ -96,6 +98,18 @@ class DeserializationError(CacheError, ValueError):
     The cache itself never lets this reach a caller of ``get``: such a payload is a miss,
     counted in the stats and logged.
     """
+
+
+class MalformedMessageError(CacheError, ValueError):
+    """Raised by `BusMessage.decode` for a bus message that breaks the wire format.
+
+    The bus listener drops such messages and counts them; it never stops on one.
+    ``reason`` says what was wrong.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"malformed bus message: {reason}")
+        self.reason = reason
 
 
 class CacheClosedError(CacheError, RuntimeError):

@@ -1,18 +1,35 @@
-"""InMemoryCache: the per-instance L1 over cachetools, with per-entry TTL on every policy."""
+"""InMemoryCache, the per-instance L1 over cachetools, and the L1 actor with its mailbox."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final, TypedDict, final
+from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
 
+import anyio
+import anyio.lowlevel
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from cachetools import Cache, FIFOCache, LFUCache, LRUCache, TLRUCache
 
 from .config import CacheStrategy
 from .errors import InvalidTTLError
 from .keys import compile_pattern
 
-__all__ = ["InMemoryCache", "L1Stats"]
+__all__ = [
+    "ActorStats",
+    "FlushAll",
+    "InMemoryCache",
+    "InvalidateKeys",
+    "InvalidatePattern",
+    "L1Actor",
+    "L1Command",
+    "L1Owner",
+    "L1Stats",
+]
+
+log = structlog.get_logger("coherent_cache")
 
 _MISSING: Final[Any] = object()
 
@@ -31,11 +48,12 @@ class L1Stats(TypedDict):
 
 @final
 class _Entry:
-    __slots__ = ("expires", "value")
+    __slots__ = ("expires", "stored", "value")
 
-    def __init__(self, value: Any, expires: float) -> None:
+    def __init__(self, value: Any, expires: float, stored: float) -> None:
         self.value = value
         self.expires = expires
+        self.stored = stored
 
 
 class _LRU(LRUCache[str, _Entry]):
@@ -113,7 +131,17 @@ class InMemoryCache:
         timer: the clock, in seconds (injectable for tests).
     """
 
-    __slots__ = ("_data", "_hits", "_misses", "_timer", "maxsize", "strategy", "ttl")
+    __slots__ = (
+        "_data",
+        "_distrust_since",
+        "_hits",
+        "_max_stale",
+        "_misses",
+        "_timer",
+        "maxsize",
+        "strategy",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -131,6 +159,9 @@ class InMemoryCache:
         self._timer = timer
         self._hits = 0
         self._misses = 0
+        # While set, an entry is served only until max(stored, _distrust_since) + _max_stale.
+        self._distrust_since: float | None = None
+        self._max_stale = 0.0
         self._data: _LRU | _LFU | _FIFO | _TLRU
         if self.strategy is CacheStrategy.TTL:
             self._data = _TLRU(maxsize, ttu=_entry_expiry, timer=timer)
@@ -150,7 +181,11 @@ class InMemoryCache:
         """Return the live value of ``key``, or ``default`` (counts a hit or a miss)."""
         entry = self._data.get(key)
         if entry is not None:
-            if entry.expires > self._timer():
+            now = self._timer()
+            if entry.expires > now and (
+                self._distrust_since is None
+                or max(entry.stored, self._distrust_since) + self._max_stale > now
+            ):
                 self._hits += 1
                 return entry.value
             self._data.pop(key, None)
@@ -164,7 +199,11 @@ class InMemoryCache:
             entry: _Entry = Cache.__getitem__(self._data, key)
         except KeyError:
             return default
-        if entry.expires <= self._timer():
+        now = self._timer()
+        if entry.expires <= now or (
+            self._distrust_since is not None
+            and max(entry.stored, self._distrust_since) + self._max_stale <= now
+        ):
             return default
         return entry.value
 
@@ -175,8 +214,28 @@ class InMemoryCache:
             InvalidTTLError: ``ttl`` is not ``None`` or a positive number.
         """
         lifetime = self._lifetime(check_ttl(ttl))
-        self._data[key] = _Entry(value, self._timer() + lifetime)
+        now = self._timer()
+        self._data[key] = _Entry(value, now + lifetime, now)
         return True
+
+    def distrust(self, since: float, max_stale: float) -> None:
+        """Serve each entry at most ``max_stale`` s after the later of ``since`` and its write.
+
+        Used while the invalidation bus is down: invalidations may be missed, so nothing is
+        served stale without bound. An earlier, still active ``since`` is kept.
+        """
+        if self._distrust_since is None:
+            self._distrust_since = since
+        self._max_stale = max_stale
+
+    def trust(self) -> None:
+        """End `distrust` (call it right after flushing, once the bus is back)."""
+        self._distrust_since = None
+
+    @property
+    def distrusted(self) -> bool:
+        """Whether `distrust` is in force."""
+        return self._distrust_since is not None
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; return whether a live entry was removed."""
@@ -231,3 +290,145 @@ class InMemoryCache:
             "evictions": self._data.evictions,
             "strategy": self.strategy.value,
         }
+
+
+# -- the L1 actor ------------------------------------------------------------------------
+
+PATTERN_CHUNK: Final = 512
+"""Keys matched per step of a pattern clear before yielding to the event loop."""
+
+
+@final
+class InvalidateKeys:
+    """Mailbox command: drop these keys."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+
+
+@final
+class InvalidatePattern:
+    """Mailbox command: drop keys matching a Redis glob pattern."""
+
+    __slots__ = ("pattern",)
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+
+@final
+class FlushAll:
+    """Mailbox command: drop everything."""
+
+    __slots__ = ()
+
+
+L1Command: TypeAlias = InvalidateKeys | InvalidatePattern | FlushAll
+
+
+class L1Owner(Protocol):
+    """What the actor drives: the owner of the L1 and of the in-flight fills."""
+
+    @property
+    def l1(self) -> InMemoryCache: ...
+
+    def invalidate_local(self, key: str) -> None: ...
+
+    def invalidate_local_all(self) -> None: ...
+
+    def stale_fills_matching(self, pattern: str) -> None: ...
+
+
+class ActorStats(TypedDict):
+    """Figures of the L1 actor's mailbox."""
+
+    queued: int
+    capacity: int
+    applied: int
+    overflows: int
+
+
+@final
+class L1Actor:
+    """Applies remote invalidations to the L1 in arrival order, from a bounded mailbox.
+
+    Reads never go through the mailbox: they are served from the L1 directly on the same
+    event loop. `submit` never blocks and never loses an invalidation: when the mailbox is
+    full it flushes the whole L1 at once (and counts an overflow), which covers every
+    command still queued. A pattern clear over a large L1 matches keys in chunks of
+    `PATTERN_CHUNK` and yields to the event loop between chunks; in-flight fills that
+    match are made stale before the first chunk.
+    """
+
+    def __init__(self, owner: L1Owner, *, mailbox_size: int) -> None:
+        self._owner = owner
+        self._capacity = mailbox_size
+        # Created by the first run() and kept across restarts, so queued commands survive.
+        self._send: MemoryObjectSendStream[L1Command] | None = None
+        self._receive: MemoryObjectReceiveStream[L1Command] | None = None
+        self._runs = 0
+        self._applied = 0
+        self._overflows = 0
+
+    def submit(self, command: L1Command) -> None:
+        """Queue ``command``; on a full mailbox (or none yet), flush L1 now instead."""
+        try:
+            if self._send is None:
+                raise anyio.WouldBlock
+            self._send.send_nowait(command)
+        except (anyio.WouldBlock, anyio.ClosedResourceError):
+            self._overflows += 1
+            self._owner.invalidate_local_all()
+            log.warning("l1_mailbox_overflow", capacity=self._capacity)
+
+    def stats(self) -> ActorStats:
+        """Queue length, capacity, commands applied and overflows."""
+        return {
+            "queued": 0 if self._send is None else self._send.statistics().current_buffer_used,
+            "capacity": self._capacity,
+            "applied": self._applied,
+            "overflows": self._overflows,
+        }
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Apply queued commands forever, in order.
+
+        Error handling: an exception while applying a command propagates to the
+        supervisor, which restarts this loop; queued commands stay in the mailbox, and a
+        restarted loop first flushes L1, since the command that failed may be lost.
+        """
+        if self._send is None or self._receive is None:
+            self._send, self._receive = anyio.create_memory_object_stream[L1Command](self._capacity)
+        self._runs += 1
+        if self._runs > 1:
+            self._owner.invalidate_local_all()
+        task_status.started()
+        async for command in self._receive:
+            if isinstance(command, InvalidateKeys):
+                for key in command.keys:
+                    self._owner.invalidate_local(key)
+            elif isinstance(command, InvalidatePattern):
+                await self._clear_pattern(command.pattern)
+            else:
+                self._owner.invalidate_local_all()
+            self._applied += 1
+
+    async def _clear_pattern(self, pattern: str) -> None:
+        owner = self._owner
+        owner.stale_fills_matching(pattern)
+        match = compile_pattern(pattern)
+        keys = list(owner.l1.keys())
+        for start in range(0, len(keys), PATTERN_CHUNK):
+            for key in keys[start : start + PATTERN_CHUNK]:
+                if match(key):
+                    owner.invalidate_local(key)
+            if start + PATTERN_CHUNK < len(keys):
+                await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the mailbox; later commands flush L1 directly."""
+        if self._send is not None and self._receive is not None:
+            await self._send.aclose()
+            await self._receive.aclose()

@@ -115,6 +115,8 @@ class RedisCache:
         self._timeouts = 0
         self._rejected = 0
         self._short_circuited = 0
+        self.published = 0
+        """Bus messages PUBLISHed successfully through this client."""
 
     @property
     def client(self) -> Redis:
@@ -321,14 +323,31 @@ class RedisCache:
         payload = self.serializer.pack(self.serializer.dumps(value, key=key), key=key)
         return await self.set_payload(key, payload, ttl)
 
-    async def set_payload(self, key: str, payload: bytes, ttl: float | None) -> bool:
-        """Store an already encoded payload (from `CacheSerializer`); ``False`` on an outage."""
+    async def set_payload(
+        self, key: str, payload: bytes, ttl: float | None, *, notify: bytes | None = None
+    ) -> bool:
+        """Store an already encoded payload (from `CacheSerializer`); ``False`` on an outage.
+
+        With ``notify``, the bus message is PUBLISHed in the same round trip, right after
+        the SET.
+        """
         name = redis_key(self.namespace, key)
         px = _ttl_ms(ttl)
+
+        async def call() -> Any:
+            if notify is None:
+                return await self._client.set(name, payload, px=px)
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.set(name, payload, px=px)
+                _ = pipe.publish(self.config.channel, notify)
+                return await pipe.execute()
+
         try:
-            await self._call("SET", lambda: self._client.set(name, payload, px=px))
+            await self._call("SET", call)
         except BackendError:
             return False
+        if notify is not None:
+            self.published += 1
         return True
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> bool:
@@ -362,34 +381,66 @@ class RedisCache:
             return False
         return True
 
-    async def delete(self, key: str) -> bool:
-        """Remove ``key``; return whether it existed (``False`` on an outage too)."""
+    async def delete(self, key: str, *, notify: bytes | None = None) -> bool:
+        """Remove ``key``; return whether it existed (``False`` on an outage too).
+
+        With ``notify``, the bus message is PUBLISHed in the same round trip, right after
+        the UNLINK.
+        """
         validate_key(key)
+        name = redis_key(self.namespace, key)
+
+        async def call() -> Any:
+            if notify is None:
+                return await self._client.unlink(name)
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.unlink(name)
+                _ = pipe.publish(self.config.channel, notify)
+                count, _receivers = await pipe.execute()
+                return count
+
         try:
-            count = await self._call(
-                "UNLINK", lambda: self._client.unlink(redis_key(self.namespace, key))
-            )
+            count = await self._call("UNLINK", call)
         except BackendError:
             return False
+        if notify is not None:
+            self.published += 1
         return bool(count)
 
-    async def delete_many(self, keys: Iterable[str]) -> int:
-        """Remove ``keys`` with one ``UNLINK``; return how many existed."""
+    async def publish(self, channel: str, message: bytes) -> int:
+        """PUBLISH ``message`` on ``channel``; return how many subscribers received it.
+
+        Raises:
+            BackendError: Redis failed, timed out, or the breaker is open.
+        """
+        receivers = int(await self._call("PUBLISH", lambda: self._client.publish(channel, message)))
+        self.published += 1
+        return receivers
+
+    async def delete_many(self, keys: Iterable[str], *, raise_errors: bool = False) -> int:
+        """Remove ``keys`` with one ``UNLINK``; return how many existed.
+
+        Raises:
+            BackendError: only with ``raise_errors=True``; otherwise an outage returns 0.
+        """
         names = [redis_key(self.namespace, validate_key(k)) for k in keys]
         if not names:
             return 0
         try:
             count = await self._call("UNLINK", lambda: self._client.unlink(*names))
         except BackendError:
+            if raise_errors:
+                raise
             return 0
         return int(count)
 
-    async def clear_pattern(self, pattern: str) -> int:
+    async def clear_pattern(self, pattern: str, *, raise_errors: bool = False) -> int:
         """Remove this namespace's keys matching the glob ``pattern``; return how many.
 
         Runs ``SCAN MATCH`` + ``UNLINK`` in batches of `SCAN_COUNT`, each call under
         ``operation_timeout``, so the server is never blocked (no ``KEYS``). If Redis fails
-        midway, the keys removed so far are counted and the failure is logged.
+        midway, the keys removed so far are counted and the failure is logged (or, with
+        ``raise_errors=True``, raised as `BackendError`).
         """
         validate_pattern(pattern)
         match = f"{escape_glob(self.namespace)}:{pattern}"
@@ -403,6 +454,8 @@ class RedisCache:
                 if cursor == 0:
                     break
         except BackendError as exc:
+            if raise_errors:
+                raise
             log.warning(
                 "l2_clear_pattern_incomplete",
                 pattern_prefix=_key_prefix(pattern),

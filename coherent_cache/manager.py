@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,9 +13,11 @@ import anyio
 import structlog
 from redis.asyncio import Redis
 
+from ._supervisor import Supervisor
+from .bus import BusMessage, BusOp, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
-from .errors import CacheClosedError
-from .l1 import InMemoryCache
+from .errors import CacheClosedError, CacheError
+from .l1 import FlushAll, InMemoryCache, InvalidateKeys, InvalidatePattern, L1Actor
 from .l2 import RedisCache
 from .multitier import CacheStats, MultiTierCache
 from .serializer import CacheSerializer
@@ -70,13 +73,33 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self.l2: RedisCache | None = None
         if cfg.enable_multi_tier and (cfg.redis_url is not None or redis_client is not None):
             self.l2 = RedisCache(cfg, client=redis_client, serializer=self.serializer, timer=timer)
+        self.origin = make_origin(cfg.origin_prefix)
+        """This instance's id on the bus; it skips messages carrying it."""
+        self._timer = timer
+        self.bus: InvalidationBus | None = None
+        use_bus = self.l2 is not None and cfg.enable_invalidation_bus and cfg.redis_url is not None
         self._cache = MultiTierCache(
             self.l1,
             self.l2,
             serializer=self.serializer,
             default_ttl=cfg.default_ttl,
             namespace=cfg.namespace,
+            origin=self.origin,
+            publish=use_bus,
         )
+        self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size)
+        if use_bus:
+            self.bus = InvalidationBus(
+                cfg,
+                origin=self.origin,
+                on_message=self._on_bus_message,
+                on_subscribed=self._on_bus_subscribed,
+                on_lost=self._on_bus_lost,
+                timer=timer,
+            )
+        self._supervisor: Supervisor | None = None
+        self._host: asyncio.Task[None] | None = None
+        self._stop_requested = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -91,48 +114,142 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Whether the manager has been started and not stopped."""
         return self._state is _State.RUNNING
 
+    # -- bus callbacks (run on the bus listener's task) --------------------------------------
+
+    def _on_bus_message(self, message: BusMessage) -> None:
+        if message.op is BusOp.DELETE:
+            self._actor.submit(InvalidateKeys(message.keys))
+        elif message.op is BusOp.CLEAR_PATTERN:
+            assert message.pattern is not None
+            self._actor.submit(InvalidatePattern(message.pattern))
+        else:
+            self._actor.submit(FlushAll())
+
+    def _on_bus_subscribed(self) -> None:
+        # Messages sent while we were not subscribed are gone: nothing in L1, and no fill
+        # that started before now, can be trusted. Flush, then trust L1 again.
+        self._cache.invalidate_local_all()
+        self.l1.trust()
+
+    def _on_bus_lost(self, when: float) -> None:
+        self.l1.distrust(when, self.config.max_stale_on_bus_loss)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Self]:
         if self._state is _State.CLOSED:
             raise CacheClosedError(
                 "this CacheManager was stopped; create a new one instead of restarting it"
             )
-        if self.l2 is not None:
-            connected = await self.l2.connect()
-            log.info(
-                "cache_started",
-                namespace=self.config.namespace,
-                l2=self.config.redacted_url(),
-                connected=connected,
-            )
-        else:
-            log.info("cache_started", namespace=self.config.namespace, l2=None)
-        self._state = _State.RUNNING
+        cfg = self.config
         try:
-            yield self
+            async with anyio.create_task_group() as tg:
+                supervisor = self._supervisor = Supervisor(
+                    tg, backoff_max=cfg.reconnect_backoff_max
+                )
+                connected = False
+                if self.l2 is not None:
+                    connected = await self.l2.connect()
+                if self.bus is not None:
+                    # Until the first subscription is confirmed, invalidations could be
+                    # missed: L1 entries are bounded like during a bus loss.
+                    self.l1.distrust(self._timer(), cfg.max_stale_on_bus_loss)
+                    await supervisor.start("l1_actor", self._actor.run)
+                    if connected:
+                        await supervisor.start("bus_listener", self.bus.run)
+                    else:
+                        supervisor.start_soon("bus_listener", self.bus.run)
+                log.info(
+                    "cache_started",
+                    namespace=cfg.namespace,
+                    l2=cfg.redacted_url() if self.l2 is not None else None,
+                    connected=connected,
+                    bus=self.bus.connected if self.bus is not None else None,
+                    origin=self.origin,
+                )
+                self._state = _State.RUNNING
+                try:
+                    yield self
+                finally:
+                    self._state = _State.CLOSED
+                    tg.cancel_scope.cancel()
         finally:
             self._state = _State.CLOSED
-            if self.l2 is not None:
-                await self.l2.aclose()
-            log.info("cache_stopped", namespace=self.config.namespace)
+            for info in self._supervisor.tasks.values() if self._supervisor else ():
+                if info["state"] != "failed":
+                    info["state"] = "stopped"
+            if self.bus is not None:
+                self.bus.connected = False
+            with anyio.CancelScope(shield=True):
+                await self._actor.aclose()
+                if self.l2 is not None:
+                    await self.l2.aclose()
+            log.info("cache_stopped", namespace=cfg.namespace)
 
     async def start(self) -> None:
-        """Connect to Redis (if configured) and accept operations.
+        """Connect to Redis (if configured), subscribe to the bus and accept operations.
 
-        Returns once L2 answered a PING, or once it proved unreachable within
-        ``connect_timeout``; then the manager runs on L1 and reconnects by itself. Calling
-        it on a running manager does nothing. Call `stop` from the same task.
+        Returns once L2 answered a PING and the bus subscription is confirmed, or once
+        Redis proved unreachable within about ``connect_timeout``; then the manager serves
+        from L1 and reconnects by itself. Calling it on a running manager does nothing.
+
+        The background tasks run in a host task of the manager's own (the manager's
+        ``async with`` block in that task), so `start` and `stop` may be called from
+        different tasks and inside any cancel scope, as FastAPI's startup and shutdown
+        handlers do. ``async with manager:`` runs them in the caller's task instead.
 
         Raises:
             CacheClosedError: the manager was stopped before.
         """
         if self._state is _State.RUNNING:
             return
-        await self.__aenter__()
+        if self._state is _State.CLOSED:
+            raise self._closed_error()
+        if self._host is not None:
+            raise CacheError("start() is already in progress in another task")
+        ready = anyio.Event()
+        self._stop_requested = anyio.Event()
+        failure: list[BaseException] = []
+
+        async def host() -> None:
+            try:
+                async with self:
+                    ready.set()
+                    await self._stop_requested.wait()
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                ready.set()
+
+        self._host = asyncio.get_running_loop().create_task(
+            host(), name=f"coherent_cache:{self.config.namespace}"
+        )
+        try:
+            await ready.wait()
+        except BaseException:
+            self._host.cancel()
+            raise
+        if failure:
+            self._host = None
+            raise failure[0]
 
     async def stop(self) -> None:
-        """Close connections; idempotent. Later operations raise `CacheClosedError`."""
-        if self._state is _State.RUNNING:
+        """Stop background tasks and close connections; idempotent.
+
+        Returns within a bounded time (cancelled tasks close their connections with a
+        1 s limit each). Later operations raise `CacheClosedError`.
+        """
+        host = self._host
+        if host is not None:
+            self._host = None
+            self._stop_requested.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
+                await host
+            if scope.cancelled_caught:
+                host.cancel()
+                log.error("cache_stop_timed_out", namespace=self.config.namespace)
+        elif self._state is _State.RUNNING:
             await self.__aexit__(None, None, None)
         self._state = _State.CLOSED
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final, TypedDict, final
 
 import orjson
 
+from .bus import BusMessage
 from .config import CacheTier
+from .errors import BackendError
 from .keys import compile_pattern, validate_key, validate_pattern
 from .l1 import InMemoryCache, L1Stats, check_ttl
 from .l2 import L2Stats, RedisCache
@@ -61,6 +64,9 @@ class MultiTierCache:
         serializer: the codec shared with ``l2``.
         default_ttl: TTL of writes made with `USE_DEFAULT`.
         namespace: reported in the stats.
+        origin: this instance's origin id, written into the bus messages it publishes.
+        publish: PUBLISH an invalidation after every L2 write, delete and clear, so other
+            instances drop their L1 copies.
     """
 
     def __init__(
@@ -71,9 +77,13 @@ class MultiTierCache:
         serializer: CacheSerializer,
         default_ttl: float | None,
         namespace: str = "cache",
+        origin: str | None = None,
+        publish: bool = False,
     ) -> None:
         self.l1 = l1
         self.l2 = l2
+        self.origin = origin
+        self.publish = publish and l2 is not None
         self.serializer = serializer
         self.default_ttl = default_ttl
         self.namespace = namespace
@@ -95,14 +105,17 @@ class MultiTierCache:
 
     def invalidate_local_pattern(self, pattern: str) -> int:
         """Drop L1 keys matching ``pattern`` and make matching in-flight fills stale."""
-        removed = self.l1.delete_pattern(pattern)
+        self.stale_fills_matching(pattern)
+        return self.l1.delete_pattern(pattern)
+
+    def stale_fills_matching(self, pattern: str) -> None:
+        """Make every in-flight fill of a key matching ``pattern`` stale."""
         if self._fills:
             match = compile_pattern(pattern)
             for key, fills in self._fills.items():
                 if match(key):
                     for fill in fills:
                         fill.stale = True
-        return removed
 
     def invalidate_local_all(self) -> None:
         """Empty L1 and make every in-flight fill stale."""
@@ -180,7 +193,8 @@ class MultiTierCache:
             return True
         if self.l2 is None:
             return tier is CacheTier.BOTH
-        return await self.l2.set_payload(key, payload, seconds)
+        notify = BusMessage.delete((key,), origin=self.origin).encode() if self.publish else None
+        return await self.l2.set_payload(key, payload, seconds, notify=notify)
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key`` from the tiers asked for; return whether any tier held it."""
@@ -191,7 +205,10 @@ class MultiTierCache:
             existed = self.l1.peek(key, _MISSING) is not _MISSING
             self.invalidate_local(key)
         if tier is not CacheTier.L1 and self.l2 is not None:
-            existed = await self.l2.delete(key) or existed
+            notify = (
+                BusMessage.delete((key,), origin=self.origin).encode() if self.publish else None
+            )
+            existed = await self.l2.delete(key, notify=notify) or existed
         return existed
 
     async def clear_pattern(self, pattern: str, tier: CacheTier = CacheTier.BOTH) -> int:
@@ -206,6 +223,7 @@ class MultiTierCache:
             removed = self.invalidate_local_pattern(pattern)
         if tier is not CacheTier.L1 and self.l2 is not None:
             removed = await self.l2.clear_pattern(pattern)
+            await self._publish(BusMessage.clear_pattern(pattern, origin=self.origin))
         return removed
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
@@ -216,7 +234,14 @@ class MultiTierCache:
             self.invalidate_local_all()
         if tier is not CacheTier.L1 and self.l2 is not None:
             removed = await self.l2.clear()
+            await self._publish(BusMessage.clear(origin=self.origin))
         return removed
+
+    async def _publish(self, message: BusMessage) -> None:
+        if not self.publish or self.l2 is None:
+            return
+        with contextlib.suppress(BackendError):  # counted and logged by RedisCache
+            await self.l2.publish(self.l2.config.channel, message.encode())
 
     # -- stats -----------------------------------------------------------------------------
 

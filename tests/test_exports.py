@@ -23,6 +23,8 @@ PUBLIC_MODULES = [
     "coherent_cache.multitier",
     "coherent_cache.manager",
     "coherent_cache.types",
+    "coherent_cache.bus",
+    "coherent_cache.cli",
     "coherent_cache.testing",
 ]
 

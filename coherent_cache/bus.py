@@ -1,0 +1,503 @@
+"""InvalidationBus (the subscriber), InvalidationPublisher and the wire message, version 1.
+
+One JSON object per ``PUBLISH`` on ``<namespace>:invalidate``::
+
+    {"v": 1, "op": "delete", "keys": ["user:1"], "origin": "api-7f3a", "ts": 1763980000123}
+    {"v": 1, "op": "clear_pattern", "pattern": "user_profile:*"}
+    {"v": 1, "op": "clear"}
+
+``v`` and ``op`` are required, plus ``keys`` (a non-empty list of keys) for ``delete`` and
+``pattern`` for ``clear_pattern``. ``origin``, ``ts`` (milliseconds since the epoch) and
+``traceparent`` (W3C) are optional. Keys and patterns carry no namespace prefix. Unknown
+fields are ignored; anything else is malformed and dropped by receivers.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Self, TypedDict, final
+
+import anyio
+import orjson
+import structlog
+from anyio.abc import TaskStatus
+from redis import exceptions as redis_errors
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .config import CacheConfig
+from .errors import InvalidKeyError, MalformedMessageError
+from .keys import validate_key, validate_pattern
+
+__all__ = [
+    "BUS_PROTOCOL_VERSION",
+    "BusMessage",
+    "BusOp",
+    "BusStats",
+    "InvalidationBus",
+    "InvalidationPublisher",
+    "make_origin",
+]
+
+log = structlog.get_logger("coherent_cache")
+
+BUS_PROTOCOL_VERSION: Final = 1
+MAX_KEYS_PER_MESSAGE: Final = 1000
+"""Publishers split larger deletes into several messages."""
+
+
+class BusOp(enum.StrEnum):
+    """What a bus message asks receivers to drop from their L1."""
+
+    DELETE = "delete"
+    CLEAR_PATTERN = "clear_pattern"
+    CLEAR = "clear"
+
+
+def make_origin(prefix: str | None = None) -> str:
+    """A fresh origin id: ``<prefix or host>-<pid>-<6 random hex digits>``."""
+    return f"{prefix or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    """One invalidation on the bus (wire format version 1)."""
+
+    op: BusOp
+    keys: tuple[str, ...] = ()
+    pattern: str | None = None
+    origin: str | None = None
+    ts: int | None = None
+    traceparent: str | None = None
+
+    @classmethod
+    def delete(cls, keys: Iterable[str], *, origin: str | None = None) -> BusMessage:
+        """A ``delete`` of ``keys``, stamped with the current time."""
+        return cls(BusOp.DELETE, keys=tuple(keys), origin=origin, ts=_now_ms())
+
+    @classmethod
+    def clear_pattern(cls, pattern: str, *, origin: str | None = None) -> BusMessage:
+        """A ``clear_pattern`` of ``pattern``, stamped with the current time."""
+        return cls(BusOp.CLEAR_PATTERN, pattern=pattern, origin=origin, ts=_now_ms())
+
+    @classmethod
+    def clear(cls, *, origin: str | None = None) -> BusMessage:
+        """A ``clear`` of the whole namespace, stamped with the current time."""
+        return cls(BusOp.CLEAR, origin=origin, ts=_now_ms())
+
+    def encode(self) -> bytes:
+        """The JSON bytes to PUBLISH."""
+        body: dict[str, Any] = {"v": BUS_PROTOCOL_VERSION, "op": self.op.value}
+        if self.op is BusOp.DELETE:
+            body["keys"] = list(self.keys)
+        elif self.op is BusOp.CLEAR_PATTERN:
+            body["pattern"] = self.pattern
+        for name in ("origin", "ts", "traceparent"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return orjson.dumps(body)
+
+    @classmethod
+    def decode(cls, data: bytes, *, max_size: int = 1024 * 1024) -> BusMessage:
+        """Parse and validate one message.
+
+        Raises:
+            MalformedMessageError: oversized, not JSON, not an object, unknown ``v`` or
+                ``op``, missing or mistyped fields, invalid keys or pattern.
+        """
+        if len(data) > max_size:
+            raise MalformedMessageError(f"{len(data)} bytes, over the {max_size} byte limit")
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessageError(f"not JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise MalformedMessageError(f"not a JSON object but {type(body).__name__}")
+        version = body.get("v")
+        if type(version) is not int or version != BUS_PROTOCOL_VERSION:
+            raise MalformedMessageError(f"unsupported version {version!r}")
+        raw_op = body.get("op")
+        try:
+            op = BusOp(raw_op if isinstance(raw_op, str) else "")
+        except ValueError:
+            raise MalformedMessageError(f"unknown op {body.get('op')!r}") from None
+        keys: tuple[str, ...] = ()
+        pattern: str | None = None
+        try:
+            if op is BusOp.DELETE:
+                raw_keys = body.get("keys")
+                if not isinstance(raw_keys, list) or not raw_keys:
+                    raise MalformedMessageError("'keys' must be a non-empty list of strings")
+                keys = tuple(validate_key(k) for k in raw_keys)
+            elif op is BusOp.CLEAR_PATTERN:
+                pattern = validate_pattern(body.get("pattern"))
+        except InvalidKeyError as exc:
+            raise MalformedMessageError(str(exc)) from None
+        origin = body.get("origin")
+        ts = body.get("ts")
+        traceparent = body.get("traceparent")
+        if origin is not None and not isinstance(origin, str):
+            raise MalformedMessageError("'origin' must be a string")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+            raise MalformedMessageError("'ts' must be a number")
+        if traceparent is not None and not isinstance(traceparent, str):
+            raise MalformedMessageError("'traceparent' must be a string")
+        return cls(
+            op,
+            keys=keys,
+            pattern=pattern,
+            origin=origin,
+            ts=None if ts is None else int(ts),
+            traceparent=traceparent,
+        )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def split_delete(keys: Sequence[str], *, origin: str | None) -> list[BusMessage]:
+    """``delete`` messages for ``keys``, at most `MAX_KEYS_PER_MESSAGE` keys each."""
+    return [
+        BusMessage.delete(keys[i : i + MAX_KEYS_PER_MESSAGE], origin=origin)
+        for i in range(0, len(keys), MAX_KEYS_PER_MESSAGE)
+    ]
+
+
+class BusStats(TypedDict):
+    """Figures of the subscriber side of the bus."""
+
+    enabled: bool
+    connected: bool
+    channel: str
+    origin: str
+    received: int
+    applied: int
+    own_skipped: int
+    dropped: int
+    losses: int
+    recoveries: int
+    connect_attempts: int
+    last_loss_at: float | None
+    last_recovery_at: float | None
+
+
+class BusConnectionLost(Exception):
+    """The subscriber connection is dead (error, EOF, or an unanswered PING)."""
+
+
+@final
+class InvalidationBus:
+    """The subscriber of one instance: applies other instances' invalidations to its L1.
+
+    It owns one dedicated connection (RESP2, no hidden retries: every reconnect goes
+    through `run`, so none can slip by unnoticed). The connection counts as dead on any
+    read or write error, on EOF, and when a PING sent after ``bus_health_check_interval``
+    seconds of silence gets no reply within that interval plus ``operation_timeout``
+    (redis-py's own pub/sub health check does not wait for the reply).
+
+    Args:
+        config: the manager's settings (URL, credentials, channel, timeouts).
+        origin: this instance's origin id; messages carrying it are skipped.
+        on_message: called with each valid message from another origin.
+        on_subscribed: called right after every confirmed SUBSCRIBE (flush L1 there).
+        on_lost: called with the monotonic time of the loss whenever a confirmed
+            subscription ends.
+        timer: monotonic clock.
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        origin: str,
+        on_message: Callable[[BusMessage], None],
+        on_subscribed: Callable[[], None],
+        on_lost: Callable[[float], None],
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert config.redis_url is not None
+        self.config = config
+        self.channel = config.channel
+        self.origin = origin
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
+        self._timer = timer
+        self._random = random.Random()
+        extra: dict[str, Any] = {}
+        if config.redis_username is not None:
+            extra["username"] = config.redis_username
+        if config.redis_password is not None:
+            extra["password"] = config.redis_password.get_secret_value()
+        self._pool = ConnectionPool.from_url(
+            config.redis_url,
+            protocol=2,
+            socket_timeout=config.operation_timeout,
+            socket_connect_timeout=config.connect_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"coherent_cache:{config.namespace}:bus",
+            **extra,
+        )
+        self.connected = False
+        self._received = 0
+        self._applied = 0
+        self._own = 0
+        self._dropped = 0
+        self._losses = 0
+        self._recoveries = 0
+        self._attempts = 0
+        self._last_loss: float | None = None
+        self._last_recovery: float | None = None
+        self._ever_subscribed = False
+
+    def stats(self) -> BusStats:
+        """Counters and state of the subscriber."""
+        return {
+            "enabled": True,
+            "connected": self.connected,
+            "channel": self.channel,
+            "origin": self.origin,
+            "received": self._received,
+            "applied": self._applied,
+            "own_skipped": self._own,
+            "dropped": self._dropped,
+            "losses": self._losses,
+            "recoveries": self._recoveries,
+            "connect_attempts": self._attempts,
+            "last_loss_at": self._last_loss,
+            "last_recovery_at": self._last_recovery,
+        }
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.config.reconnect_backoff_max, 0.05 * 2 ** min(attempt, 16))
+        return float(base * self._random.uniform(0.5, 1.0))
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, listen and resubscribe forever; report readiness once.
+
+        ``task_status.started()`` is called after the first confirmed subscription, or
+        after the first failed attempt (then the manager serves from a distrusted L1 while
+        this loop keeps reconnecting).
+
+        Error handling: any connection error, timeout or dead-connection verdict ends the
+        subscription; the loss is reported through ``on_lost``, counted and logged, and a
+        new connection is tried after a jittered exponential backoff (50 ms doubling up to
+        ``reconnect_backoff_max``). Malformed messages are dropped and counted without
+        ending the subscription. Cancellation closes the connection and propagates.
+        """
+        ready = False
+        attempt = 0
+        try:
+            while True:
+                self._attempts += 1
+                conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+                subscribed = False
+                try:
+                    await self._subscribe(conn)
+                    subscribed = True
+                    self._mark_subscribed()
+                    if not ready:
+                        ready = True
+                        task_status.started()
+                    attempt = 0
+                    await self._listen(conn)
+                except (BusConnectionLost, TimeoutError, redis_errors.RedisError, OSError) as exc:
+                    level = log.warning if subscribed or attempt == 0 else log.debug
+                    level(
+                        "bus_disconnected" if subscribed else "bus_connect_failed",
+                        channel=self.channel,
+                        attempt=attempt,
+                        error=type(exc).__name__,
+                        detail=str(exc),
+                    )
+                finally:
+                    if subscribed:
+                        self._mark_lost()
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                        await conn.disconnect()
+                if not ready:
+                    ready = True
+                    task_status.started()
+                attempt += 1
+                await anyio.sleep(self._backoff(attempt))
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await self._pool.disconnect()
+
+    async def _subscribe(self, conn: AbstractConnection) -> None:
+        cfg = self.config
+        with anyio.fail_after(cfg.connect_timeout + cfg.operation_timeout):
+            await conn.connect()  # type: ignore[no-untyped-call]
+            await conn.send_command("SUBSCRIBE", self.channel)
+            while True:
+                reply = await conn.read_response(timeout=cfg.operation_timeout)
+                if reply is None:
+                    raise BusConnectionLost("no reply to SUBSCRIBE")
+                if isinstance(reply, list) and reply and reply[0] == b"subscribe":
+                    return
+
+    def _mark_subscribed(self) -> None:
+        self.connected = True
+        if self._ever_subscribed:
+            self._recoveries += 1
+            self._last_recovery = time.time()
+        self._ever_subscribed = True
+        self._on_subscribed()
+        log.info("bus_subscribed", channel=self.channel, recoveries=self._recoveries)
+
+    def _mark_lost(self) -> None:
+        self.connected = False
+        self._losses += 1
+        self._last_loss = time.time()
+        self._on_lost(self._timer())
+
+    async def _listen(self, conn: AbstractConnection) -> None:
+        cfg = self.config
+        interval = cfg.bus_health_check_interval
+        last_seen = self._timer()
+        ping_sent: float | None = None
+        while True:
+            reply = await conn.read_response(timeout=interval)
+            now = self._timer()
+            if reply is None:
+                if ping_sent is None:
+                    if now - last_seen >= interval:
+                        with anyio.fail_after(cfg.operation_timeout):
+                            await conn.send_command("PING")
+                        ping_sent = now
+                elif now - ping_sent > interval + cfg.operation_timeout:
+                    raise BusConnectionLost(
+                        f"no reply to PING within {interval + cfg.operation_timeout:.2f}s"
+                    )
+                continue
+            last_seen = now
+            ping_sent = None
+            self._handle(reply)
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 2:
+            return
+        kind = reply[0]
+        if kind != b"message" or len(reply) != 3:
+            return  # pong, subscribe confirmations
+        self._received += 1
+        data = reply[2]
+        try:
+            message = BusMessage.decode(data, max_size=self.config.max_bus_message_size)
+        except MalformedMessageError as exc:
+            self._dropped += 1
+            log.warning("bus_message_dropped", channel=self.channel, reason=exc.reason)
+            return
+        if message.origin == self.origin:
+            self._own += 1
+            return
+        self._applied += 1
+        self._on_message(message)
+
+
+@final
+class InvalidationPublisher:
+    """Invalidate every instance's cache from a service that has no L1 of its own.
+
+    ``delete``, ``clear_pattern`` and ``clear`` remove the L2 entries (unless
+    ``l2=False``) and then PUBLISH the bus message, so every connected instance drops its
+    L1 copy. Unlike `CacheManager`, failures raise: an invalidation that did not happen
+    must be visible to the caller.
+
+    Args:
+        redis_url: the server of the caches.
+        namespace: the caches' namespace.
+        channel: the bus channel; ``<namespace>:invalidate`` when omitted.
+        origin: the origin id written into messages (default: host, pid, random).
+        config: settings to use instead of ``redis_url``/``namespace`` (timeouts, TLS).
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str = "cache",
+        *,
+        channel: str | None = None,
+        origin: str | None = None,
+        config: CacheConfig | None = None,
+    ) -> None:
+        from .l2 import RedisCache
+
+        if config is None:
+            if redis_url is None:
+                raise ValueError("InvalidationPublisher needs redis_url or config")
+            config = CacheConfig(
+                redis_url=redis_url, namespace=namespace, invalidation_channel=channel
+            )
+        self.config = config
+        self.channel = config.channel
+        self.origin = origin or make_origin(config.origin_prefix)
+        self._l2 = RedisCache(config)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._l2.aclose()
+
+    async def delete(self, *keys: str, l2: bool = True) -> int:
+        """Drop ``keys`` everywhere; return how many subscribers received the last message.
+
+        Raises:
+            InvalidKeyError: a key is invalid (nothing is sent).
+            BackendError: Redis failed or timed out.
+        """
+        for key in keys:
+            validate_key(key)
+        if not keys:
+            return 0
+        if l2:
+            await self._l2.delete_many(keys, raise_errors=True)
+        receivers = 0
+        for message in split_delete(list(keys), origin=self.origin):
+            receivers = await self._l2.publish(self.channel, message.encode())
+        return receivers
+
+    async def clear_pattern(self, pattern: str, *, l2: bool = True) -> int:
+        """Drop keys matching ``pattern`` everywhere; return the number of subscribers.
+
+        Raises:
+            InvalidKeyError: the pattern is invalid.
+            BackendError: Redis failed or timed out.
+        """
+        validate_pattern(pattern)
+        if l2:
+            await self._l2.clear_pattern(pattern, raise_errors=True)
+        message = BusMessage.clear_pattern(pattern, origin=self.origin)
+        return await self._l2.publish(self.channel, message.encode())
+
+    async def clear(self, *, l2: bool = True) -> int:
+        """Drop the whole namespace everywhere; return the number of subscribers.
+
+        Raises:
+            BackendError: Redis failed or timed out.
+        """
+        if l2:
+            await self._l2.clear_pattern("*", raise_errors=True)
+        return await self._l2.publish(self.channel, BusMessage.clear(origin=self.origin).encode())
+
+    async def publish(self, message: BusMessage) -> int:
+        """PUBLISH an already built message; return the number of subscribers."""
+        return await self._l2.publish(self.channel, message.encode())
