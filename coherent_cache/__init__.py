@@ -23,8 +23,8 @@ from .errors import (
 from .keys import CacheKeyGenerator
 from .l1 import InMemoryCache
 from .l2 import RedisCache
-from .manager import CacheManager, create_cache_manager
-from .multitier import CacheStats, MultiTierCache
+from .manager import CacheManager, CacheStats, HealthReport, create_cache_manager
+from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import USE_DEFAULT, UseDefault
 
@@ -51,6 +51,7 @@ __all__ = [
     "CacheTier",
     "ConfigurationError",
     "DeserializationError",
+    "HealthReport",
     "InMemoryCache",
     "InvalidKeyError",
     "InvalidTTLError",

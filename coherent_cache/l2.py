@@ -407,6 +407,14 @@ class RedisCache:
             self.published += 1
         return bool(count)
 
+    async def ping(self) -> bool:
+        """Whether Redis answers a PING now (through the breaker, under the timeout)."""
+        try:
+            await self._call("PING", self._client.ping)
+        except BackendError:
+            return False
+        return True
+
     async def publish(self, channel: str, message: bytes) -> int:
         """PUBLISH ``message`` on ``channel``; return how many subscribers received it.
 

@@ -7,25 +7,62 @@ import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Self, final
+from typing import Any, Literal, Self, TypedDict, final
 
 import anyio
 import structlog
 from redis.asyncio import Redis
 
-from ._supervisor import Supervisor
+from ._supervisor import Supervisor, TaskInfo
 from .bus import BusMessage, BusOp, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
 from .errors import CacheClosedError, CacheError
-from .l1 import FlushAll, InMemoryCache, InvalidateKeys, InvalidatePattern, L1Actor
+from .l1 import ActorStats, FlushAll, InMemoryCache, InvalidateKeys, InvalidatePattern, L1Actor
 from .l2 import RedisCache
-from .multitier import CacheStats, MultiTierCache
+from .multitier import MultiTierCache, TierStats
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
 
-__all__ = ["CacheManager", "create_cache_manager"]
+__all__ = ["BusInfo", "CacheManager", "CacheStats", "HealthReport", "create_cache_manager"]
 
 log = structlog.get_logger("coherent_cache")
+
+
+class BusInfo(TypedDict):
+    """The invalidation bus in `CacheStats`: the subscriber, publishing and the L1 mailbox."""
+
+    enabled: bool
+    connected: bool
+    channel: str | None
+    origin: str
+    published: int
+    received: int
+    applied: int
+    own_skipped: int
+    dropped: int
+    losses: int
+    recoveries: int
+    connect_attempts: int
+    last_loss_at: float | None
+    last_recovery_at: float | None
+    mailbox: ActorStats
+
+
+class CacheStats(TierStats):
+    """Everything `CacheManager.get_stats` reports: the seed's shape plus bus and tasks."""
+
+    bus: BusInfo
+    tasks: dict[str, TaskInfo]
+
+
+class HealthReport(TypedDict):
+    """What `CacheManager.health` returns."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    reasons: list[str]
+    l2_connected: bool | None
+    bus_connected: bool | None
+    tasks: dict[str, TaskInfo]
 
 
 class _State(enum.Enum):
@@ -322,12 +359,101 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             raise self._closed_error()
         return await self._cache.clear(tier)
 
+    def stats(self) -> CacheStats:
+        """Like `get_stats`, synchronously."""
+        tiers = self._cache.stats()
+        if self.bus is not None:
+            sub = self.bus.stats()
+            bus: BusInfo = {
+                "enabled": True,
+                "connected": sub["connected"],
+                "channel": sub["channel"],
+                "origin": self.origin,
+                "published": self.l2.published if self.l2 is not None else 0,
+                "received": sub["received"],
+                "applied": sub["applied"],
+                "own_skipped": sub["own_skipped"],
+                "dropped": sub["dropped"],
+                "losses": sub["losses"],
+                "recoveries": sub["recoveries"],
+                "connect_attempts": sub["connect_attempts"],
+                "last_loss_at": sub["last_loss_at"],
+                "last_recovery_at": sub["last_recovery_at"],
+                "mailbox": self._actor.stats(),
+            }
+        else:
+            bus = {
+                "enabled": False,
+                "connected": False,
+                "channel": None,
+                "origin": self.origin,
+                "published": 0,
+                "received": 0,
+                "applied": 0,
+                "own_skipped": 0,
+                "dropped": 0,
+                "losses": 0,
+                "recoveries": 0,
+                "connect_attempts": 0,
+                "last_loss_at": None,
+                "last_recovery_at": None,
+                "mailbox": self._actor.stats(),
+            }
+        tasks: dict[str, TaskInfo] = {}
+        if self._supervisor is not None:
+            tasks = {name: TaskInfo(**info) for name, info in self._supervisor.tasks.items()}
+        return {**tiers, "bus": bus, "tasks": tasks}
+
     async def get_stats(self) -> CacheStats:
-        """Statistics in the seed's shape: ``l1_cache``, ``l2_cache``, ``total_*``.
+        """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus
+        ``bus`` (messages published / received / dropped, connection, losses, recoveries,
+        the L1 mailbox) and ``tasks`` (state and restarts of each background task).
 
         Works in any state, so a health endpoint can report a stopped cache.
         """
-        return self._cache.stats()
+        return self.stats()
+
+    async def health(self) -> HealthReport:
+        """``healthy`` when L2 answers, the bus is subscribed and no background task died.
+
+        Redis unreachable or the bus down is ``degraded`` (L1 still serves, within the
+        bus-loss bound); a stopped manager or a background task given up after repeated
+        crashes is ``unhealthy``. Hit rates and past error counts are stats, not health.
+        The L2 check is one PING under ``operation_timeout`` (short-circuited while the
+        breaker is open); the report turns healthy again by itself after recovery.
+        """
+        reasons: list[str] = []
+        unhealthy = False
+        if self._state is not _State.RUNNING:
+            unhealthy = True
+            reasons.append(f"cache manager is {self._state.value}")
+        l2_ok: bool | None = None
+        if self.l2 is not None and self._state is _State.RUNNING:
+            l2_ok = await self.l2.ping()
+            if not l2_ok:
+                reasons.append("redis unreachable: serving from L1 and loaders")
+        bus_ok: bool | None = None
+        if self.bus is not None:
+            bus_ok = self.bus.connected
+            if not bus_ok and self._state is _State.RUNNING:
+                reasons.append(
+                    "invalidation bus disconnected: L1 entries are served at most "
+                    f"{self.config.max_stale_on_bus_loss:g}s after the loss"
+                )
+        tasks = self.stats()["tasks"]
+        for name in self._supervisor.failed() if self._supervisor is not None else []:
+            unhealthy = True
+            reasons.append(f"background task {name} failed: {tasks[name]['last_error']}")
+        status: Literal["healthy", "degraded", "unhealthy"] = (
+            "unhealthy" if unhealthy else "degraded" if reasons else "healthy"
+        )
+        return {
+            "status": status,
+            "reasons": reasons,
+            "l2_connected": l2_ok,
+            "bus_connected": bus_ok,
+            "tasks": tasks,
+        }
 
     @property
     def multi_tier(self) -> MultiTierCache:

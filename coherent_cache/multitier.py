@@ -16,13 +16,13 @@ from .l2 import L2Stats, RedisCache
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
 
-__all__ = ["CacheStats", "MultiTierCache"]
+__all__ = ["MultiTierCache", "TierStats"]
 
 _MISSING: Final[Any] = object()
 
 
-class CacheStats(TypedDict):
-    """The seed's statistics shape: one block per tier and the totals of the manager."""
+class TierStats(TypedDict):
+    """The seed's statistics shape: one block per tier and the totals."""
 
     l1_cache: L1Stats
     l2_cache: L2Stats
@@ -245,7 +245,7 @@ class MultiTierCache:
 
     # -- stats -----------------------------------------------------------------------------
 
-    def stats(self) -> CacheStats:
+    def stats(self) -> TierStats:
         """Statistics of both tiers and the totals, without a Redis round trip."""
         if self.l2 is not None:
             l2 = self.l2.stats()
@@ -273,6 +273,6 @@ class MultiTierCache:
             "namespace": self.namespace,
         }
 
-    async def get_stats(self) -> CacheStats:
-        """The seed's statistics (see `CacheStats`)."""
+    async def get_stats(self) -> TierStats:
+        """The seed's statistics (see `TierStats`)."""
         return self.stats()
