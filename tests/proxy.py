@@ -26,11 +26,22 @@ class HoldingProxy:
         self._reply_held = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._blocked = False
 
     @property
     def url(self) -> str:
         """Redis URL pointing at the proxy."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def block(self) -> None:
+        """Cut every open connection and refuse new ones until `unblock` (a partition)."""
+        self._blocked = True
+        for writer in list(self._writers):
+            writer.close()
+
+    def unblock(self) -> None:
+        """Accept connections again."""
+        self._blocked = False
 
     def hold(self) -> None:
         """Keep replies from reaching clients until `release`."""
@@ -69,6 +80,9 @@ class HoldingProxy:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._blocked:
+            writer.close()
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self._writers.update((writer, up_writer))
         for coro in (
@@ -95,3 +109,4 @@ class HoldingProxy:
         finally:
             with contextlib.suppress(ConnectionError, OSError):
                 writer.close()
+            self._writers.discard(writer)

@@ -1,0 +1,96 @@
+"""Drive `tests.worker` processes: one cache instance per OS process."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import orjson
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+ROOT = Path(__file__).resolve().parent.parent
+MISSING = {"__missing__": True}
+
+
+class WorkerError(RuntimeError):
+    """A command failed inside the worker."""
+
+
+class Worker:
+    """A cache instance in a separate process (``python -m tests.worker``).
+
+    Use ``async with Worker(redis_url=..., namespace=...) as b:`` and ``await b.call(...)``.
+    Every wait is bounded by ``timeout``.
+    """
+
+    def __init__(self, *, timeout: float = 20.0, **config: Any) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.origin = ""
+        self._ids = itertools.count(1)
+        self._process: Process | None = None
+        self._reader: BufferedByteReceiveStream | None = None
+
+    async def __aenter__(self) -> Self:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self._process = await anyio.open_process(
+            [sys.executable, "-m", "tests.worker", orjson.dumps(self.config).decode()],
+            cwd=ROOT,
+            env=env,
+            stderr=None,
+        )
+        assert self._process.stdout is not None
+        self._reader = BufferedByteReceiveStream(self._process.stdout)
+        with anyio.fail_after(self.timeout):
+            while True:
+                line = orjson.loads(await self._reader.receive_until(b"\n", 1 << 24))
+                if line.get("ready"):
+                    self.origin = line["origin"]
+                    return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        process = self._process
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                if process.stdin is not None:
+                    await process.stdin.send(b'{"op": "exit"}\n')
+                    await process.stdin.aclose()
+                with anyio.fail_after(10):
+                    await process.wait()
+            except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                process.kill()
+                await process.wait()
+            finally:
+                await process.aclose()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """Run one command in the worker and return its ``value``.
+
+        Raises:
+            WorkerError: the command raised inside the worker.
+        """
+        assert self._process is not None and self._process.stdin is not None
+        assert self._reader is not None
+        ident = next(self._ids)
+        await self._process.stdin.send(orjson.dumps({"id": ident, "op": op, **args}) + b"\n")
+        with anyio.fail_after(self.timeout):
+            while True:
+                reply = orjson.loads(await self._reader.receive_until(b"\n", 1 << 24))
+                if reply.get("id") == ident:
+                    break
+        if not reply["ok"]:
+            raise WorkerError(reply["error"])
+        return reply["value"]

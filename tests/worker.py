@@ -1,0 +1,82 @@
+"""A cache instance in its own OS process, driven by JSON lines on stdin (tests, benchmarks).
+
+Run as ``python -m tests.worker '<CacheConfig fields as JSON>'``. Each input line is a
+command ``{"id": n, "op": ..., ...}``; each output line is ``{"id": n, "ok": true, ...}``
+or ``{"id": n, "ok": false, "error": "..."}``. The first output line is
+``{"ready": true, "origin": ...}`` once the manager has started.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import anyio
+import orjson
+
+from coherent_cache import CacheConfig, CacheManager, CacheTier
+
+MISSING = {"__missing__": True}
+
+
+async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Run one command against the manager."""
+    op = cmd["op"]
+    tier = CacheTier(cmd.get("tier", "both"))
+    if op == "get":
+        return {"value": await cache.get(cmd["key"], tier, default=MISSING)}
+    if op == "peek":
+        return {"value": cache.l1.peek(cmd["key"], MISSING)}
+    if op == "set":
+        return {"value": await cache.set(cmd["key"], cmd["value"], cmd.get("ttl", 60), tier)}
+    if op == "delete":
+        return {"value": await cache.delete(cmd["key"], tier)}
+    if op == "clear_pattern":
+        return {"value": await cache.clear_pattern(cmd["pattern"], tier)}
+    if op == "clear":
+        return {"value": await cache.clear(tier)}
+    if op == "stats":
+        return {"value": await cache.get_stats()}
+    if op == "health":
+        return {"value": await cache.health()}
+    if op == "wait_bus":
+        # Poll the subscriber state until it matches, within a deadline.
+        want = bool(cmd.get("connected", True))
+        with anyio.fail_after(float(cmd.get("within", 10))):
+            while cache.bus is None or cache.bus.connected is not want:
+                await anyio.sleep(0.01)
+        return {"value": True}
+    if op == "wait_gone":
+        # Spin until the L1 no longer serves the key; report when that happened.
+        deadline = time.monotonic() + float(cmd.get("within", 5))
+        while cache.l1.peek(cmd["key"], MISSING) is not MISSING:
+            if time.monotonic() > deadline:
+                return {"value": None}
+            await anyio.sleep(0)
+        return {"value": time.monotonic()}
+    raise ValueError(f"unknown op {op!r}")
+
+
+async def main(fields: dict[str, Any]) -> None:
+    """Start a manager and serve commands until stdin closes or an ``exit`` command."""
+    stdin = anyio.wrap_file(sys.stdin)
+    async with CacheManager(CacheConfig(**fields)) as cache:
+        sys.stdout.write(orjson.dumps({"ready": True, "origin": cache.origin}).decode() + "\n")
+        sys.stdout.flush()
+        async for line in stdin:
+            if not line.strip():
+                continue
+            cmd = orjson.loads(line)
+            if cmd["op"] == "exit":
+                break
+            try:
+                reply = {"id": cmd["id"], "ok": True, **await handle(cache, cmd)}
+            except Exception as exc:
+                reply = {"id": cmd["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            sys.stdout.write(orjson.dumps(reply).decode() + "\n")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    anyio.run(main, orjson.loads(sys.argv[1]))
