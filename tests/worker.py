@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import orjson
+import structlog
 
 from coherent_cache import CacheConfig, CacheManager, CacheTier
 
@@ -79,4 +80,6 @@ async def main(fields: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    # stdout carries the protocol: logs go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     anyio.run(main, orjson.loads(sys.argv[1]))
