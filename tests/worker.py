@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 import structlog
 
@@ -44,8 +45,11 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
     if op == "wait_bus":
         # Poll the subscriber state until it matches, within a deadline.
         want = bool(cmd.get("connected", True))
+        recovered = int(cmd.get("recovered", 0))
+        bus = cache.bus
+        assert bus is not None
         with anyio.fail_after(float(cmd.get("within", 10))):
-            while cache.bus is None or cache.bus.connected is not want:
+            while bus.connected is not want or bus.stats()["recoveries"] < recovered:  # noqa: ASYNC110 - the bus exposes state, not events
                 await anyio.sleep(0.01)
         return {"value": True}
     if op == "wait_gone":
@@ -54,7 +58,7 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
         while cache.l1.peek(cmd["key"], MISSING) is not MISSING:
             if time.monotonic() > deadline:
                 return {"value": None}
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         return {"value": time.monotonic()}
     raise ValueError(f"unknown op {op!r}")
 
