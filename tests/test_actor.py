@@ -1,0 +1,167 @@
+"""The L1 actor's mailbox and the L1's bus-loss distrust, in process."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from coherent_cache import CacheStrategy, InMemoryCache
+from coherent_cache.l1 import (
+    PATTERN_CHUNK,
+    FlushAll,
+    InvalidateKeys,
+    InvalidatePattern,
+    L1Actor,
+)
+
+from .conftest import FakeClock
+
+
+class Owner:
+    """A minimal L1 owner recording what the actor asked for."""
+
+    def __init__(self, l1: InMemoryCache) -> None:
+        self._l1 = l1
+        self.stale_patterns: list[str] = []
+        self.flushes = 0
+
+    @property
+    def l1(self) -> InMemoryCache:
+        return self._l1
+
+    def invalidate_local(self, key: str) -> None:
+        self._l1.delete(key)
+
+    def invalidate_local_all(self) -> None:
+        self.flushes += 1
+        self._l1.clear()
+
+    def stale_fills_matching(self, pattern: str) -> None:
+        self.stale_patterns.append(pattern)
+
+
+async def drain(actor: L1Actor) -> None:
+    """Wait (bounded) until the actor has applied everything queued."""
+    with anyio.fail_after(5):
+        while actor.stats()["queued"]:  # noqa: ASYNC110 - the mailbox exposes counts only
+            await anyio.sleep(0.001)
+    await anyio.wait_all_tasks_blocked()
+
+
+class TestActor:
+    async def test_commands_are_applied_in_order(self) -> None:
+        """Deletes, pattern clears and flushes queued to the mailbox are all applied."""
+        l1 = InMemoryCache(100)
+        for key in ["a", "b", "user:1", "user:2", "order:1"]:
+            l1.set(key, key)
+        owner = Owner(l1)
+        actor = L1Actor(owner, mailbox_size=10)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            actor.submit(InvalidateKeys(("a",)))
+            actor.submit(InvalidatePattern("user:*"))
+            await drain(actor)
+            assert ["b", "order:1"] == sorted(l1.keys())
+            assert ["user:*"] == owner.stale_patterns
+            actor.submit(FlushAll())
+            await drain(actor)
+            assert 0 == len(l1)
+            assert 3 == actor.stats()["applied"]
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+
+    async def test_full_mailbox_flushes_instead_of_dropping(self) -> None:
+        """When the mailbox is full, L1 is flushed at once and the overflow is counted."""
+        l1 = InMemoryCache(100)
+        owner = Owner(l1)
+        actor = L1Actor(owner, mailbox_size=2)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            l1.set("victim", 1)
+            # No checkpoint between submits: the actor cannot run, the mailbox fills.
+            actor.submit(InvalidateKeys(("x",)))
+            actor.submit(InvalidateKeys(("y",)))
+            assert 1 == l1.peek("victim")
+            actor.submit(InvalidateKeys(("victim-not-queued",)))
+            assert None is l1.peek("victim")
+            assert (1, 1) == (actor.stats()["overflows"], owner.flushes)
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+
+    async def test_submit_before_start_flushes(self) -> None:
+        """An invalidation with no running mailbox is never lost: L1 is flushed."""
+        l1 = InMemoryCache(10)
+        l1.set("k", 1)
+        actor = L1Actor(Owner(l1), mailbox_size=2)
+        actor.submit(InvalidateKeys(("other",)))
+        assert 0 == len(l1)
+
+    async def test_large_pattern_clear_yields_to_the_event_loop(self) -> None:
+        """A pattern clear over many keys lets other tasks run between chunks."""
+        size = PATTERN_CHUNK * 8
+        l1 = InMemoryCache(size + 10, strategy=CacheStrategy.LRU)
+        for i in range(size):
+            l1.set(f"user:{i}", i)
+        actor = L1Actor(Owner(l1), mailbox_size=4)
+        progress: list[int] = []
+
+        async def other_request() -> None:
+            while len(l1):
+                progress.append(len(l1))
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            actor.submit(InvalidatePattern("user:*"))
+            tg.start_soon(other_request)
+            await drain(actor)
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+        assert 0 == len(l1)
+        assert len({p for p in progress if 0 < p < size}) >= 2  # ran while the clear ran
+
+
+class TestDistrust:
+    @pytest.mark.parametrize("strategy", list(CacheStrategy))
+    def test_entries_expire_max_stale_after_loss(
+        self, clock: FakeClock, strategy: CacheStrategy
+    ) -> None:
+        """After a loss, older entries are served max_stale seconds more, then not at all."""
+        l1 = InMemoryCache(10, strategy=strategy, timer=clock)
+        l1.set("old", 1)
+        clock.tick(100)
+        l1.distrust(clock(), 5.0)
+        clock.tick(4.9)
+        assert 1 == l1.get("old")
+        clock.tick(0.2)
+        assert None is l1.get("old")
+        assert None is l1.peek("old")
+
+    def test_writes_during_loss_live_max_stale_after_their_own_write(
+        self, clock: FakeClock
+    ) -> None:
+        """An entry written during the loss is served up to max_stale after its write."""
+        l1 = InMemoryCache(10, timer=clock)
+        l1.distrust(clock(), 5.0)
+        clock.tick(10)
+        l1.set("fresh", 1)
+        clock.tick(4.9)
+        assert 1 == l1.get("fresh")
+        clock.tick(0.2)
+        assert None is l1.get("fresh")
+
+    def test_trust_restores_normal_ttl(self, clock: FakeClock) -> None:
+        """After trust(), entries live their normal TTL again."""
+        l1 = InMemoryCache(10, ttl=300, timer=clock)
+        l1.distrust(clock(), 1.0)
+        l1.trust()
+        l1.set("k", 1)
+        clock.tick(100)
+        assert (1, False) == (l1.get("k"), l1.distrusted)
+
+    def test_zero_max_stale_serves_nothing(self, clock: FakeClock) -> None:
+        """max_stale_on_bus_loss=0 stops serving L1 the moment the bus is lost."""
+        l1 = InMemoryCache(10, timer=clock)
+        l1.set("k", 1)
+        l1.distrust(clock(), 0.0)
+        assert None is l1.get("k")
