@@ -92,6 +92,11 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     Raises:
         InvalidKeyError: an unterminated ``[`` class or a trailing backslash.
     """
+    if not _GLOB_SPECIAL.intersection(pattern):
+        return pattern.__eq__
+    head, star, tail = pattern.partition("*")
+    if star and tail.strip("*") == "" and not _GLOB_SPECIAL.intersection(head):
+        return lambda key: key.startswith(head)  # "user:*": the common case, no regex
     raw = pattern.encode("utf-8", "surrogatepass")
     out: list[bytes] = []
     i, n = 0, len(raw)
@@ -117,6 +122,14 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
             out.append(_byte(ch))
         i += 1
     regex = re.compile(b"".join(out), re.DOTALL)
+    if pattern.isascii():
+        # For ASCII keys, matching the str is matching the bytes, without encoding them.
+        text = re.compile(b"".join(out).decode("ascii"), re.DOTALL)
+        return lambda key: (
+            text.fullmatch(key) is not None
+            if key.isascii()
+            else regex.fullmatch(key.encode("utf-8", "surrogatepass")) is not None
+        )
     return lambda key: regex.fullmatch(key.encode("utf-8", "surrogatepass")) is not None
 
 

@@ -247,7 +247,7 @@ class InMemoryCache:
         match = compile_pattern(pattern)
         now = self._timer()
         removed = 0
-        for key in [k for k in self._data.keys() if match(k)]:  # snapshot: we mutate below
+        for key in [k for k in Cache.__iter__(self._data) if match(k)]:  # snapshot first
             entry = self._data.pop(key, None)
             if entry is not None and entry.expires > now:
                 removed += 1
@@ -270,7 +270,8 @@ class InMemoryCache:
 
     def keys(self) -> Iterator[str]:
         """Iterate over a snapshot of the keys held (expired ones may still be listed)."""
-        return iter(list(self._data.keys()))
+        # Cache.__iter__ walks the plain dict, skipping TLRUCache's per-key expiry checks.
+        return iter(list(Cache.__iter__(self._data)))
 
     def __len__(self) -> int:
         return len(self._data)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from coherent_cache import CacheConfig, RedisCache, SerializationError
+from coherent_cache import CacheConfig, InvalidKeyError, RedisCache, SerializationError
+from coherent_cache.keys import compile_pattern
 from coherent_cache.l2 import SCAN_COUNT
 from coherent_cache.serializer import COMPRESSION_NONE, COMPRESSION_ZLIB
 
@@ -175,3 +177,29 @@ class TestStats:
             stats["connected"],
             stats["errors"],
         )
+
+
+class TestGlobAgreesWithRedis:
+    async def test_random_patterns_match_what_scan_matches(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """compile_pattern (the L1 side of clear_pattern) selects exactly the keys Redis does."""
+        rng = random.Random(20261125)
+        alphabet = ["a", "b", "c", "-", "]", "é", "1", ":"]
+        keys = sorted({"".join(rng.choices(alphabet, k=rng.randint(1, 4))) for _ in range(60)})
+        await l2.set_many({k: 1 for k in keys}, ttl=300)
+        pieces = ["a", "b", "é", "*", "?", "[ab]", "[^a]", "[a-c]", "[c-a]", "\\*", ":", "]"]
+        checked = 0
+        for _ in range(150):
+            pattern = "".join(rng.choices(pieces, k=rng.randint(1, 4)))
+            try:
+                match = compile_pattern(pattern)
+            except InvalidKeyError:
+                continue
+            redis_side = {
+                name.decode()[len(namespace) + 1 :]
+                async for name in raw_redis.scan_iter(f"{namespace}:{pattern}", count=1000)
+            }
+            assert redis_side == {k for k in keys if match(k)}, pattern
+            checked += 1
+        assert checked > 100
