@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Self, TypedDict, final
+from typing import Any, ClassVar, Final, Self, TypedDict, final
 
 import anyio
 import orjson
@@ -73,6 +73,9 @@ def make_origin(prefix: str | None = None) -> str:
 class BusMessage:
     """One invalidation on the bus (wire format version 1)."""
 
+    DEFAULT_MAX_SIZE: ClassVar[int] = 1024 * 1024
+    """The default ``max_bus_message_size``: receivers drop larger messages."""
+
     op: BusOp
     keys: tuple[str, ...] = ()
     pattern: str | None = None
@@ -84,6 +87,53 @@ class BusMessage:
     def delete(cls, keys: Iterable[str], *, origin: str | None = None) -> BusMessage:
         """A ``delete`` of ``keys``, stamped with the current time."""
         return cls(BusOp.DELETE, keys=tuple(keys), origin=origin, ts=_now_ms())
+
+    @classmethod
+    def delete_batches(
+        cls,
+        keys: Iterable[str],
+        *,
+        origin: str | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_keys: int = MAX_KEYS_PER_MESSAGE,
+    ) -> list[BusMessage]:
+        """``delete`` messages for ``keys``: each encodes to at most ``max_size`` bytes.
+
+        Receivers drop messages over their ``max_bus_message_size``, so a long list of
+        keys is split by encoded size (JSON escaping included) as well as by count. All
+        messages carry the same timestamp.
+
+        Raises:
+            InvalidKeyError: a key is invalid, cannot be encoded as JSON (a lone
+                surrogate), or does not fit in a ``max_size`` message on its own.
+        """
+        ts = _now_ms()
+        empty = len(cls(BusOp.DELETE, origin=origin, ts=ts).encode())  # with "keys":[]
+        batches: list[BusMessage] = []
+        current: list[str] = []
+        size = empty
+        for key in keys:
+            validate_key(key)
+            try:
+                item = len(orjson.dumps(key))
+            except orjson.JSONEncodeError as exc:
+                raise InvalidKeyError(
+                    f"a cache key must be valid Unicode to go on the bus ({exc})", key=key
+                ) from None
+            if empty + item > max_size:
+                raise InvalidKeyError(
+                    f"a cache key of {item} bytes as JSON does not fit in a bus message of "
+                    f"at most {max_size} bytes (max_bus_message_size)",
+                    key=key[:64] + "...",
+                )
+            if current and (size + 1 + item > max_size or len(current) >= max_keys):
+                batches.append(cls(BusOp.DELETE, keys=tuple(current), origin=origin, ts=ts))
+                current, size = [], empty
+            size += item + (1 if current else 0)
+            current.append(key)
+        if current:
+            batches.append(cls(BusOp.DELETE, keys=tuple(current), origin=origin, ts=ts))
+        return batches
 
     @classmethod
     def clear_pattern(cls, pattern: str, *, origin: str | None = None) -> BusMessage:
@@ -109,7 +159,7 @@ class BusMessage:
         return orjson.dumps(body)
 
     @classmethod
-    def decode(cls, data: bytes, *, max_size: int = 1024 * 1024) -> BusMessage:
+    def decode(cls, data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> BusMessage:
         """Parse and validate one message.
 
         Raises:
