@@ -37,10 +37,10 @@ _GLOB_SPECIAL: Final = frozenset("*?[]\\")
 def validate_key(key: object) -> str:
     """Return ``key`` if it is a usable cache key, else raise `InvalidKeyError`.
 
-    A key is a non-empty ``str`` of at most `MAX_KEY_LENGTH` UTF-8 bytes. Glob characters
-    are allowed and taken literally.
+    A key is a non-empty ``str`` of valid Unicode (no lone surrogates) of at most
+    `MAX_KEY_LENGTH` UTF-8 bytes. Glob characters are allowed and taken literally.
     """
-    if type(key) is str and 0 < len(key) <= _FAST_KEY_CHARS:
+    if type(key) is str and 0 < len(key) <= _FAST_KEY_CHARS and key.isascii():
         return key
     return _validate_slow(key, "key")
 
@@ -59,7 +59,13 @@ def _validate_slow(value: object, what: str) -> str:
         )
     if not value:
         raise InvalidKeyError(f"a cache {what} must not be empty", key=value)
-    size = len(value.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKeyError(
+            f"a cache {what} must be valid Unicode (it contains a lone surrogate)",
+            key=value.encode("utf-8", "backslashreplace").decode("ascii"),
+        ) from None
     if size > MAX_KEY_LENGTH:
         raise InvalidKeyError(
             f"a cache {what} must be at most {MAX_KEY_LENGTH} bytes, got {size} "

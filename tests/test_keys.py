@@ -474,3 +474,14 @@ class TestRedisKey:
         with pytest.raises(ConfigurationError) as info:
             CacheConfig(namespace="a:b")
         assert "namespace" == info.value.field
+
+
+class TestUnicodeKeys:
+    def test_lone_surrogate_is_rejected(self) -> None:
+        """A key that is not valid Unicode cannot reach Redis or the bus: InvalidKeyError."""
+        with pytest.raises(InvalidKeyError, match="surrogate"):
+            validate_key("user:\ud800")
+
+    def test_non_ascii_keys_are_accepted(self) -> None:
+        """Valid non-ASCII keys pass validation unchanged."""
+        assert "usér:é" == validate_key("usér:é")
