@@ -144,8 +144,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             f"l2={self.config.redacted_url() if self.l2 is not None else None!r}>"
         )
 
-    # -- lifecycle -------------------------------------------------------------------------
-
     @property
     def running(self) -> bool:
         """Whether the manager has been started and not stopped."""
