@@ -35,7 +35,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .config import CacheConfig
-from .errors import InvalidKeyError, MalformedMessageError
+from .errors import (
+    CacheClosedError,
+    ConfigurationError,
+    InvalidKeyError,
+    MalformedMessageError,
+)
 from .keys import validate_key, validate_pattern
 
 __all__ = [
@@ -465,14 +470,27 @@ class InvalidationPublisher:
     ``delete``, ``clear_pattern`` and ``clear`` remove the L2 entries (unless
     ``l2=False``) and then PUBLISH the bus message, so every connected instance drops its
     L1 copy. Unlike `CacheManager`, failures raise: an invalidation that did not happen
-    must be visible to the caller.
+    must be visible to the caller. Every Redis call is bounded by ``operation_timeout``.
+
+    Messages are built and checked before anything is sent, so an invalid key or pattern
+    raises and changes nothing. A delete of many keys goes out as several messages, each
+    at most ``max_bus_message_size`` bytes and `MAX_KEYS_PER_MESSAGE` keys (receivers
+    drop larger messages); the L2 keys of each message are unlinked right before it is
+    published.
 
     Args:
         redis_url: the server of the caches.
         namespace: the caches' namespace.
-        channel: the bus channel; ``<namespace>:invalidate`` when omitted.
-        origin: the origin id written into messages (default: host, pid, random).
-        config: settings to use instead of ``redis_url``/``namespace`` (timeouts, TLS).
+        channel: the bus channel; when omitted, the config's ``invalidation_channel`` or
+            ``<namespace>:invalidate``.
+        origin: the origin id written into messages (default: host, pid, random). A
+            manager skips messages carrying its own origin.
+        config: settings to use instead of ``redis_url``/``namespace`` (timeouts, TLS,
+            credentials, ``max_bus_message_size``).
+
+    Raises:
+        ConfigurationError: no URL was given, ``redis_url`` or ``namespace`` contradicts
+            ``config``, or a setting (channel, origin, URL, namespace) is invalid.
     """
 
     def __init__(
@@ -488,24 +506,83 @@ class InvalidationPublisher:
 
         if config is None:
             if redis_url is None:
-                raise ValueError("InvalidationPublisher needs redis_url or config")
+                raise ConfigurationError(
+                    "InvalidationPublisher needs redis_url or config", field="redis_url"
+                )
             config = CacheConfig(
                 redis_url=redis_url, namespace=namespace, invalidation_channel=channel
             )
+        else:
+            # Silently preferring one of two contradicting settings would invalidate the
+            # wrong server or namespace.
+            if redis_url is not None and redis_url != config.redis_url:
+                raise ConfigurationError(
+                    "redis_url differs from config.redis_url: pass one of them",
+                    field="redis_url",
+                )
+            if namespace not in ("cache", config.namespace):
+                raise ConfigurationError(
+                    f"namespace {namespace!r} differs from config.namespace "
+                    f"{config.namespace!r}: pass one of them",
+                    field="namespace",
+                )
+            if config.redis_url is None:
+                raise ConfigurationError(
+                    "InvalidationPublisher needs a config with a redis_url", field="redis_url"
+                )
+            if channel is not None and channel != config.invalidation_channel:
+                config = CacheConfig(**{**config.model_dump(), "invalidation_channel": channel})
+        if origin is not None and (not 0 < len(origin) <= 256 or not origin.isprintable()):
+            raise ConfigurationError("origin must be 1-256 printable characters", field="origin")
         self.config = config
         self.channel = config.channel
         self.origin = origin or make_origin(config.origin_prefix)
         self._l2 = RedisCache(config)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<InvalidationPublisher channel={self.channel!r} url={self.config.redacted_url()!r}"
+            f"{' closed' if self._closed else ''}>"
+        )
 
     async def __aenter__(self) -> Self:
+        self._check_open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool; later calls raise `CacheClosedError`."""
+        self._closed = True
         await self._l2.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError("this InvalidationPublisher is closed; create a new one")
+
+    def _encode(self, message: BusMessage) -> bytes:
+        """The message's bytes, checked against ``max_bus_message_size``.
+
+        Raises:
+            InvalidKeyError: the key or pattern cannot be encoded, or makes the message
+                too large for receivers.
+        """
+        try:
+            data = message.encode()
+        except orjson.JSONEncodeError as exc:
+            raise InvalidKeyError(
+                f"the bus message cannot be encoded as JSON ({exc})", key=message.pattern
+            ) from None
+        limit = self.config.max_bus_message_size
+        if len(data) > limit:
+            raise InvalidKeyError(
+                f"the bus message would be {len(data)} bytes, over max_bus_message_size="
+                f"{limit}: receivers would drop it",
+                key=message.pattern,
+            )
+        return data
 
     async def delete(self, *keys: str, l2: bool = True) -> int:
         """Drop ``keys`` everywhere; return how many subscribers received the last message.
@@ -513,41 +590,61 @@ class InvalidationPublisher:
         Raises:
             InvalidKeyError: a key is invalid (nothing is sent).
             BackendError: Redis failed or timed out.
+            CacheClosedError: the publisher was closed.
         """
-        for key in keys:
-            validate_key(key)
-        if not keys:
-            return 0
-        if l2:
-            await self._l2.delete_many(keys, raise_errors=True)
+        self._check_open()
+        messages = BusMessage.delete_batches(
+            keys, origin=self.origin, max_size=self.config.max_bus_message_size
+        )
+        encoded = [(message.keys, self._encode(message)) for message in messages]
         receivers = 0
-        for message in split_delete(list(keys), origin=self.origin):
-            receivers = await self._l2.publish(self.channel, message.encode())
+        for batch, data in encoded:
+            if l2:
+                await self._l2.delete_many(batch, raise_errors=True)
+            receivers = await self._l2.publish(self.channel, data)
         return receivers
 
     async def clear_pattern(self, pattern: str, *, l2: bool = True) -> int:
         """Drop keys matching ``pattern`` everywhere; return the number of subscribers.
 
         Raises:
-            InvalidKeyError: the pattern is invalid.
-            BackendError: Redis failed or timed out.
+            InvalidKeyError: the pattern is invalid (nothing is sent).
+            BackendError: Redis failed or timed out (L2 keys may be partly removed).
+            CacheClosedError: the publisher was closed.
         """
+        self._check_open()
         validate_pattern(pattern)
+        data = self._encode(BusMessage.clear_pattern(pattern, origin=self.origin))
         if l2:
             await self._l2.clear_pattern(pattern, raise_errors=True)
-        message = BusMessage.clear_pattern(pattern, origin=self.origin)
-        return await self._l2.publish(self.channel, message.encode())
+        return await self._l2.publish(self.channel, data)
 
     async def clear(self, *, l2: bool = True) -> int:
         """Drop the whole namespace everywhere; return the number of subscribers.
 
         Raises:
-            BackendError: Redis failed or timed out.
+            BackendError: Redis failed or timed out (L2 keys may be partly removed).
+            CacheClosedError: the publisher was closed.
         """
+        self._check_open()
+        data = self._encode(BusMessage.clear(origin=self.origin))
         if l2:
             await self._l2.clear_pattern("*", raise_errors=True)
-        return await self._l2.publish(self.channel, BusMessage.clear(origin=self.origin).encode())
+        return await self._l2.publish(self.channel, data)
 
     async def publish(self, message: BusMessage) -> int:
-        """PUBLISH an already built message; return the number of subscribers."""
-        return await self._l2.publish(self.channel, message.encode())
+        """PUBLISH an already built message as is (L2 untouched); return the subscribers.
+
+        Raises:
+            MalformedMessageError: the message breaks the wire format (receivers would
+                drop it), e.g. a ``delete`` without keys or over ``max_bus_message_size``.
+            BackendError: Redis failed or timed out.
+            CacheClosedError: the publisher was closed.
+        """
+        self._check_open()
+        try:
+            data = message.encode()
+        except orjson.JSONEncodeError as exc:
+            raise MalformedMessageError(f"not encodable as JSON ({exc})") from None
+        BusMessage.decode(data, max_size=self.config.max_bus_message_size)
+        return await self._l2.publish(self.channel, data)

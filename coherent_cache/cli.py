@@ -1,16 +1,37 @@
-"""The ``coherent-cache`` command: ``coherent-cache demo`` shows the cache at work."""
+"""The ``coherent-cache`` command: ``demo``, ``invalidate`` and ``watch``.
+
+``demo`` shows the cache at work on a private Valkey; ``invalidate`` drops keys from the
+L2 and from every instance's L1 (see docs/protocol.md); ``watch`` prints the invalidation
+bus as JSON lines. Exit codes: 0 done (``watch`` also on Ctrl-C), 1 Redis unreachable or
+failing, 2 bad arguments. Settings not given as options come from the ``COHERENT_CACHE_*``
+environment variables (e.g. ``COHERENT_CACHE_REDIS_PASSWORD``, which keeps the password
+out of the process list).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
+import orjson
+import structlog
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from .config import CacheConfig, CacheTier
+from .bus import BusMessage, InvalidationPublisher, make_origin
+from .config import ENV_PREFIX, CacheConfig, CacheTier
+from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
+from .keys import validate_key, validate_pattern
 from .manager import CacheManager, create_cache_manager
 from .testing import RedisServer, ServerNotFoundError
 
@@ -119,18 +140,336 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``coherent-cache`` command."""
-    parser = argparse.ArgumentParser(prog="coherent-cache", description=__doc__)
+# -- invalidate and watch ----------------------------------------------------------------
+
+EXIT_OK: Final = 0
+EXIT_REDIS: Final = 1
+EXIT_USAGE: Final = 2
+RAW_LIMIT: Final = 1024
+"""Characters of an oversized malformed message that ``watch`` prints."""
+
+
+def _error(text: str) -> None:
+    print(f"coherent-cache: error: {text}", file=sys.stderr, flush=True)
+
+
+def _key_arg(text: str) -> str:
+    try:
+        return validate_key(text)
+    except InvalidKeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pattern_arg(text: str) -> str:
+    try:
+        return validate_pattern(text)
+    except InvalidKeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _add_bus_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="server of the caches (default: $COHERENT_CACHE_REDIS_URL); a password in it is "
+        "never printed, but prefer $COHERENT_CACHE_REDIS_PASSWORD, which ps cannot show",
+    )
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="the caches' namespace (default: $COHERENT_CACHE_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--channel",
+        metavar="CH",
+        help="bus channel (default: $COHERENT_CACHE_INVALIDATION_CHANNEL, "
+        "else <namespace>:invalidate)",
+    )
+
+
+def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CacheConfig:
+    """The settings from the options, then ``COHERENT_CACHE_*``; usage errors exit 2."""
+    overrides: dict[str, Any] = {}
+    for option, field in (
+        ("redis_url", "redis_url"),
+        ("namespace", "namespace"),
+        ("channel", "invalidation_channel"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            overrides[field] = value
+        elif option != "channel" and not os.environ.get(ENV_PREFIX + field.upper()):
+            # No silent default: invalidating namespace "cache" on localhost by accident
+            # is worse than an error.
+            parser.error(
+                f"--{option.replace('_', '-')} is required (or set {ENV_PREFIX + field.upper()})"
+            )
+    try:
+        config = CacheConfig.from_env(**overrides)
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+    if config.redis_url is None:
+        parser.error("a Redis URL is required")
+    return config
+
+
+def _scrub(text: str, config: CacheConfig) -> str:
+    """``text`` without the configured passwords (error details may quote the URL)."""
+    secrets = [urlsplit(config.redis_url or "").password]
+    if config.redis_password is not None:
+        secrets.append(config.redis_password.get_secret_value())
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+async def _invalidate(args: argparse.Namespace, config: CacheConfig) -> str:
+    """Run the invalidation; return the line describing what was done."""
+    l2 = not args.no_l2
+    origin = ("cli-" + make_origin(config.origin_prefix))[:256]
+    async with InvalidationPublisher(config=config, origin=origin) as publisher:
+        if args.keys is not None:
+            keys = list(dict.fromkeys(args.keys))
+            receivers = await publisher.delete(*keys, l2=l2)
+            shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+            what = f"deleted {_plural(len(keys), 'key')} ({shown})"
+        elif args.pattern is not None:
+            receivers = await publisher.clear_pattern(args.pattern, l2=l2)
+            what = f"cleared pattern {args.pattern!r}"
+        else:
+            receivers = await publisher.clear(l2=l2)
+            what = "cleared all keys"
+    tiers = "from L2 and every L1" if l2 else "from every L1 (L2 untouched)"
+    return (
+        f"{what} {tiers} of namespace {config.namespace!r} at {config.redacted_url()}: "
+        f"{_plural(receivers, 'subscriber')} received the message on {publisher.channel!r}"
+    )
+
+
+def _log_to_stderr() -> None:
+    """Send the library's log events to stderr, warnings and up only.
+
+    stdout carries the command's result (``watch``: JSON lines) and must stay parseable;
+    structlog's default prints every level to stdout. Only these subcommands configure
+    structlog, as the application they are.
+    """
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+
+
+def _run_invalidate(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    config = _config(parser, args)
+    _log_to_stderr()
+    try:
+        line = anyio.run(_invalidate, args, config)
+    except InvalidKeyError as exc:  # e.g. a key too large for max_bus_message_size
+        parser.error(str(exc))
+    except BackendError as exc:
+        _error(
+            f"nothing confirmed: Redis at {config.redacted_url()} failed: "
+            f"{_scrub(str(exc), config)}"
+        )
+        return EXIT_REDIS
+    _say(line)
+    return EXIT_OK
+
+
+def _describe(data: bytes, max_size: int) -> dict[str, Any]:
+    """The JSON object ``watch`` prints for one bus message."""
+    try:
+        message = BusMessage.decode(data, max_size=max_size)
+    except MalformedMessageError as exc:
+        raw = data.decode("utf-8", "replace")
+        if len(data) > max_size and len(raw) > RAW_LIMIT:
+            raw = raw[:RAW_LIMIT] + "..."
+        return {"valid": False, "reason": exc.reason, "raw": raw}
+    fields: dict[str, Any] = orjson.loads(message.encode())
+    return {"valid": True, **fields}
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    """Write one JSON line to stdout as UTF-8 (whatever the locale) and flush it."""
+    line = orjson.dumps(obj) + b"\n"
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(line.decode())
+        sys.stdout.flush()
+        return
+    sys.stdout.flush()
+    buffer.write(line)
+    buffer.flush()
+
+
+async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
+    """Subscribe, announce it on stderr, print messages until the count or duration."""
+    assert config.redis_url is not None
+    extra: dict[str, Any] = {}
+    if config.redis_username is not None:
+        extra["username"] = config.redis_username
+    if config.redis_password is not None:
+        extra["password"] = config.redis_password.get_secret_value()
+    client = Redis.from_url(
+        config.redis_url,
+        protocol=2,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        # A lost connection ends the watch with an error rather than reconnecting
+        # silently: messages sent meanwhile would be missing from the output.
+        retry=Retry(NoBackoff(), 0),
+        client_name=f"coherent_cache:{config.namespace}:watch",
+        **extra,
+    )
+    pubsub = client.pubsub()
+    channel = config.channel
+    subscribed = False
+    try:
+        with anyio.fail_after(config.connect_timeout + config.operation_timeout):
+            await pubsub.subscribe(channel)
+            while True:
+                reply = await pubsub.get_message(timeout=config.operation_timeout)
+                if reply is not None and reply["type"] == "subscribe":
+                    break
+        subscribed = True
+        print(f"watching {channel} on {config.redacted_url()}", file=sys.stderr, flush=True)
+        seen = 0
+        with anyio.move_on_after(args.duration):
+            while args.count is None or seen < args.count:
+                reply = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if reply is None or reply["type"] != "message":
+                    continue
+                _emit(_describe(reply["data"], config.max_bus_message_size))
+                seen += 1
+    except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+        detail = _scrub(str(exc) or type(exc).__name__, config)
+        doing = "lost the connection to" if subscribed else "could not subscribe to"
+        _error(f"{doing} Redis at {config.redacted_url()}: {detail}")
+        return EXIT_REDIS
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(config.connect_timeout):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
+    return EXIT_OK
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    config = _config(args.parser, args)
+    _log_to_stderr()
+    try:
+        code: int = anyio.run(_watch, args, config)
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is how an open-ended watch ends
+    return code
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coherent-cache",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="run a short demonstration on a private Valkey")
     demo.add_argument(
         "--redis-url",
         help="use this server instead of starting a private one (keys go to namespace 'demo')",
     )
     demo.set_defaults(handler=_run_demo)
-    args = parser.parse_args(argv)
-    code: int = args.handler(args)
+
+    invalidate = commands.add_parser(
+        "invalidate",
+        help="drop keys from L2 and from every instance's L1",
+        description="Drop keys from the L2 and publish the invalidation, so every "
+        "connected instance drops its L1 copy. Prints one line: what was done and how "
+        "many subscribers received the message. Exit 0 done, 1 Redis failed (nothing "
+        "confirmed), 2 bad arguments.",
+    )
+    _add_bus_options(invalidate)
+    invalidate.add_argument(
+        "--no-l2",
+        action="store_true",
+        help="only publish: instances drop their L1 copies, the L2 values stay",
+    )
+    target = invalidate.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--key",
+        dest="keys",
+        action="append",
+        type=_key_arg,
+        metavar="K",
+        help="a key without the namespace prefix (repeat for more keys)",
+    )
+    target.add_argument(
+        "--pattern",
+        type=_pattern_arg,
+        metavar="P",
+        help="a Redis glob pattern without the namespace prefix, e.g. 'user:*'",
+    )
+    target.add_argument("--all", action="store_true", help="every key of the namespace")
+    invalidate.set_defaults(handler=_run_invalidate, parser=invalidate)
+
+    watch = commands.add_parser(
+        "watch",
+        help="print the invalidation bus as JSON lines",
+        description="Print every message on the bus channel as one JSON object per line: "
+        'the decoded fields plus "valid": true, or {"valid": false, "reason": ..., '
+        '"raw": ...} for a malformed one (raw is cut to its first '
+        f"{RAW_LIMIT} characters only for messages over max_bus_message_size). Once "
+        "subscribed, writes 'watching <channel> on <url>' to stderr. Runs until --count "
+        "messages, --duration seconds or Ctrl-C (exit 0); exit 1 if Redis is unreachable "
+        "or the connection drops.",
+    )
+    _add_bus_options(watch)
+    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N messages")
+    watch.add_argument(
+        "--duration", type=_positive_float, metavar="SECONDS", help="stop after this long"
+    )
+    watch.set_defaults(handler=_run_watch, parser=watch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``coherent-cache`` command."""
+    args = _build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head -1`): stop quietly. Point stdout
+        # at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     return code
 
 
