@@ -98,6 +98,9 @@ class MultiTierCache:
     def invalidate_local(self, key: str) -> None:
         """Drop ``key`` from L1 and stop any L2 read in flight from installing it."""
         self.l1.delete(key)
+        self._stale_fills_of(key)
+
+    def _stale_fills_of(self, key: str) -> None:
         fills = self._fills.get(key)
         if fills:
             for fill in fills:
@@ -170,7 +173,7 @@ class MultiTierCache:
         """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed.
 
         L1 is written before L2, so this instance reads its own write even while Redis is
-        down; the L2 write is not retried.
+        down; the L2 write is not retried. An L2-only write drops this instance's L1 copy.
 
         Raises:
             InvalidKeyError: ``key`` is not a valid key.
@@ -183,58 +186,75 @@ class MultiTierCache:
         raw = self.serializer.dumps(value, key=key)
         payload = self.serializer.pack(raw, key=key)
         self._sets += 1
+        self.invalidate_local(key)
+        decoded: Any = _MISSING
         if tier is not CacheTier.L2:
-            self.invalidate_local(key)
-            self.l1.set(key, orjson.loads(raw), seconds)
-        elif self.l1.peek(key, _MISSING) is not _MISSING:
-            # An L2-only write must not leave this instance serving an older L1 copy.
-            self.invalidate_local(key)
+            decoded = orjson.loads(raw)
+            self.l1.set(key, decoded, seconds)
         if tier is CacheTier.L1:
             return True
         if self.l2 is None:
             return tier is CacheTier.BOTH
         notify = BusMessage.delete((key,), origin=self.origin).encode() if self.publish else None
-        return await self.l2.set_payload(key, payload, seconds, notify=notify)
+        try:
+            return await self.l2.set_payload(key, payload, seconds, notify=notify)
+        finally:
+            # Fence: a fill that read L2 while the write was in flight may carry the
+            # previous value; keep our own L1 entry, drop anything else.
+            if decoded is _MISSING or self.l1.peek(key, _MISSING) is not decoded:
+                self.invalidate_local(key)
+            else:
+                self._stale_fills_of(key)
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
-        """Remove ``key`` from the tiers asked for; return whether any tier held it."""
+        """Remove ``key`` from the tiers asked for; return whether any tier held it.
+
+        Removing it from L2 also drops this instance's L1 copy (and, through the bus, every
+        other instance's): an L1 copy of a value that L2 no longer holds would be stale.
+        """
         validate_key(key)
         self._deletes += 1
-        existed = False
-        if tier is not CacheTier.L2:
-            existed = self.l1.peek(key, _MISSING) is not _MISSING
-            self.invalidate_local(key)
-        if tier is not CacheTier.L1 and self.l2 is not None:
-            notify = (
-                BusMessage.delete((key,), origin=self.origin).encode() if self.publish else None
-            )
-            existed = await self.l2.delete(key, notify=notify) or existed
-        return existed
+        existed = self.l1.peek(key, _MISSING) is not _MISSING
+        self.invalidate_local(key)
+        if tier is CacheTier.L1 or self.l2 is None:
+            return existed
+        notify = BusMessage.delete((key,), origin=self.origin).encode() if self.publish else None
+        try:
+            return await self.l2.delete(key, notify=notify) or existed
+        finally:
+            self.invalidate_local(key)  # fence fills that raced with the UNLINK
 
     async def clear_pattern(self, pattern: str, tier: CacheTier = CacheTier.BOTH) -> int:
         """Remove keys matching the glob ``pattern`` from the tiers asked for.
+
+        Clearing L2 also clears this instance's matching L1 entries, before and again
+        after the SCAN + UNLINK batches, so no fill that raced with them stays behind.
 
         Returns:
             The number of L2 keys removed when L2 is involved, else the number of L1 keys.
         """
         validate_pattern(pattern)
-        removed = 0
-        if tier is not CacheTier.L2:
-            removed = self.invalidate_local_pattern(pattern)
-        if tier is not CacheTier.L1 and self.l2 is not None:
+        removed = self.invalidate_local_pattern(pattern)
+        if tier is CacheTier.L1 or self.l2 is None:
+            return removed
+        try:
             removed = await self.l2.clear_pattern(pattern)
-            await self._publish(BusMessage.clear_pattern(pattern, origin=self.origin))
+        finally:
+            self.invalidate_local_pattern(pattern)
+        await self._publish(BusMessage.clear_pattern(pattern, origin=self.origin))
         return removed
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
         """Remove every key of this namespace from the tiers asked for (see `clear_pattern`)."""
-        removed = 0
-        if tier is not CacheTier.L2:
-            removed = len(self.l1)
-            self.invalidate_local_all()
-        if tier is not CacheTier.L1 and self.l2 is not None:
+        removed = len(self.l1)
+        self.invalidate_local_all()
+        if tier is CacheTier.L1 or self.l2 is None:
+            return removed
+        try:
             removed = await self.l2.clear()
-            await self._publish(BusMessage.clear(origin=self.origin))
+        finally:
+            self.invalidate_local_all()
+        await self._publish(BusMessage.clear(origin=self.origin))
         return removed
 
     async def _publish(self, message: BusMessage) -> None:

@@ -144,3 +144,40 @@ class TestFillRace:
         await writer.set("k", "v1", ttl=60)
         await race(proxy, reader, "k", lambda: reader.set("k", "mine", ttl=60, tier=CacheTier.L1))
         assert "mine" == reader.l1.peek("k")
+
+
+async def warm_pool(cache: CacheManager, connections: int = 3) -> None:
+    """Open several pooled connections now, so no handshake waits on a held reply later."""
+    async with anyio.create_task_group() as tg:
+        for i in range(connections):
+            tg.start_soon(cache.get, f"warm:{i}", CacheTier.L2)
+
+
+class TestOwnInvalidationFence:
+    async def test_fill_started_during_own_clear_pattern_is_dropped(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """A read that starts after clear_pattern emptied L1, but before Redis removed the
+        keys, may read the old value; it must not stay in L1 once clear_pattern returns."""
+        reader, writer = pair
+        await writer.set("user:1", "old", ttl=60)
+        await warm_pool(reader)
+        result: dict[str, Any] = {}
+
+        async def clear() -> None:
+            result["removed"] = await reader.clear_pattern("user:*")
+
+        async def read() -> None:
+            result["read"] = await reader.get("user:1")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                proxy.hold()
+                tg.start_soon(clear)  # L1 cleared; SCAN sent, its reply held
+                await proxy.wait_reply_held()
+                tg.start_soon(read)  # L1 miss; GET reaches the server before any UNLINK
+                await wait_all_tasks_blocked()
+                proxy.release()
+        assert "old" == result["read"]  # read before the UNLINK: a valid answer then
+        assert 1 == result["removed"]
+        assert None is reader.l1.peek("user:1")
