@@ -20,7 +20,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Self, TypedDict, final
 
@@ -222,14 +222,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def split_delete(keys: Sequence[str], *, origin: str | None) -> list[BusMessage]:
-    """``delete`` messages for ``keys``, at most `MAX_KEYS_PER_MESSAGE` keys each."""
-    return [
-        BusMessage.delete(keys[i : i + MAX_KEYS_PER_MESSAGE], origin=origin)
-        for i in range(0, len(keys), MAX_KEYS_PER_MESSAGE)
-    ]
-
-
 class BusStats(TypedDict):
     """Figures of the subscriber side of the bus."""
 
@@ -378,6 +370,10 @@ class InvalidationBus:
                         error=type(exc).__name__,
                         detail=str(exc),
                     )
+                except anyio.get_cancelled_exc_class():
+                    subscribed = False  # stopping, not a loss
+                    self.connected = False
+                    raise
                 finally:
                     if subscribed:
                         self._mark_lost()
