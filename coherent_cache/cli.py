@@ -16,11 +16,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import orjson
 import structlog
 from redis import exceptions as redis_errors
@@ -29,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .bus import BusMessage, InvalidationPublisher, make_origin
-from .config import ENV_PREFIX, CacheConfig, CacheTier
+from .config import ENV_PREFIX, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
 from .keys import validate_key, validate_pattern
 from .manager import CacheManager, create_cache_manager
@@ -92,21 +93,27 @@ async def _demo(url: str | None, server: RedisServer | None) -> None:
             await b.get("user_profile:42")
         _say(f"   {n} more L1 hits on B: {_us((time.perf_counter() - start) / n)} each on average")
 
-        for i in range(5):
-            await a.set(f"user_profile:{100 + i}", {"id": 100 + i}, ttl=300)
-        removed = await a.clear_pattern("user_profile:*")
-        _say(f"5. A: clear_pattern('user_profile:*') removed {removed} L2 keys (SCAN + UNLINK)")
-        in_l2 = await b.get("user_profile:42", tier=CacheTier.L2)
-        _say(f"   B: L2 now holds user_profile:42 = {in_l2}")
-        _say(
-            "   (B's own L1 copy stays until its TTL in this release; the pub/sub"
-            " invalidation bus that evicts it on every instance is the next milestone)"
-        )
+        if url is not None:
+            took = await _invalidation_latency(a, b, "user_profile:42", a.delete)
+            _say(
+                f"5. A: delete user_profile:42 -> B's L1 copy gone {took * 1000:.2f} ms after"
+                " A's call returned (Redis pub/sub bus; negative: gone before the return)"
+            )
+            for i in range(3):
+                await _hold_in_l1(a, b, f"user_profile:{100 + i}", {"id": 100 + i})
+            removed = await a.clear_pattern("user_profile:*")
+            with anyio.fail_after(5):
+                while any(b.l1.peek(f"user_profile:{100 + i}") for i in range(3)):
+                    await anyio.lowlevel.checkpoint()
+            _say(
+                f"6. A: clear_pattern('user_profile:*') removed {removed} L2 keys (SCAN +"
+                " UNLINK, never KEYS); B's L1 dropped its 3 matching copies"
+            )
 
         await a.set("config:site", {"theme": "dark"}, ttl=300)
         if server is not None:
             server.kill()
-            _say("6. Redis killed (SIGKILL). The cache keeps serving:")
+            _say("7. Redis killed (SIGKILL). The cache keeps serving:")
             start = time.perf_counter()
             value = await a.get("config:site")
             _say(f"   A: get config:site = {value} in {_us(time.perf_counter() - start)} (L1)")
@@ -117,9 +124,11 @@ async def _demo(url: str | None, server: RedisServer | None) -> None:
             start = time.perf_counter()
             value = await a.get("never-cached")
             _say(f"   A: get never-cached = {value} in {_us(time.perf_counter() - start)}")
+            report = await a.health()
+            _say(f"   A: health = {report['status']}: {'; '.join(report['reasons'])}")
         stats = await a.get_stats()
         l1, l2 = stats["l1_cache"], stats["l2_cache"]
-        _say("7. Stats of A:")
+        _say("8. Stats of A:")
         _say(f"   l1_cache: hits={l1['hits']} misses={l1['misses']} size={l1['size']}")
         _say(
             f"   l2_cache: connected={l2['connected']} errors={l2['errors']} "
@@ -129,9 +138,44 @@ async def _demo(url: str | None, server: RedisServer | None) -> None:
             f"   totals: hits={stats['total_hits']} misses={stats['total_misses']} "
             f"sets={stats['total_sets']}"
         )
+        bus = stats["bus"]
+        _say(
+            f"   bus: published={bus['published']} connected={bus['connected']} "
+            f"losses={bus['losses']}; B received={b.stats()['bus']['applied']} invalidations"
+        )
+
+
+async def _hold_in_l1(a: CacheManager, b: CacheManager, key: str, value: object) -> None:
+    """Write on A, read on B until B's L1 holds the value (a first fill may be dropped on
+    purpose when A's own invalidation arrives during it)."""
+    await a.set(key, value, ttl=300)
+    with anyio.fail_after(5):
+        while b.l1.peek(key) is None:
+            await b.get(key)
+
+
+async def _invalidation_latency(
+    a: CacheManager, b: CacheManager, key: str, invalidate: Callable[[str], Awaitable[object]]
+) -> float:
+    """Seconds from A's invalidation returning to B's L1 no longer serving ``key``."""
+    await _hold_in_l1(a, b, key, {"probe": True})
+    gone_at: list[float] = []
+
+    async def watch() -> None:
+        while b.l1.peek(key) is not None:
+            await anyio.lowlevel.checkpoint()
+        gone_at.append(time.perf_counter())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await invalidate(key)
+            returned = time.perf_counter()
+    return gone_at[0] - returned
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    _log_to_stderr()
     with _demo_server(args.redis_url) as (url, server):
         if server is not None:
             _say(f"Started a private {server.binary.name} on {server.url} (pid {server.pid})")

@@ -76,7 +76,8 @@ class TestExamples:
 class TestDemo:
     @pytest.mark.timeout(60)
     def test_demo_runs_and_leaves_no_server(self) -> None:
-        """`coherent-cache demo` succeeds, shows an L1 hit and Redis down, stops its server."""
+        """`coherent-cache demo` shows an L1 hit, invalidation reaching the other instance,
+        Redis down with the cache still serving, and stops its server."""
         done = subprocess.run(
             [sys.executable, "-m", "coherent_cache.cli", "demo"],
             capture_output=True,
@@ -86,7 +87,10 @@ class TestDemo:
         )
         assert 0 == done.returncode, done.stdout + done.stderr
         assert "L1 hit" in done.stdout
+        assert "B's L1 copy gone" in done.stdout
+        assert "B's L1 dropped its 3 matching copies" in done.stdout
         assert "Redis killed" in done.stdout
+        assert "health = degraded" in done.stdout
         pid = re.search(r"\(pid (\d+)\)", done.stdout)
         assert pid is not None
         assert not Path(f"/proc/{pid.group(1)}").exists()
