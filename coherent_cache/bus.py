@@ -41,7 +41,7 @@ from .errors import (
     InvalidKeyError,
     MalformedMessageError,
 )
-from .keys import validate_key, validate_pattern
+from .keys import validate_key, validate_pattern, validate_tag
 
 __all__ = [
     "BUS_PROTOCOL_VERSION",
@@ -66,6 +66,7 @@ class BusOp(enum.StrEnum):
     DELETE = "delete"
     CLEAR_PATTERN = "clear_pattern"
     CLEAR = "clear"
+    TAGS = "tags"
 
 
 def make_origin(prefix: str | None = None) -> str:
@@ -87,6 +88,7 @@ class BusMessage:
     origin: str | None = None
     ts: int | None = None
     traceparent: str | None = None
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def delete(cls, keys: Iterable[str], *, origin: str | None = None) -> BusMessage:
@@ -150,6 +152,11 @@ class BusMessage:
         """A ``clear`` of the whole namespace, stamped with the current time."""
         return cls(BusOp.CLEAR, origin=origin, ts=_now_ms())
 
+    @classmethod
+    def invalidate_tags(cls, tags: Iterable[str], *, origin: str | None = None) -> BusMessage:
+        """A ``tags`` message: drop every entry carrying any of ``tags``."""
+        return cls(BusOp.TAGS, tags=tuple(tags), origin=origin, ts=_now_ms())
+
     def encode(self) -> bytes:
         """The JSON bytes to PUBLISH."""
         body: dict[str, Any] = {"v": BUS_PROTOCOL_VERSION, "op": self.op.value}
@@ -157,6 +164,8 @@ class BusMessage:
             body["keys"] = list(self.keys)
         elif self.op is BusOp.CLEAR_PATTERN:
             body["pattern"] = self.pattern
+        elif self.op is BusOp.TAGS:
+            body["tags"] = list(self.tags)
         for name in ("origin", "ts", "traceparent"):
             value = getattr(self, name)
             if value is not None:
@@ -189,6 +198,7 @@ class BusMessage:
             raise MalformedMessageError(f"unknown op {body.get('op')!r}") from None
         keys: tuple[str, ...] = ()
         pattern: str | None = None
+        tags: tuple[str, ...] = ()
         try:
             if op is BusOp.DELETE:
                 raw_keys = body.get("keys")
@@ -197,6 +207,11 @@ class BusMessage:
                 keys = tuple(validate_key(k) for k in raw_keys)
             elif op is BusOp.CLEAR_PATTERN:
                 pattern = validate_pattern(body.get("pattern"))
+            elif op is BusOp.TAGS:
+                raw_tags = body.get("tags")
+                if not isinstance(raw_tags, list) or not raw_tags:
+                    raise MalformedMessageError("'tags' must be a non-empty list of strings")
+                tags = tuple(validate_tag(t) for t in raw_tags)
         except InvalidKeyError as exc:
             raise MalformedMessageError(str(exc)) from None
         origin = body.get("origin")
@@ -215,6 +230,7 @@ class BusMessage:
             origin=origin,
             ts=None if ts is None else int(ts),
             traceparent=traceparent,
+            tags=tags,
         )
 
 

@@ -143,6 +143,15 @@ class CacheConfig(BaseModel):
     origin_prefix: str | None = None
     """Prefix of this instance's origin id (default: the host name)."""
 
+    lock_by_default: bool = False
+    """``get_or_set``/``cached`` use the cross-instance loader lock unless told otherwise."""
+    lock_timeout: float = Field(default=10.0, gt=0)
+    """``get_or_set(lock=True)``: longest wait in seconds for another instance's load
+    before loading here anyway."""
+    lock_lease: float = Field(default=5.0, gt=0)
+    """Lease in seconds of the cross-instance loader lock, renewed every third of it while
+    the loader runs (a crashed holder frees the key after at most this long)."""
+
     if not TYPE_CHECKING:
         # At run time, turn pydantic's ValidationError into our typed ConfigurationError;
         # type checkers keep seeing pydantic's generated keyword signature.

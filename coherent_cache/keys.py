@@ -25,6 +25,7 @@ __all__ = [
     "redis_key",
     "validate_key",
     "validate_pattern",
+    "validate_tag",
 ]
 
 MAX_KEY_LENGTH: Final = 1024
@@ -43,6 +44,13 @@ def validate_key(key: object) -> str:
     if type(key) is str and 0 < len(key) <= _FAST_KEY_CHARS and key.isascii():
         return key
     return _validate_slow(key, "key")
+
+
+def validate_tag(tag: object) -> str:
+    """Return ``tag`` if it is usable (the same rules as a key), else raise `InvalidKeyError`."""
+    if type(tag) is str and 0 < len(tag) <= _FAST_KEY_CHARS and tag.isascii():
+        return tag
+    return _validate_slow(tag, "tag")
 
 
 def validate_pattern(pattern: object) -> str:
@@ -78,6 +86,20 @@ def _validate_slow(value: object, what: str) -> str:
 def redis_key(namespace: str, key: str) -> str:
     """The Redis key of ``key`` in ``namespace``: the one place the namespace is applied."""
     return f"{namespace}:{key}"
+
+
+def redis_tag_key(namespace: str, tag: str) -> str:
+    """The Redis set indexing the keys that carry ``tag``.
+
+    ``#`` cannot occur in a namespace, so no pattern over ``<namespace>:`` keys (and no
+    other namespace) ever reaches it.
+    """
+    return f"{namespace}#tag:{tag}"
+
+
+def redis_lock_key(namespace: str, key: str) -> str:
+    """The Redis key of the cross-instance loader lock of ``key`` (see `redis_tag_key`)."""
+    return f"{namespace}#lock:{key}"
 
 
 def escape_glob(text: str) -> str:

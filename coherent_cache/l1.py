@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
 
 import anyio
@@ -23,6 +23,7 @@ __all__ = [
     "InMemoryCache",
     "InvalidateKeys",
     "InvalidatePattern",
+    "InvalidateTags",
     "L1Actor",
     "L1Command",
     "L1Owner",
@@ -48,12 +49,18 @@ class L1Stats(TypedDict):
 
 @final
 class _Entry:
-    __slots__ = ("expires", "stored", "value")
+    # fresh <= expires: between them the entry is stale (served only by get_or_set's
+    # stale-while-revalidate). Plain entries have fresh == expires.
+    __slots__ = ("expires", "fresh", "stored", "tags", "value")
 
-    def __init__(self, value: Any, expires: float, stored: float) -> None:
+    def __init__(
+        self, value: Any, expires: float, stored: float, fresh: float, tags: tuple[str, ...]
+    ) -> None:
         self.value = value
         self.expires = expires
         self.stored = stored
+        self.fresh = fresh
+        self.tags = tags
 
 
 class _LRU(LRUCache[str, _Entry]):
@@ -182,15 +189,33 @@ class InMemoryCache:
         entry = self._data.get(key)
         if entry is not None:
             now = self._timer()
-            if entry.expires > now and (
+            if entry.fresh > now and (
                 self._distrust_since is None
                 or max(entry.stored, self._distrust_since) + self._max_stale > now
             ):
                 self._hits += 1
                 return entry.value
-            self._data.pop(key, None)
+            if entry.expires <= now:
+                self._data.pop(key, None)
         self._misses += 1
         return default
+
+    def get_entry(self, key: str) -> tuple[Any, bool] | None:
+        """``(value, fresh)`` of a live entry, stale ones included, or ``None``.
+
+        Not counted in the hit/miss statistics (the caller counts what it serves).
+        """
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        now = self._timer()
+        if entry.expires <= now or (
+            self._distrust_since is not None
+            and max(entry.stored, self._distrust_since) + self._max_stale <= now
+        ):
+            self._data.pop(key, None)
+            return None
+        return entry.value, entry.fresh > now
 
     def peek(self, key: str, default: Any = None) -> Any:
         """Like `get`, but without counting or touching the eviction order."""
@@ -200,22 +225,34 @@ class InMemoryCache:
         except KeyError:
             return default
         now = self._timer()
-        if entry.expires <= now or (
+        if entry.fresh <= now or (
             self._distrust_since is not None
             and max(entry.stored, self._distrust_since) + self._max_stale <= now
         ):
             return default
         return entry.value
 
-    def set(self, key: str, value: Any, ttl: float | None = None) -> bool:
-        """Store ``value`` for ``ttl`` seconds (capped by the cache's ``ttl``); always True.
+    def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        stale_for: float = 0.0,
+        tags: tuple[str, ...] = (),
+    ) -> bool:
+        """Store ``value`` fresh for ``ttl`` seconds, then stale for ``stale_for`` more.
+
+        Both are capped by the cache's ``ttl``. Stale entries are invisible to `get` and
+        `peek`; `get_entry` reports them. ``tags`` are kept for `delete_tagged`.
 
         Raises:
             InvalidTTLError: ``ttl`` is not ``None`` or a positive number.
         """
         lifetime = self._lifetime(check_ttl(ttl))
         now = self._timer()
-        self._data[key] = _Entry(value, now + lifetime, now)
+        expires = now + (lifetime if not stale_for else self._lifetime(lifetime + stale_for))
+        self._data[key] = _Entry(value, expires, now, now + lifetime, tags)
         return True
 
     def distrust(self, since: float, max_stale: float) -> None:
@@ -252,6 +289,25 @@ class InMemoryCache:
             if entry is not None and entry.expires > now:
                 removed += 1
         return removed
+
+    def tagged(self, keys: Iterable[str], tags: frozenset[str]) -> list[str]:
+        """Those of ``keys`` whose entries carry any of ``tags``."""
+        found = []
+        for key in keys:
+            try:
+                entry: _Entry = Cache.__getitem__(self._data, key)
+            except KeyError:
+                continue
+            if entry.tags and not tags.isdisjoint(entry.tags):
+                found.append(key)
+        return found
+
+    def delete_tagged(self, tags: Iterable[str]) -> int:
+        """Remove every entry carrying any of ``tags``; return how many."""
+        doomed = self.tagged(self.keys(), frozenset(tags))
+        for key in doomed:
+            self._data.pop(key, None)
+        return len(doomed)
 
     def clear(self) -> bool:
         """Remove every entry; always True."""
@@ -320,13 +376,23 @@ class InvalidatePattern:
 
 
 @final
+class InvalidateTags:
+    """Mailbox command: drop entries carrying any of these tags."""
+
+    __slots__ = ("tags",)
+
+    def __init__(self, tags: tuple[str, ...]) -> None:
+        self.tags = tags
+
+
+@final
 class FlushAll:
     """Mailbox command: drop everything."""
 
     __slots__ = ()
 
 
-L1Command: TypeAlias = InvalidateKeys | InvalidatePattern | FlushAll
+L1Command: TypeAlias = InvalidateKeys | InvalidatePattern | InvalidateTags | FlushAll
 
 
 class L1Owner(Protocol):
@@ -340,6 +406,8 @@ class L1Owner(Protocol):
     def invalidate_local_all(self) -> None: ...
 
     def stale_fills_matching(self, pattern: str) -> None: ...
+
+    def invalidate_local_tags(self, tags: Iterable[str]) -> int: ...
 
 
 class ActorStats(TypedDict):
@@ -412,6 +480,8 @@ class L1Actor:
                     self._owner.invalidate_local(key)
             elif isinstance(command, InvalidatePattern):
                 await self._clear_pattern(command.pattern)
+            elif isinstance(command, InvalidateTags):
+                self._owner.invalidate_local_tags(command.tags)
             else:
                 self._owner.invalidate_local_all()
             self._applied += 1

@@ -7,9 +7,10 @@ caller's bug, not an outage.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypedDict, TypeVar, final
 
 import anyio
@@ -27,8 +28,15 @@ from .errors import (
     BackendUnavailableError,
     DeserializationError,
 )
-from .keys import escape_glob, redis_key, validate_key, validate_pattern
-from .serializer import CacheSerializer
+from .keys import (
+    escape_glob,
+    redis_key,
+    redis_lock_key,
+    redis_tag_key,
+    validate_key,
+    validate_pattern,
+)
+from .serializer import CacheSerializer, StoredEntry
 
 __all__ = ["L2Stats", "RedisCache"]
 
@@ -58,6 +66,41 @@ class L2Stats(TypedDict):
 def _key_prefix(key: str) -> str:
     """What logs show of a key: its first segment, never the full key."""
     return key.split(":", 1)[0]
+
+
+# Add a key to a tag index and keep the index alive as long as its longest-lived member:
+# a new index gets the member's TTL, an existing one is only ever extended, and a member
+# without expiry makes the index persistent. Returns the index size.
+_TAG_ADD: Final = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ttl < 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif existed == 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  local current = redis.call('PTTL', KEYS[1])
+  if current >= 0 and current < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return redis.call('SCARD', KEYS[1])
+"""
+_LOCK_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_LOCK_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -222,17 +265,26 @@ class RedisCache:
             self.connected = True
             log.info("l2_connected", url=self.config.redacted_url())
 
-    def _decode(self, key: str, payload: bytes | str) -> Any:
+    def _decode_entry(self, key: str, payload: bytes | str) -> StoredEntry | None:
         if not isinstance(payload, bytes):  # only with decode_responses=True clients
             self._rejected += 1
             log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason="not bytes")
-            return _MISSING
+            return None
         try:
-            return self.serializer.deserialize(payload)
+            return self.serializer.deserialize_entry(payload)
         except DeserializationError as exc:
             self._rejected += 1
             log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason=str(exc))
+            return None
+
+    def _decode(self, key: str, payload: bytes | str) -> Any:
+        """The value of a payload if it is valid and fresh, else _MISSING."""
+        entry = self._decode_entry(key, payload)
+        if entry is None or (
+            entry.fresh_until_ms is not None and entry.fresh_until_ms <= _now_ms()
+        ):
             return _MISSING
+        return entry.value
 
     def _count(self, value: Any) -> None:
         if value is _MISSING:
@@ -258,8 +310,21 @@ class RedisCache:
     async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
         """Return ``(value, remaining_ttl_seconds)`` of ``key`` in one round trip, or ``None``.
 
-        ``remaining_ttl_seconds`` is ``None`` for a key without expiry. Misses, bad payloads
-        and outages all return ``None``.
+        ``remaining_ttl_seconds`` is ``None`` for a key without expiry. Misses, stale
+        entries, bad payloads and outages all return ``None``.
+        """
+        found = await self.get_entry_with_ttl(key)
+        if found is None:
+            return None
+        entry, remaining = found
+        if entry.fresh_until_ms is not None and entry.fresh_until_ms <= _now_ms():
+            return None
+        return entry.value, remaining
+
+    async def get_entry_with_ttl(self, key: str) -> tuple[StoredEntry, float | None] | None:
+        """Return the stored entry (stale ones too) and its remaining TTL, or ``None``.
+
+        Counts a hit for a fresh entry and a miss otherwise.
         """
         validate_key(key)
         name = redis_key(self.namespace, key)
@@ -275,11 +340,17 @@ class RedisCache:
         except BackendError:
             return None
         # pttl == -2: the key expired between GET and PTTL; the value is still a valid read.
-        value = _MISSING if payload is None else self._decode(key, payload)
-        self._count(value)
-        if value is _MISSING:
+        entry = None if payload is None else self._decode_entry(key, payload)
+        fresh = entry is not None and (
+            entry.fresh_until_ms is None or entry.fresh_until_ms > _now_ms()
+        )
+        if fresh:
+            self._hits += 1
+        else:
+            self._misses += 1
+        if entry is None:
             return None
-        return value, (None if pttl == -1 else max(pttl, 0) / 1000)
+        return entry, (None if pttl == -1 else max(pttl, 0) / 1000)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Return the values of the ``keys`` that hit, with one ``MGET``."""
@@ -324,22 +395,37 @@ class RedisCache:
         return await self.set_payload(key, payload, ttl)
 
     async def set_payload(
-        self, key: str, payload: bytes, ttl: float | None, *, notify: bytes | None = None
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        *,
+        notify: bytes | None = None,
+        tags: tuple[str, ...] = (),
     ) -> bool:
         """Store an already encoded payload (from `CacheSerializer`); ``False`` on an outage.
 
         With ``notify``, the bus message is PUBLISHed in the same round trip, right after
-        the SET.
+        the SET. Each of ``tags`` gets ``key`` added to its index set (see `invalidate_tags`).
         """
         name = redis_key(self.namespace, key)
         px = _ttl_ms(ttl)
 
         async def call() -> Any:
-            if notify is None:
+            if notify is None and not tags:
                 return await self._client.set(name, payload, px=px)
             async with self._client.pipeline(transaction=False) as pipe:
                 _ = pipe.set(name, payload, px=px)
-                _ = pipe.publish(self.config.channel, notify)
+                for tag in tags:
+                    _ = pipe.eval(
+                        _TAG_ADD,
+                        1,
+                        redis_tag_key(self.namespace, tag),
+                        key,
+                        -1 if px is None else px,
+                    )
+                if notify is not None:
+                    _ = pipe.publish(self.config.channel, notify)
                 return await pipe.execute()
 
         try:
@@ -349,6 +435,102 @@ class RedisCache:
         if notify is not None:
             self.published += 1
         return True
+
+    async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
+        """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
+
+        Reads each tag's index with ``SSCAN`` and ``UNLINK``s its members in batches, each
+        call under ``operation_timeout``. An outage midway is logged; the count so far is
+        returned.
+        """
+        removed = 0
+        try:
+            for tag in tags:
+                index = redis_tag_key(self.namespace, tag)
+                cursor = 0
+                while True:
+                    cursor, members = await self._sscan(index, cursor, batch)
+                    if members:
+                        names = [
+                            redis_key(self.namespace, m.decode() if isinstance(m, bytes) else m)
+                            for m in members
+                        ]
+                        removed += await self._unlink(names)
+                    if cursor == 0:
+                        break
+                await self._unlink([index])
+        except BackendError as exc:
+            log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
+        return removed
+
+    async def _sscan(self, index: str, cursor: int, count: int) -> tuple[int, list[bytes | str]]:
+        next_cursor, members = await self._call(
+            "SSCAN", lambda: self._client.sscan(index, cursor=cursor, count=count)
+        )
+        return int(next_cursor), list(members)
+
+    async def prune_tag(self, tag: str, *, batch: int = SCAN_COUNT) -> int:
+        """Drop members of ``tag``'s index whose entries are gone; return how many."""
+        index = redis_tag_key(self.namespace, tag)
+        pruned = 0
+        cursor = 0
+        while True:
+            cursor, members = await self._sscan(index, cursor, batch)
+            if members:
+                names = [
+                    redis_key(self.namespace, m.decode() if isinstance(m, bytes) else m)
+                    for m in members
+                ]
+
+                async def check(names: list[str] = names) -> list[Any]:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for name in names:
+                            _ = pipe.exists(name)
+                        return list(await pipe.execute())
+
+                alive = await self._call("EXISTS*", check)
+                dead = [m for m, ok in zip(members, alive, strict=True) if not ok]
+                if dead:
+                    pruned += await self._srem(index, dead)
+            if cursor == 0:
+                return pruned
+
+    async def _srem(self, index: str, members: Sequence[bytes | str]) -> int:
+        return int(await self._call("SREM", lambda: self._client.srem(index, *members)))
+
+    # -- cross-instance lease lock -----------------------------------------------------------
+
+    async def try_lock(self, key: str, token: str, lease: float) -> bool:
+        """Take the lease lock of ``key`` for ``lease`` seconds if nobody holds it.
+
+        Raises:
+            BackendError: Redis failed.
+        """
+        name = redis_lock_key(self.namespace, key)
+        result = await self._call(
+            "SET NX", lambda: self._client.set(name, token, nx=True, px=_ttl_ms(lease))
+        )
+        return bool(result)
+
+    async def renew_lock(self, key: str, token: str, lease: float) -> bool:
+        """Extend our lease of ``key``'s lock; ``False`` if it is no longer ours."""
+        name = redis_lock_key(self.namespace, key)
+        lease_ms = max(1, math.ceil(lease * 1000))
+        result = await self._call(
+            "RENEW", lambda: self._client.eval(_LOCK_RENEW, 1, name, token, lease_ms)
+        )
+        return bool(result)
+
+    async def unlock(self, key: str, token: str) -> bool:
+        """Release ``key``'s lock if we still hold it (compare-and-delete)."""
+        name = redis_lock_key(self.namespace, key)
+        try:
+            result = await self._call(
+                "UNLOCK", lambda: self._client.eval(_LOCK_RELEASE, 1, name, token)
+            )
+        except BackendError:
+            return False  # the lease expires by itself
+        return bool(result)
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> bool:
         """Store every item in one pipeline; ``False`` on an outage.
@@ -479,12 +661,24 @@ class RedisCache:
         next_cursor, names = result
         return int(next_cursor), list(names)
 
-    async def _unlink(self, names: list[bytes | str]) -> int:
+    async def _unlink(self, names: Sequence[bytes | str]) -> int:
         return int(await self._call("UNLINK", lambda: self._client.unlink(*names)))
 
     async def clear(self) -> int:
-        """Remove every key of this namespace (never another namespace's); return how many."""
-        return await self.clear_pattern("*")
+        """Remove every key of this namespace (never another namespace's); return how many.
+
+        The namespace's tag indexes go too; the count is of cache entries only.
+        """
+        removed = await self.clear_pattern("*")
+        with contextlib.suppress(BackendError):
+            cursor = 0
+            while True:
+                cursor, names = await self._scan(cursor, f"{escape_glob(self.namespace)}#tag:*")
+                if names:
+                    await self._unlink(names)
+                if cursor == 0:
+                    break
+        return removed
 
     # -- stats -----------------------------------------------------------------------------
 

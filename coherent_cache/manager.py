@@ -4,26 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import random
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Self, TypedDict, final
+from dataclasses import dataclass
+from typing import Any, Literal, Self, TypedDict, TypeVar, cast, final
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from ._supervisor import Supervisor, TaskInfo
 from .bus import BusMessage, BusOp, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
-from .errors import CacheClosedError, CacheError
-from .l1 import ActorStats, FlushAll, InMemoryCache, InvalidateKeys, InvalidatePattern, L1Actor
+from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
+from .keys import validate_key, validate_tag
+from .l1 import (
+    ActorStats,
+    FlushAll,
+    InMemoryCache,
+    InvalidateKeys,
+    InvalidatePattern,
+    InvalidateTags,
+    L1Actor,
+    check_ttl,
+)
 from .l2 import RedisCache
 from .multitier import MultiTierCache, TierStats
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
 
-__all__ = ["BusInfo", "CacheManager", "CacheStats", "HealthReport", "create_cache_manager"]
+__all__ = [
+    "BusInfo",
+    "CacheManager",
+    "CacheStats",
+    "HealthReport",
+    "LoaderStats",
+    "create_cache_manager",
+]
 
 log = structlog.get_logger("coherent_cache")
 
@@ -53,6 +74,7 @@ class CacheStats(TierStats):
 
     bus: BusInfo
     tasks: dict[str, TaskInfo]
+    loader: LoaderStats
 
 
 class HealthReport(TypedDict):
@@ -63,6 +85,59 @@ class HealthReport(TypedDict):
     l2_connected: bool | None
     bus_connected: bool | None
     tasks: dict[str, TaskInfo]
+
+
+R = TypeVar("R")
+
+
+class LoaderStats(TypedDict):
+    """``get_or_set`` figures in `CacheStats`."""
+
+    hits: int
+    misses: int
+    loads: int
+    errors: int
+    stale_served: int
+    lock_waits: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _LoadOptions:
+    ttl: float | None
+    tier: CacheTier
+    tags: tuple[str, ...]
+    lock: bool
+    stale_ttl: float | None
+    cache_none: bool
+    should_cache: Callable[[Any], bool] | None
+    ttl_jitter: float
+
+
+@final
+class _Flight:
+    """One loader call shared by every caller of a key (single-flight)."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    async def result(self) -> Any:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _check_jitter(jitter: object) -> float:
+    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+        raise InvalidTTLError(
+            f"ttl_jitter must be a fraction in [0, 1), got {jitter!r}", ttl=jitter
+        )
+    return float(jitter)
 
 
 class _State(enum.Enum):
@@ -135,6 +210,17 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 timer=timer,
             )
         self._supervisor: Supervisor | None = None
+        self._tg: TaskGroup | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._random = random.Random()
+        self._loads: LoaderStats = {
+            "hits": 0,
+            "misses": 0,
+            "loads": 0,
+            "errors": 0,
+            "stale_served": 0,
+            "lock_waits": 0,
+        }
         self._host: asyncio.Task[None] | None = None
         self._stop_requested = anyio.Event()
 
@@ -157,6 +243,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         elif message.op is BusOp.CLEAR_PATTERN:
             assert message.pattern is not None
             self._actor.submit(InvalidatePattern(message.pattern))
+        elif message.op is BusOp.TAGS:
+            self._actor.submit(InvalidateTags(message.tags))
         else:
             self._actor.submit(FlushAll())
 
@@ -180,6 +268,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         cfg = self.config
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 supervisor = self._supervisor = Supervisor(
                     tg, backoff_max=cfg.reconnect_backoff_max
                 )
@@ -208,6 +297,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     yield self
                 finally:
                     self._state = _State.CLOSED
+                    self._tg = None
                     tg.cancel_scope.cancel()
         finally:
             self._state = _State.CLOSED
@@ -317,13 +407,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         return await self._cache.get(key, tier, default=default)
 
     async def set(
-        self, key: str, value: Any, ttl: TTL = USE_DEFAULT, tier: CacheTier = CacheTier.BOTH
+        self,
+        key: str,
+        value: Any,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        *,
+        tags: Iterable[str] = (),
     ) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds.
 
         ``ttl`` defaults to ``default_ttl``; ``None`` means no expiry in L2 (L1 entries
         still live at most ``memory_cache_ttl``). Returns ``False`` if a requested L2 write
-        failed (Redis down); the L1 write still happened.
+        failed (Redis down); the L1 write still happened. ``tags`` let
+        `invalidate_tags` remove the entry later.
 
         Raises:
             InvalidKeyError, InvalidTTLError: bad arguments; nothing is written.
@@ -333,7 +430,209 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
-        return await self._cache.set(key, value, ttl, tier)
+        return await self._cache.set(key, value, ttl, tier, tags=tags)
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Remove every entry carrying any of ``tags`` from every tier and every instance.
+
+        Returns the number of L2 entries removed (L1 entries without an L2). This
+        instance's L1 forgets them before this returns; others follow within the bus
+        latency (a ``tags`` bus message).
+
+        Raises:
+            InvalidKeyError: a tag is not a valid tag.
+        """
+        if self._state is not _State.RUNNING:
+            raise self._closed_error()
+        return await self._cache.invalidate_tags(*tags)
+
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[R]],
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        *,
+        tags: Iterable[str] = (),
+        lock: bool | None = None,
+        stale_ttl: float | None = None,
+        loader_timeout: float | None = None,
+        cache_none: bool = True,
+        should_cache: Callable[[Any], bool] | None = None,
+        ttl_jitter: float = 0.0,
+    ) -> R:
+        """Return the cached value of ``key``, or run ``loader`` once, cache and return it.
+
+        - **Single-flight**: concurrent callers of a missing key in this instance share one
+          loader call and all get its result, or its exception (which is not cached). The
+          loader runs in the manager's task group, so a cancelled caller does not cancel it
+          for the others.
+        - **lock=True** (``None``: off): the loader also runs at most once across instances,
+          under a Redis lease lock (``SET NX PX`` with a random token, renewed while the
+          loader runs, released by compare-and-delete). Other instances poll for the value
+          for up to ``lock_timeout`` seconds, then load anyway.
+        - **stale_ttl**: after ``ttl``, the entry is kept ``stale_ttl`` seconds more. A stale
+          hit returns the stale value at once and refreshes it in the background
+          (stale-while-revalidate); with ``loader_timeout``, the caller waits up to that
+          long for the refresh first. If the refresh fails, the stale value keeps being
+          served until ``stale_ttl`` runs out (fail-safe); the error is logged and counted.
+        - A ``None`` result is cached unless ``cache_none=False``; ``should_cache(result)``
+          returning False skips caching. ``ttl_jitter=0.1`` spreads each entry's TTL over
+          ±10 % so entries written together do not expire together.
+        - Loader results are stored without a bus message (a fill, not a write).
+
+        Raises:
+            Exception: whatever the loader raised (shared by every waiting caller).
+            InvalidKeyError, InvalidTTLError: bad arguments.
+            SerializationError: the loader's result cannot be encoded.
+            CacheClosedError: the manager is not running.
+        """
+        if self._state is not _State.RUNNING:
+            raise self._closed_error()
+        validate_key(key)
+        opts = _LoadOptions(
+            ttl=self._cache.resolve_ttl(ttl),
+            tier=tier,
+            tags=tuple(dict.fromkeys(validate_tag(t) for t in tags)),
+            lock=self.config.lock_by_default if lock is None else lock,
+            stale_ttl=None if stale_ttl is None else check_ttl(stale_ttl),
+            cache_none=cache_none,
+            should_cache=should_cache,
+            ttl_jitter=_check_jitter(ttl_jitter),
+        )
+        if loader_timeout is not None:
+            check_ttl(loader_timeout)
+        found = await self._cache.get_entry(key, tier)
+        if found is not None:
+            value, fresh = found
+            if fresh:
+                self._loads["hits"] += 1
+                return cast("R", value)
+            self._loads["stale_served"] += 1
+            flight = self._flight(key, loader, opts)
+            if loader_timeout is None:
+                return cast("R", value)
+            with anyio.move_on_after(loader_timeout):
+                try:
+                    return cast("R", await flight.result())
+                except Exception:
+                    return cast("R", value)  # fail-safe; logged and counted by the flight
+            return cast("R", value)
+        self._loads["misses"] += 1
+        return cast("R", await self._flight(key, loader, opts).result())
+
+    def _flight(
+        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
+    ) -> _Flight:
+        """The load of ``key`` in progress, or a new one started in the task group."""
+        flight = self._flights.get(key)
+        if flight is None:
+            if self._tg is None:
+                raise self._closed_error()
+            flight = self._flights[key] = _Flight()
+            self._tg.start_soon(self._run_flight, key, loader, opts, flight)
+        return flight
+
+    async def _run_flight(
+        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, flight: _Flight
+    ) -> None:
+        try:
+            flight.value = await self._load(key, loader, opts)
+        except Exception as exc:
+            flight.error = exc
+            self._loads["errors"] += 1
+            log.warning(
+                "loader_failed",
+                key_prefix=key.split(":", 1)[0],
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+        except BaseException:
+            flight.error = CacheClosedError("the cache stopped while the loader ran")
+            raise
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.done.set()
+
+    async def _load(
+        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
+    ) -> Any:
+        if opts.lock and self.l2 is not None:
+            return await self._load_locked(key, loader, opts, self.l2)
+        return await self._call_and_store(key, loader, opts)
+
+    async def _call_and_store(
+        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
+    ) -> Any:
+        self._loads["loads"] += 1
+        value = await loader()
+        if (value is None and not opts.cache_none) or (
+            opts.should_cache is not None and not opts.should_cache(value)
+        ):
+            return value
+        ttl = opts.ttl
+        if ttl is not None and opts.ttl_jitter:
+            ttl *= 1 + self._random.uniform(-opts.ttl_jitter, opts.ttl_jitter)
+        await self._cache.set(
+            key, value, ttl, opts.tier, tags=opts.tags, stale_ttl=opts.stale_ttl, publish=False
+        )
+        return value
+
+    async def _load_locked(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        opts: _LoadOptions,
+        l2: RedisCache,
+    ) -> Any:
+        """Load under the cross-instance lease lock (see `get_or_set`)."""
+        cfg = self.config
+        token = secrets.token_hex(16)
+        deadline = self._timer() + cfg.lock_timeout
+        delay = 0.005
+        while True:
+            try:
+                acquired = await l2.try_lock(key, token, cfg.lock_lease)
+            except BackendError:
+                return await self._call_and_store(key, loader, opts)  # no Redis, no lock
+            if acquired:
+                break
+            found = await self._cache.get_entry(key, opts.tier)
+            if found is not None and found[1]:
+                self._loads["lock_waits"] += 1
+                return found[0]
+            if self._timer() >= deadline:
+                log.warning("lock_wait_timeout", key_prefix=key.split(":", 1)[0])
+                return await self._call_and_store(key, loader, opts)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew_lease, l2, key, token)
+                # The holder before us may have stored the value just before we got the lock.
+                found = await self._cache.get_entry(key, opts.tier)
+                if found is not None and found[1]:
+                    value = found[0]
+                else:
+                    value = await self._call_and_store(key, loader, opts)
+                tg.cancel_scope.cancel()
+            return value
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(cfg.operation_timeout * 2):
+                await l2.unlock(key, token)
+
+    async def _renew_lease(self, l2: RedisCache, key: str, token: str) -> None:
+        """Keep extending the lease while the loader runs; stop if it is no longer ours."""
+        lease = self.config.lock_lease
+        while True:
+            await anyio.sleep(lease / 3)
+            try:
+                if not await l2.renew_lock(key, token, lease):
+                    log.warning("lock_lost", key_prefix=key.split(":", 1)[0])
+                    return
+            except BackendError:
+                continue
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""
@@ -400,7 +699,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         tasks: dict[str, TaskInfo] = {}
         if self._supervisor is not None:
             tasks = {name: TaskInfo(**info) for name, info in self._supervisor.tasks.items()}
-        return {**tiers, "bus": bus, "tasks": tasks}
+        return {**tiers, "bus": bus, "tasks": tasks, "loader": LoaderStats(**self._loads)}
 
     async def get_stats(self) -> CacheStats:
         """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import time
+from collections.abc import Iterable
 from typing import Any, Final, TypedDict, final
 
 import orjson
@@ -10,7 +13,7 @@ import orjson
 from .bus import BusMessage
 from .config import CacheTier
 from .errors import BackendError
-from .keys import compile_pattern, validate_key, validate_pattern
+from .keys import compile_pattern, validate_key, validate_pattern, validate_tag
 from .l1 import InMemoryCache, L1Stats, check_ttl
 from .l2 import L2Stats, RedisCache
 from .serializer import CacheSerializer
@@ -32,6 +35,19 @@ class TierStats(TypedDict):
     total_deletes: int
     l2_enabled: bool
     namespace: str
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _fresh_seconds(fresh_until_ms: int | None) -> float | None:
+    """Seconds of freshness left (may be <= 0), or ``None`` for "fresh until it expires"."""
+    return None if fresh_until_ms is None else (fresh_until_ms - _now_ms()) / 1000
+
+
+def _is_fresh(fresh_until_ms: int | None) -> bool:
+    return fresh_until_ms is None or fresh_until_ms > _now_ms()
 
 
 @final
@@ -137,43 +153,92 @@ class MultiTierCache:
         else:
             value = self.l1.get(key, _MISSING)
             if value is _MISSING and tier is CacheTier.BOTH and self.l2 is not None:
-                value = await self._fill_from_l2(key)
+                found = await self._fill_from_l2(key)
+                if found is not None and found[1]:
+                    value = found[0]
         if value is _MISSING:
             self._misses += 1
             return default
         self._hits += 1
         return value
 
-    async def _fill_from_l2(self, key: str) -> Any:
+    async def get_entry(
+        self, key: str, tier: CacheTier = CacheTier.BOTH
+    ) -> tuple[Any, bool] | None:
+        """``(value, fresh)`` of ``key``, stale entries included, or ``None``; not counted.
+
+        Used by ``get_or_set``: a stale entry can still be served while it is refreshed.
+        """
+        validate_key(key)
+        if tier is not CacheTier.L2:
+            found = self.l1.get_entry(key)
+            if found is not None or tier is CacheTier.L1:
+                return found
+        if self.l2 is None:
+            return None
+        if tier is CacheTier.L2:
+            l2_found = await self.l2.get_entry_with_ttl(key)
+            if l2_found is None:
+                return None
+            entry = l2_found[0]
+            return entry.value, _is_fresh(entry.fresh_until_ms)
+        return await self._fill_from_l2(key)
+
+    async def _fill_from_l2(self, key: str) -> tuple[Any, bool] | None:
+        """Read ``key`` from L2 and copy it into L1 unless the read was made stale."""
         assert self.l2 is not None
         fill = _Fill()
         fills = self._fills.setdefault(key, [])
         fills.append(fill)
         try:
-            found = await self.l2.get_with_ttl(key)
+            found = await self.l2.get_entry_with_ttl(key)
         finally:
             fills.remove(fill)
             if not fills:
                 del self._fills[key]
         if found is None:
-            return _MISSING
-        value, remaining = found
+            return None
+        entry, remaining = found
+        fresh_for = _fresh_seconds(entry.fresh_until_ms)
         if not fill.stale and (remaining is None or remaining > 0):
-            self.l1.set(key, value, remaining)
-        return value
+            if fresh_for is None:
+                self.l1.set(key, entry.value, remaining, tags=entry.tags)
+            elif remaining is not None and fresh_for > 0:
+                self.l1.set(
+                    key, entry.value, fresh_for, stale_for=max(0.0, remaining - fresh_for),
+                    tags=entry.tags,
+                )  # fmt: skip
+            elif remaining is not None:
+                # Already stale in L2: keep it in L1 as stale for what is left.
+                self.l1.set(key, entry.value, 0.001, stale_for=remaining, tags=entry.tags)
+        return entry.value, fresh_for is None or fresh_for > 0
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _resolve_ttl(self, ttl: TTL) -> float | None:
+    def resolve_ttl(self, ttl: TTL) -> float | None:
+        """Seconds for a TTL argument: ``default_ttl`` for `USE_DEFAULT`, else checked."""
         return self.default_ttl if ttl is USE_DEFAULT else check_ttl(ttl)
 
     async def set(
-        self, key: str, value: Any, ttl: TTL = USE_DEFAULT, tier: CacheTier = CacheTier.BOTH
+        self,
+        key: str,
+        value: Any,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        *,
+        tags: Iterable[str] = (),
+        stale_ttl: float | None = None,
+        publish: bool = True,
     ) -> bool:
         """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed.
 
         L1 is written before L2, so this instance reads its own write even while Redis is
         down; the L2 write is not retried. An L2-only write drops this instance's L1 copy.
+        ``tags`` index the entry for `invalidate_tags`; ``stale_ttl`` keeps it, stale, for
+        that many seconds after ``ttl`` (served only by ``get_or_set``). ``publish=False``
+        stores without telling other instances (a loader result after a miss: nobody can
+        hold a copy of a key that was missing, and a cold start must not be a broadcast
+        storm).
 
         Raises:
             InvalidKeyError: ``key`` is not a valid key.
@@ -182,22 +247,35 @@ class MultiTierCache:
             ValueTooLargeError: the encoded value exceeds ``max_value_size``; nothing written.
         """
         validate_key(key)
-        seconds = self._resolve_ttl(ttl)
+        seconds = self.resolve_ttl(ttl)
+        tag_tuple = tuple(dict.fromkeys(validate_tag(t) for t in tags))
+        stale = check_ttl(stale_ttl) if stale_ttl is not None else None
         raw = self.serializer.dumps(value, key=key)
-        payload = self.serializer.pack(raw, key=key)
+        fresh_until = None
+        if stale is not None and seconds is not None:
+            fresh_until = _now_ms() + math.ceil(seconds * 1000)
+        payload = self.serializer.pack(raw, key=key, fresh_until_ms=fresh_until, tags=tag_tuple)
         self._sets += 1
         self.invalidate_local(key)
         decoded: Any = _MISSING
         if tier is not CacheTier.L2:
             decoded = orjson.loads(raw)
-            self.l1.set(key, decoded, seconds)
+            self.l1.set(
+                key, decoded, seconds, stale_for=0.0 if fresh_until is None else stale or 0.0,
+                tags=tag_tuple,
+            )  # fmt: skip
         if tier is CacheTier.L1:
             return True
         if self.l2 is None:
             return tier is CacheTier.BOTH
-        notify = BusMessage.delete((key,), origin=self.origin).encode() if self.publish else None
+        notify = (
+            BusMessage.delete((key,), origin=self.origin).encode()
+            if self.publish and publish
+            else None
+        )
+        l2_ttl = seconds if fresh_until is None or seconds is None else seconds + (stale or 0.0)
         try:
-            return await self.l2.set_payload(key, payload, seconds, notify=notify)
+            return await self.l2.set_payload(key, payload, l2_ttl, notify=notify, tags=tag_tuple)
         finally:
             # Fence: a fill that read L2 while the write was in flight may carry the
             # previous value; keep our own L1 entry, drop anything else.
@@ -255,6 +333,36 @@ class MultiTierCache:
         finally:
             self.invalidate_local_all()
         await self._publish(BusMessage.clear(origin=self.origin))
+        return removed
+
+    def invalidate_local_tags(self, tags: Iterable[str]) -> int:
+        """Drop L1 entries carrying any of ``tags``; make every in-flight fill stale.
+
+        A fill in flight does not know its tags before its reply arrives, so all of them
+        are dropped: tag invalidations are rare, fills are cheap to redo.
+        """
+        for fills in self._fills.values():
+            for fill in fills:
+                fill.stale = True
+        return self.l1.delete_tagged(tags)
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Remove every entry carrying any of ``tags`` from every tier and instance.
+
+        Returns:
+            The number of L2 entries removed (L1 entries when running without L2).
+        """
+        wanted = tuple(dict.fromkeys(validate_tag(t) for t in tags))
+        if not wanted:
+            return 0
+        removed = self.invalidate_local_tags(wanted)
+        if self.l2 is None:
+            return removed
+        try:
+            removed = await self.l2.invalidate_tags(wanted)
+        finally:
+            self.invalidate_local_tags(wanted)
+        await self._publish(BusMessage.invalidate_tags(wanted, origin=self.origin))
         return removed
 
     async def _publish(self, message: BusMessage) -> None:

@@ -6,7 +6,10 @@ Wire layout of every L2 payload::
     byte 1   format (low 4 bits) | compression << 4
     byte 2.. the encoded value, compressed when the compression bits say so
 
-Formats: 1 = JSON (orjson). Compression: 0 = none, 1 = zlib, 2 = zstd, 3 = lz4 (frame).
+Formats: 1 = JSON (orjson) of the value; 2 = JSON envelope
+``{"f": <fresh until, ms since the epoch, or null>, "t": [<tags>], "v": <value>}`` for
+entries written with tags or a stale window. Compression: 0 = none, 1 = zlib, 2 = zstd,
+3 = lz4 (frame).
 Anything else (another program's value, truncated bytes, a pickle) is rejected with
 `DeserializationError`, which the tiers turn into a counted miss.
 """
@@ -15,16 +18,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
 from .errors import DeserializationError, SerializationError, ValueTooLargeError
 
-__all__ = ["CacheSerializer"]
+__all__ = ["CacheSerializer", "StoredEntry"]
 
 MAGIC: Final = 0xC5
 FORMAT_JSON: Final = 1
+FORMAT_ENVELOPE: Final = 2
 COMPRESSION_NONE: Final = 0
 COMPRESSION_ZLIB: Final = 1
 COMPRESSION_ZSTD: Final = 2
@@ -39,6 +43,15 @@ _PLAIN_HEADER: Final = bytes((MAGIC, FORMAT_JSON))
 # Decompressed payloads larger than this are rejected: a hostile or corrupt entry in Redis
 # must not make a reader allocate without bound.
 DEFAULT_MAX_DECOMPRESSED: Final = 256 * 1024 * 1024
+
+
+class StoredEntry(NamedTuple):
+    """A decoded L2 payload: the value and the metadata of an envelope (if any)."""
+
+    value: Any
+    fresh_until_ms: int | None = None
+    """Wall-clock end of freshness (ms since the epoch); ``None``: fresh until it expires."""
+    tags: tuple[str, ...] = ()
 
 
 class _Unencodable(TypeError):
@@ -132,20 +145,36 @@ class CacheSerializer:
                 key=key,
             ) from exc
 
-    def pack(self, raw: bytes, *, key: str | None = None) -> bytes:
+    def pack(
+        self,
+        raw: bytes,
+        *,
+        key: str | None = None,
+        fresh_until_ms: int | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> bytes:
         """Add the header to JSON bytes from `dumps`, compressing them above the threshold.
+
+        With ``fresh_until_ms`` or ``tags``, the value is wrapped in an envelope (format 2)
+        carrying them.
 
         Raises:
             ValueTooLargeError: the payload exceeds ``max_size``.
         """
+        fmt = FORMAT_JSON
+        if fresh_until_ms is not None or tags:
+            fmt = FORMAT_ENVELOPE
+            meta = orjson.dumps({"f": fresh_until_ms, "t": list(tags)})
+            raw = meta[:-1] + b',"v":' + raw + b"}"
         if self.compression and len(raw) > self.threshold:
             compressed = self._compress(raw)
             # Keep the plain form when compression does not pay (already dense data).
-            payload = (
-                self._header + compressed if len(compressed) < len(raw) else _PLAIN_HEADER + raw
-            )
+            if len(compressed) < len(raw):
+                payload = bytes((MAGIC, fmt | (self._header[1] & 0xF0))) + compressed
+            else:
+                payload = bytes((MAGIC, fmt)) + raw
         else:
-            payload = _PLAIN_HEADER + raw
+            payload = (_PLAIN_HEADER if fmt == FORMAT_JSON else bytes((MAGIC, fmt))) + raw
         if self.max_size is not None and len(payload) > self.max_size:
             where = f" for key {key!r}" if key is not None else ""
             raise ValueTooLargeError(
@@ -167,7 +196,15 @@ class CacheSerializer:
         return self.pack(self.dumps(data))
 
     def deserialize(self, data: bytes) -> Any:
-        """Decode a payload made by `serialize`.
+        """Decode a payload made by `serialize` (or `pack`) to its value.
+
+        Raises:
+            DeserializationError: the bytes are not a valid coherent_cache payload.
+        """
+        return self.deserialize_entry(data).value
+
+    def deserialize_entry(self, data: bytes) -> StoredEntry:
+        """Decode a payload to its value and envelope metadata (freshness, tags).
 
         Raises:
             DeserializationError: the bytes are not a valid coherent_cache payload.
@@ -175,19 +212,23 @@ class CacheSerializer:
         if len(data) < 2 or data[0] != MAGIC:
             raise DeserializationError("not a coherent_cache payload (bad or missing header)")
         flags = data[1]
-        if flags & 0x0F != FORMAT_JSON:
-            raise DeserializationError(f"unknown payload format {flags & 0x0F}")
+        fmt = flags & 0x0F
+        if fmt not in (FORMAT_JSON, FORMAT_ENVELOPE):
+            raise DeserializationError(f"unknown payload format {fmt}")
         body = memoryview(data)[2:]
         codec = flags >> 4
         try:
             raw: bytes | memoryview = (
                 body if codec == COMPRESSION_NONE else self._inflate(codec, body)
             )
-            return orjson.loads(raw)
+            decoded = orjson.loads(raw)
         except DeserializationError:
             raise
         except Exception as exc:  # zlib.error, zstd/lz4 errors, orjson.JSONDecodeError
             raise DeserializationError(f"corrupt payload: {exc}") from exc
+        if fmt == FORMAT_JSON:
+            return StoredEntry(decoded)
+        return _envelope(decoded)
 
     def _inflate(self, codec: int, body: memoryview) -> bytes:
         limit = self._max_decompressed
@@ -215,6 +256,19 @@ class CacheSerializer:
         if len(out) > limit:
             raise DeserializationError("payload inflates beyond the size limit")
         return bytes(out)
+
+
+def _envelope(decoded: Any) -> StoredEntry:
+    """Check and unpack a format-2 envelope."""
+    if not isinstance(decoded, dict) or "v" not in decoded:
+        raise DeserializationError("corrupt envelope: not an object with a value")
+    fresh = decoded.get("f")
+    tags = decoded.get("t", [])
+    if fresh is not None and (isinstance(fresh, bool) or not isinstance(fresh, int)):
+        raise DeserializationError("corrupt envelope: freshness is not an integer")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise DeserializationError("corrupt envelope: tags are not a list of strings")
+    return StoredEntry(decoded["v"], fresh, tuple(tags))
 
 
 def _zlib_compress(raw: bytes) -> bytes:

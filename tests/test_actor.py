@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import anyio
 import pytest
 
@@ -38,6 +40,9 @@ class Owner:
 
     def stale_fills_matching(self, pattern: str) -> None:
         self.stale_patterns.append(pattern)
+
+    def invalidate_local_tags(self, tags: Iterable[str]) -> int:
+        return self._l1.delete_tagged(tags)
 
 
 async def drain(actor: L1Actor) -> None:
