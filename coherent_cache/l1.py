@@ -290,6 +290,13 @@ class InMemoryCache:
                 removed += 1
         return removed
 
+    def set_stale(
+        self, key: str, value: Any, stale_for: float, *, tags: tuple[str, ...] = ()
+    ) -> None:
+        """Store an entry that is already stale, for ``stale_for`` seconds (capped)."""
+        now = self._timer()
+        self._data[key] = _Entry(value, now + self._lifetime(stale_for), now, now, tags)
+
     def tagged(self, keys: Iterable[str], tags: frozenset[str]) -> list[str]:
         """Those of ``keys`` whose entries carry any of ``tags``."""
         found = []

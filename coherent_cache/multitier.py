@@ -210,7 +210,7 @@ class MultiTierCache:
                 )  # fmt: skip
             elif remaining is not None:
                 # Already stale in L2: keep it in L1 as stale for what is left.
-                self.l1.set(key, entry.value, 0.001, stale_for=remaining, tags=entry.tags)
+                self.l1.set_stale(key, entry.value, remaining, tags=entry.tags)
         return entry.value, fresh_for is None or fresh_for > 0
 
     # -- writes ----------------------------------------------------------------------------

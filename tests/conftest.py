@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -118,3 +120,32 @@ async def make_manager(
     finally:
         for manager in reversed(made):
             await manager.stop()
+
+
+_TRUTHY: Any = object()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any] | Any],
+    *,
+    expect: Any = _TRUTHY,
+    within: float = 5.0,
+    interval: float = 0.001,
+) -> None:
+    """Poll ``check`` until it returns ``expect`` (or anything true); fail after ``within`` s.
+
+    For state that has no event to await (another instance's L1, a counter in stats).
+    """
+    last: Any = None
+    try:
+        with anyio.fail_after(within):
+            while True:
+                last = check()
+                if inspect.isawaitable(last):
+                    last = await last
+                if (last == expect) if expect is not _TRUTHY else bool(last):
+                    return
+                await anyio.sleep(interval)
+    except TimeoutError:
+        wanted = "a true value" if expect is _TRUTHY else repr(expect)
+        raise AssertionError(f"waited {within}s for {wanted}, last saw {last!r}") from None

@@ -31,7 +31,34 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
     if op == "peek":
         return {"value": cache.l1.peek(cmd["key"], MISSING)}
     if op == "set":
-        return {"value": await cache.set(cmd["key"], cmd["value"], cmd.get("ttl", 60), tier)}
+        value = await cache.set(
+            cmd["key"], cmd["value"], cmd.get("ttl", 60), tier, tags=cmd.get("tags", ())
+        )
+        return {"value": value}
+    if op == "invalidate_tags":
+        return {"value": await cache.invalidate_tags(*cmd["tags"])}
+    if op == "load":
+        # `callers` concurrent get_or_set calls; the loader counts itself in Redis (INCR
+        # of `counter`), so the test sees loader calls across processes.
+        assert cache.l2 is not None
+        client = cache.l2.client
+
+        async def loader() -> Any:
+            await client.incr(cmd["counter"])
+            await anyio.sleep(float(cmd.get("delay", 0.2)))
+            return {"loaded_by": cache.origin}
+
+        results: list[Any] = []
+
+        async def one() -> None:
+            results.append(
+                await cache.get_or_set(cmd["key"], loader, ttl=60, lock=bool(cmd.get("lock")))
+            )
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(int(cmd.get("callers", 1))):
+                tg.start_soon(one)
+        return {"value": results}
     if op == "delete":
         return {"value": await cache.delete(cmd["key"], tier)}
     if op == "clear_pattern":
