@@ -15,6 +15,7 @@ from typing import Any, Final, TypedDict, TypeVar, final
 
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -44,6 +45,9 @@ log = structlog.get_logger("coherent_cache")
 
 T = TypeVar("T")
 _MISSING: Final[Any] = object()
+TAG_PRUNE_MIN: Final = 1000
+"""A tag index is pruned of dead members once it holds more than this many (and twice as
+many as after its last pruning)."""
 SCAN_COUNT: Final = 1000
 """Keys asked for per SCAN call (and deleted per UNLINK) by ``clear_pattern``."""
 
@@ -160,6 +164,9 @@ class RedisCache:
         self._short_circuited = 0
         self.published = 0
         """Bus messages PUBLISHed successfully through this client."""
+        self._prune_due: set[str] = set()
+        self._prune_at: dict[str, int] = {}
+        self._prune_wakeup = anyio.Event()
 
     @property
     def client(self) -> Redis:
@@ -429,12 +436,41 @@ class RedisCache:
                 return await pipe.execute()
 
         try:
-            await self._call("SET", call)
+            result = await self._call("SET", call)
         except BackendError:
             return False
         if notify is not None:
             self.published += 1
+        if tags:
+            for tag, size in zip(tags, result[1 : 1 + len(tags)], strict=True):
+                if int(size) > self._prune_at.get(tag, TAG_PRUNE_MIN):
+                    self._prune_due.add(tag)
+                    self._prune_wakeup.set()
         return True
+
+    async def run_tag_pruner(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Prune tag indexes that grew past their threshold, one at a time, forever.
+
+        A tag's index is pruned when it holds more than `TAG_PRUNE_MIN` members and twice
+        as many as after its last pruning, so pruning costs O(1) amortised per tagged
+        write. Error handling: a Redis failure leaves the tag due; the next tagged write
+        wakes the loop again.
+        """
+        task_status.started()
+        while True:
+            await self._prune_wakeup.wait()
+            self._prune_wakeup = anyio.Event()
+            while self._prune_due:
+                tag = self._prune_due.pop()
+                try:
+                    pruned = await self.prune_tag(tag)
+                    size = await self._scard(tag)
+                except BackendError:
+                    continue
+                self._prune_at[tag] = max(TAG_PRUNE_MIN, 2 * size)
+                log.info("tag_index_pruned", tag=tag, pruned=pruned, size=size)
 
     async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
         """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
@@ -494,6 +530,10 @@ class RedisCache:
                     pruned += await self._srem(index, dead)
             if cursor == 0:
                 return pruned
+
+    async def _scard(self, tag: str) -> int:
+        index = redis_tag_key(self.namespace, tag)
+        return int(await self._call("SCARD", lambda: self._client.scard(index)))
 
     async def _srem(self, index: str, members: Sequence[bytes | str]) -> int:
         return int(await self._call("SREM", lambda: self._client.srem(index, *members)))

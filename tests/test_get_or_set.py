@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from coherent_cache import CacheManager, CacheTier, InvalidTTLError
+from coherent_cache.l2 import TAG_PRUNE_MIN
 
 from .conftest import FakeClock, ManagerFactory, eventually
 
@@ -354,3 +355,17 @@ class TestLockInProcess:
                 tg.start_soon(load_many, a, "k", slow, 50)
                 tg.start_soon(load_many, b, "k", slow, 50)
         assert 1 == calls
+
+
+class TestTagPruning:
+    async def test_large_tag_index_is_pruned_in_the_background(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str
+    ) -> None:
+        """An index past the prune threshold drops members whose entries are gone."""
+        cache = await make_manager()
+        index = f"{namespace}#tag:big"
+        # Dead members: entries that expired or were deleted behind the index's back.
+        await raw_redis.sadd(index, *[f"gone:{i}" for i in range(TAG_PRUNE_MIN)])
+        await cache.set("alive:1", 1, ttl=60, tags=["big"])  # pushes the index past the mark
+        await eventually(lambda: raw_redis.scard(index), expect=1)
+        assert {b"alive:1"} == await raw_redis.smembers(index)
