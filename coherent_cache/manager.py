@@ -275,6 +275,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 connected = False
                 if self.l2 is not None:
                     connected = await self.l2.connect()
+                if self.l2 is not None:
+                    supervisor.start_soon("tag_pruner", self.l2.run_tag_pruner)
                 if self.bus is not None:
                     # Until the first subscription is confirmed, invalidations could be
                     # missed: L1 entries are bounded like during a bus loss.
