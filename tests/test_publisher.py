@@ -31,7 +31,7 @@ from coherent_cache import (
 )
 from coherent_cache.bus import MAX_KEYS_PER_MESSAGE
 from coherent_cache.testing import find_server_binary, free_port
-from tests.conftest import ManagerFactory
+from tests.conftest import ManagerFactory, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
@@ -579,3 +579,40 @@ class TestProtocolDoc:
         if result is not None:
             await result
         await wait_gone(cache, "user:42", "user:43", "user_profile:1", "other")
+
+
+class TestTagsMessage:
+    def test_round_trip(self) -> None:
+        """A tags message encodes its tags and decodes back to the same message."""
+        message = BusMessage.invalidate_tags(["products", "tenant:7"], origin="o")
+        body = orjson.loads(message.encode())
+        assert ("tags", ["products", "tenant:7"]) == (body["op"], body["tags"])
+        assert message == BusMessage.decode(message.encode())
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b'{"v": 1, "op": "tags"}',
+            b'{"v": 1, "op": "tags", "tags": []}',
+            b'{"v": 1, "op": "tags", "tags": "products"}',
+            b'{"v": 1, "op": "tags", "tags": [1]}',
+            b'{"v": 1, "op": "tags", "tags": [""]}',
+        ],
+    )
+    def test_malformed_tags_are_rejected(self, data: bytes) -> None:
+        """tags must be a non-empty list of valid tags."""
+        with pytest.raises(MalformedMessageError):
+            BusMessage.decode(data)
+
+    async def test_hand_written_tags_message_invalidates(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str
+    ) -> None:
+        """A raw PUBLISH of a tags message drops tagged L1 entries of a running instance."""
+        cache = await make_manager()
+        await cache.set("p:1", 1, tags=["products"])
+        await cache.set("q:1", 2)
+        await raw_redis.publish(
+            f"{namespace}:invalidate", b'{"v": 1, "op": "tags", "tags": ["products"]}'
+        )
+        await eventually(lambda: cache.l1.peek("p:1"), expect=None)
+        assert 2 == cache.l1.peek("q:1")
