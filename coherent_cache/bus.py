@@ -299,11 +299,6 @@ class InvalidationBus:
         self._on_lost = on_lost
         self._timer = timer
         self._random = random.Random()
-        extra: dict[str, Any] = {}
-        if config.redis_username is not None:
-            extra["username"] = config.redis_username
-        if config.redis_password is not None:
-            extra["password"] = config.redis_password.get_secret_value()
         self._pool = ConnectionPool.from_url(
             config.redis_url,
             protocol=2,
@@ -312,7 +307,7 @@ class InvalidationBus:
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
             client_name=f"coherent_cache:{config.namespace}:bus",
-            **extra,
+            **config.credentials(),
         )
         self.connected = False
         self._received = 0

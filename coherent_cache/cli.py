@@ -375,11 +375,6 @@ def _emit(obj: dict[str, Any]) -> None:
 async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
     """Subscribe, announce it on stderr, print messages until the count or duration."""
     assert config.redis_url is not None
-    extra: dict[str, Any] = {}
-    if config.redis_username is not None:
-        extra["username"] = config.redis_username
-    if config.redis_password is not None:
-        extra["password"] = config.redis_password.get_secret_value()
     client = Redis.from_url(
         config.redis_url,
         protocol=2,
@@ -389,7 +384,7 @@ async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
         # silently: messages sent meanwhile would be missing from the output.
         retry=Retry(NoBackoff(), 0),
         client_name=f"coherent_cache:{config.namespace}:watch",
-        **extra,
+        **config.credentials(),
     )
     pubsub = client.pubsub()
     channel = config.channel

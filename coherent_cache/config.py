@@ -238,6 +238,15 @@ class CacheConfig(BaseModel):
         """Whether this configuration uses a Redis L2 and bus."""
         return self.redis_url is not None and self.enable_multi_tier
 
+    def credentials(self) -> dict[str, Any]:
+        """``username``/``password`` keyword arguments for redis-py, from the overrides."""
+        found: dict[str, Any] = {}
+        if self.redis_username is not None:
+            found["username"] = self.redis_username
+        if self.redis_password is not None:
+            found["password"] = self.redis_password.get_secret_value()
+        return found
+
     def redacted_url(self) -> str | None:
         """``redis_url`` with its password (if any) replaced by ``***``."""
         return None if self.redis_url is None else _mask_url(self.redis_url)

@@ -751,11 +751,6 @@ class RedisCache:
 def _client_from_config(config: CacheConfig) -> Redis:
     """Build a client whose every wait is bounded by the configured timeouts."""
     assert config.redis_url is not None
-    extra: dict[str, Any] = {}
-    if config.redis_username is not None:
-        extra["username"] = config.redis_username
-    if config.redis_password is not None:
-        extra["password"] = config.redis_password.get_secret_value()
     pool = BlockingConnectionPool.from_url(
         config.redis_url,
         max_connections=config.max_connections,
@@ -768,6 +763,6 @@ def _client_from_config(config: CacheConfig) -> Redis:
         # closed while idle; the operation deadline still bounds the whole call.
         retry=Retry(NoBackoff(), 1),
         client_name=f"coherent_cache:{config.namespace}",
-        **extra,
+        **config.credentials(),
     )
     return Redis.from_pool(pool)

@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from ._supervisor import Supervisor, TaskInfo
-from .bus import BusMessage, BusOp, InvalidationBus, make_origin
+from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
 from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
 from .keys import validate_key, validate_tag
@@ -49,23 +49,10 @@ __all__ = [
 log = structlog.get_logger("coherent_cache")
 
 
-class BusInfo(TypedDict):
+class BusInfo(BusStats):
     """The invalidation bus in `CacheStats`: the subscriber, publishing and the L1 mailbox."""
 
-    enabled: bool
-    connected: bool
-    channel: str | None
-    origin: str
     published: int
-    received: int
-    applied: int
-    own_skipped: int
-    dropped: int
-    losses: int
-    recoveries: int
-    connect_attempts: int
-    last_loss_at: float | None
-    last_recovery_at: float | None
     mailbox: ActorStats
 
 
@@ -684,7 +671,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             bus = {
                 "enabled": False,
                 "connected": False,
-                "channel": None,
+                "channel": self.config.channel,
                 "origin": self.origin,
                 "published": 0,
                 "received": 0,

@@ -93,7 +93,7 @@ class TestStatsAndHealth:
         bus = stats["bus"]
         assert (True, True) == (bus["enabled"], bus["connected"])
         assert cache.origin == bus["origin"]
-        assert bus["channel"] is not None and bus["channel"].endswith(":invalidate")
+        assert bus["channel"].endswith(":invalidate")
         assert {"l1_actor", "bus_listener", "tag_pruner"} == set(stats["tasks"])
         assert {"running"} == {t["state"] for t in stats["tasks"].values()}
 
