@@ -7,7 +7,7 @@ import enum
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Self, TypedDict, TypeVar, cast, final
@@ -17,6 +17,7 @@ import structlog
 from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
+from . import decorators as _decorators
 from ._supervisor import Supervisor, TaskInfo
 from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
@@ -745,6 +746,57 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     def multi_tier(self) -> MultiTierCache:
         """The `MultiTierCache` this manager drives."""
         return self._cache
+
+    # -- decorators ------------------------------------------------------------------------
+
+    def cached(
+        self,
+        *,
+        ttl: TTL = USE_DEFAULT,
+        key_prefix: str | None = None,
+        tier: CacheTier = CacheTier.BOTH,
+        exclude: str | Collection[str] = (),
+        key_builder: Callable[..., str] | None = None,
+        cache_none: bool = True,
+        unless: Callable[[Any], bool] | None = None,
+        condition: Callable[[Any], bool] | None = None,
+        ttl_jitter: float = 0.0,
+        stale_ttl: float | None = None,
+        loader_timeout: float | None = None,
+        lock: bool | None = None,
+        tags: str | Collection[str] = (),
+    ) -> _decorators.CachedDecorator:
+        """Decorator caching a function's results, keyed by its arguments.
+
+        ``@cache.cached(ttl=3600, key_prefix="user_profile")`` over
+        ``async def get_user_profile(user_id: int)`` caches under ``user_profile:<user_id>``.
+        Every option is described in `coherent_cache.decorators.cached` and
+        ``docs/decorators.md``.
+        """
+        return _decorators.cached(
+            self,
+            ttl=ttl,
+            key_prefix=key_prefix,
+            tier=tier,
+            exclude=exclude,
+            key_builder=key_builder,
+            cache_none=cache_none,
+            unless=unless,
+            condition=condition,
+            ttl_jitter=ttl_jitter,
+            stale_ttl=stale_ttl,
+            loader_timeout=loader_timeout,
+            lock=lock,
+            tags=tags,
+        )
+
+    def cache_invalidate(self, *patterns: str) -> _decorators.CacheInvalidateDecorator:
+        """Decorator clearing ``patterns`` on every tier and instance after a successful call.
+
+        ``@cache.cache_invalidate("user_profile:{user_id}")`` fills the placeholder from the
+        call's arguments (glob-escaped); see `coherent_cache.decorators.cache_invalidate`.
+        """
+        return _decorators.cache_invalidate(self, *patterns)
 
 
 def create_cache_manager(config: CacheConfig | None = None) -> CacheManager:

@@ -1,0 +1,738 @@
+"""The machinery of `CacheManager.cached` and `CacheManager.cache_invalidate`.
+
+``cached(manager, ...)`` turns a function (async or sync, plain, method, classmethod or
+staticmethod) into a `CachedFunction`: calling it returns the cached result for its
+arguments, or runs the function once through `CacheManager.get_or_set` (single-flight,
+optional cross-instance lock, stale-while-revalidate) and caches what it returns.
+
+``cache_invalidate(manager, *patterns)`` wraps a function so that, after it returns
+successfully, every entry matching each pattern is cleared on every tier and instance.
+
+Keys are predictable: ``<key_prefix>:<v1>:<v2>...``, the arguments bound to the signature
+in signature order with defaults applied, ``*args`` values in order and ``**kwargs`` as
+sorted ``name=value``, encoded by `CacheKeyGenerator` (see ``docs/decorators.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+import string
+import weakref
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Final,
+    Generic,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    cast,
+    final,
+    overload,
+)
+
+import anyio.to_thread
+
+from .config import CacheTier
+from .errors import ConfigurationError, InvalidKeyError, InvalidTTLError
+from .keys import (
+    MAX_KEY_LENGTH,
+    CacheKeyGenerator,
+    _encode_part,
+    escape_glob,
+    validate_pattern,
+    validate_tag,
+)
+from .l1 import check_ttl
+from .types import TTL, USE_DEFAULT
+
+if TYPE_CHECKING:
+    from .manager import CacheManager
+
+__all__ = [
+    "AUTO_EXCLUDED_TYPES",
+    "CacheInvalidateDecorator",
+    "CachedDecorator",
+    "CachedFunction",
+    "InvalidatingFunction",
+    "cache_invalidate",
+    "cached",
+]
+
+P = ParamSpec("P")
+P2 = ParamSpec("P2")
+R = TypeVar("R")
+T = TypeVar("T")
+
+AUTO_EXCLUDED_TYPES: Final[frozenset[str]] = frozenset(
+    {
+        # SQLAlchemy sessions (a session is a connection, never part of what is loaded).
+        "sqlalchemy.ext.asyncio.session.AsyncSession",
+        "sqlalchemy.ext.asyncio.scoping.async_scoped_session",
+        "sqlalchemy.orm.session.Session",
+        "sqlalchemy.orm.scoping.scoped_session",
+        # Starlette / FastAPI request context (FastAPI re-exports Starlette's classes).
+        "starlette.requests.HTTPConnection",
+        "starlette.requests.Request",
+        "starlette.websockets.WebSocket",
+        "starlette.responses.Response",
+        "starlette.background.BackgroundTasks",
+        # httpx clients (httpx sets __module__ to "httpx" on its public classes).
+        "httpx.AsyncClient",
+        "httpx.Client",
+        "httpx._client.AsyncClient",
+        "httpx._client.Client",
+        # A cache manager passed in as a FastAPI dependency.
+        "coherent_cache.manager.CacheManager",
+    }
+)
+"""Fully qualified names of classes whose instances are left out of cache keys.
+
+An argument is excluded when any class in its type's MRO is named here, so subclasses
+(FastAPI's ``BackgroundTasks``, a custom ``Request``) are excluded too. Matching is by
+name: none of these libraries is imported.
+"""
+
+_SKIPPED_NAMES: Final = frozenset({"self", "cls"})
+_FIELD_BASE: Final = re.compile(r"[^.\[]*")
+_mark_coroutine: Callable[[Any], Any] | None = getattr(inspect, "markcoroutinefunction", None)
+
+
+_context_types: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _is_context_type(cls: type) -> bool:
+    """Whether ``cls`` or one of its bases is in `AUTO_EXCLUDED_TYPES` (memoised per type)."""
+    try:
+        return _context_types[cls]
+    except KeyError:
+        found = any(f"{c.__module__}.{c.__qualname__}" in AUTO_EXCLUDED_TYPES for c in cls.__mro__)
+        _context_types[cls] = found
+        return found
+
+
+def _unwrap_descriptor(func: Any) -> tuple[Callable[..., Any], str]:
+    """Return the function inside a classmethod/staticmethod and its kind."""
+    if isinstance(func, classmethod):
+        return func.__func__, "class"
+    if isinstance(func, staticmethod):
+        return func.__func__, "static"
+    if not callable(func):
+        raise TypeError(f"expected a function to decorate, got {type(func).__qualname__}")
+    return func, "function"
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    if inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"{_describe(func)} is an async generator function: its result cannot be cached"
+        )
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return inspect.iscoroutinefunction(call)
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None)
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}.{name}" if module else name
+
+
+def _as_names(value: str | Iterable[str], option: str) -> tuple[str, ...]:
+    """A single str is one name, not its characters."""
+    names: tuple[object, ...] = (value,) if isinstance(value, str) else tuple(value)
+    checked: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"{option} must hold non-empty str, got {name!r}", field=option
+            )
+        checked.append(name)
+    return tuple(checked)
+
+
+async def _run(func: Callable[..., Any], is_async: bool, args: Any, kwargs: Any) -> Any:
+    """Call ``func``: awaited when async, in a worker thread when sync."""
+    if is_async:
+        return await func(*args, **kwargs)
+    result = await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+    if inspect.isawaitable(result):  # a sync function that returns an awaitable
+        result = await result
+    return result
+
+
+class _Signature:
+    """A function's signature, prepared to bind call arguments quickly."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.name = _describe(func)
+        self.sig = inspect.signature(func)
+        params = self.sig.parameters
+        self.names = tuple(params)
+        self.kinds = {name: p.kind for name, p in params.items()}
+        self.var_keyword = next(
+            (n for n, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None
+        )
+        # Fast path: every parameter positional, without defaults: zip(names, args).
+        self._simple = all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+            for p in params.values()
+        )
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Name -> value of every parameter, defaults applied, in signature order.
+
+        Raises:
+            TypeError: the arguments do not fit the signature (as calling would).
+        """
+        if self._simple and not kwargs and len(args) == len(self.names):
+            return dict(zip(self.names, args, strict=True))
+        bound = self.sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
+
+    def has(self, name: str) -> bool:
+        """Whether a template or ``exclude`` may name ``name``."""
+        return name in self.kinds or self.var_keyword is not None
+
+
+class _PartFormatter(string.Formatter):
+    """Fills ``{name}`` fields with values encoded like key parts (optionally glob-escaped)."""
+
+    def __init__(self, *, escape: bool) -> None:
+        self.escape = escape
+        self.field = ""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        self.field = field_name
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, AttributeError, IndexError, TypeError) as exc:
+            raise InvalidKeyError(f"no value in this call ({exc!r})") from exc
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        text = format(value, format_spec) if format_spec else _encode_part(value)
+        return escape_glob(text) if self.escape else text
+
+
+@final
+class _Template:
+    """A tag or pattern with ``{param}`` placeholders filled from the bound arguments."""
+
+    def __init__(self, text: object, sig: _Signature, *, what: str, escape: bool) -> None:
+        if not isinstance(text, str) or not text:
+            raise InvalidKeyError(f"a {what} must be a non-empty str, got {text!r}", key=text)
+        self.text = text
+        self.what = what
+        self.escape = escape
+        self.owner = sig.name
+        fields: list[str] = []
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise InvalidKeyError(f"{what} {text!r} is not a valid template: {exc}") from exc
+        for _literal, field, _spec, _conversion in parsed:
+            if field is None:
+                continue
+            match = _FIELD_BASE.match(field)
+            base = match.group() if match else ""
+            if not base or base.isdigit():
+                raise InvalidKeyError(
+                    f"{what} {text!r} of {sig.name} has a positional placeholder "
+                    f"{{{field}}}: name the parameter, as in {{user_id}}",
+                    key=text,
+                )
+            if not sig.has(base):
+                raise InvalidKeyError(
+                    f"{what} {text!r} of {sig.name} names {base!r}, which is not a "
+                    f"parameter of {sig.name}{sig.sig}",
+                    key=text,
+                )
+            fields.append(field)
+        self.templated = bool(fields)
+        if not self.templated:
+            # No placeholders: "{{" and "}}" still mean literal braces.
+            self.static = text.replace("{{", "{").replace("}}", "}")
+            if escape:
+                validate_pattern(self.static)
+            else:
+                validate_tag(self.static)
+
+    def render(self, arguments: Mapping[str, Any]) -> str:
+        """Fill the placeholders from ``arguments`` (name -> bound value).
+
+        Raises:
+            InvalidKeyError: a value has no deterministic encoding or the result is unusable.
+        """
+        if not self.templated:
+            return self.static
+        formatter = _PartFormatter(escape=self.escape)
+        try:
+            text = formatter.vformat(self.text, (), arguments)
+        except InvalidKeyError as exc:
+            raise InvalidKeyError(
+                f"{self.what} {self.text!r} of {self.owner}: cannot fill "
+                f"{{{formatter.field}}}: {exc}",
+                key=self.text,
+            ) from exc
+        return validate_pattern(text) if self.escape else validate_tag(text)
+
+
+def _template_arguments(sig: _Signature, arguments: dict[str, Any]) -> Mapping[str, Any]:
+    """Bound arguments plus the entries of ``**kwargs``, for filling templates."""
+    if sig.var_keyword is None:
+        return arguments
+    return {**arguments[sig.var_keyword], **arguments}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CachedSpec:
+    """Everything a `CachedFunction` and its bound forms share."""
+
+    manager: CacheManager
+    func: Callable[..., Any]
+    kind: str
+    is_async: bool
+    sig: _Signature
+    keys: CacheKeyGenerator
+    exclude: frozenset[str]
+    key_builder: Callable[..., str] | None
+    tags: tuple[_Template, ...]
+    ttl: TTL
+    tier: CacheTier
+    cache_none: bool
+    should_cache: Callable[[Any], bool] | None
+    ttl_jitter: float
+    stale_ttl: float | None
+    loader_timeout: float | None
+    lock: bool | None
+
+    def key_and_arguments(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The cache key of a call, and its bound arguments when tags need them."""
+        arguments = self.sig.bind(args, kwargs) if self.key_builder is None or self.tags else None
+        if self.key_builder is not None:
+            key: object = self.key_builder(*args, **kwargs)
+            if not isinstance(key, str) or not key:
+                raise InvalidKeyError(
+                    f"key_builder of {self.sig.name} must return a non-empty str, got {key!r}",
+                    key=key,
+                )
+            return key, arguments
+        assert arguments is not None
+        parts: list[str] = []
+        keyword_parts: list[str] = []
+        kinds = self.sig.kinds
+        for name, value in arguments.items():
+            if name in self.exclude:
+                continue
+            kind = kinds[name]
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                parts.extend(
+                    self._encode(name, item) for item in value if not _is_context_type(type(item))
+                )
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                keyword_parts.extend(
+                    f"{extra}={self._encode(extra, value[extra])}"
+                    for extra in sorted(value)
+                    if extra not in self.exclude and not _is_context_type(type(value[extra]))
+                )
+            elif not _is_context_type(type(value)):
+                parts.append(self._encode(name, value))
+        return self.keys.generate_key(*parts, *keyword_parts), arguments
+
+    def _encode(self, name: str, value: object) -> str:
+        try:
+            return _encode_part(value)
+        except InvalidKeyError as exc:
+            raise InvalidKeyError(
+                f"cannot build a cache key for {self.sig.name}(): parameter {name!r} is a "
+                f"{type(value).__module__}.{type(value).__qualname__}, which has no "
+                f"deterministic key encoding. Leave it out of the key with "
+                f"exclude=({name!r},), or pass key_builder=<callable taking the same "
+                f"arguments and returning the key str>",
+                key=value,
+            ) from exc
+
+    def tag_values(self, arguments: dict[str, Any] | None) -> tuple[str, ...]:
+        if not self.tags:
+            return ()
+        assert arguments is not None
+        values = _template_arguments(self.sig, arguments)
+        return tuple(tag.render(values) for tag in self.tags)
+
+
+@final
+class CachedFunction(Generic[P, R]):
+    """A function whose results are cached by a `CacheManager`; made by `cached`.
+
+    Calling it returns an awaitable of the function's result, even for a sync function
+    (which then runs in a worker thread). It keeps the function's ``__name__``,
+    ``__qualname__``, ``__doc__``, ``__module__``, ``__wrapped__`` and signature, and binds
+    like a method when it is a class attribute.
+
+    ``P`` is the function's parameters and ``R`` its declared return type: for
+    ``async def f(x: int) -> User`` that is ``CachedFunction[[x: int], Coroutine[Any, Any,
+    User]]``, for ``def g(x: int) -> User`` it is ``CachedFunction[[x: int], User]``; in
+    both cases ``await f(1)`` is a ``User``.
+    """
+
+    __wrapped__: Callable[..., Any]
+    __name__: str
+    __qualname__: str
+
+    def __init__(self, spec: _CachedSpec) -> None:
+        self._spec = spec
+        self._bound: tuple[Any, ...] = ()
+        functools.update_wrapper(self, spec.func)
+        if _mark_coroutine is not None:  # Python 3.12+: inspect.iscoroutinefunction(self)
+            _mark_coroutine(self)
+
+    def __repr__(self) -> str:
+        bound = " (bound)" if self._bound else ""
+        return f"<CachedFunction {self._spec.sig.name}{bound} prefix={self._spec.keys.prefix!r}>"
+
+    @property
+    def __globals__(self) -> dict[str, Any]:
+        """The wrapped function's globals (FastAPI resolves string annotations with them)."""
+        globals_: dict[str, Any] = getattr(self._spec.func, "__globals__", {})
+        return globals_
+
+    # R is the declared return type: unwrap it for async functions (an overload on self
+    # rather than on the decorator, where an Any in the parameters would erase the types).
+    @overload
+    async def __call__(
+        self: CachedFunction[P2, Awaitable[T]], *args: P2.args, **kwargs: P2.kwargs
+    ) -> T: ...
+
+    @overload
+    async def __call__(self: CachedFunction[P2, T], *args: P2.args, **kwargs: P2.kwargs) -> T: ...
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Return the cached result for these arguments, or run the function and cache it."""
+        spec = self._spec
+        full = (*self._bound, *args) if self._bound else args
+        key, arguments = spec.key_and_arguments(full, kwargs)
+        tags = spec.tag_values(arguments)
+        loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
+        return await spec.manager.get_or_set(
+            key,
+            loader,
+            spec.ttl,
+            spec.tier,
+            tags=tags,
+            lock=spec.lock,
+            stale_ttl=spec.stale_ttl,
+            loader_timeout=spec.loader_timeout,
+            cache_none=spec.cache_none,
+            should_cache=spec.should_cache,
+            ttl_jitter=spec.ttl_jitter,
+        )
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The key a call with these arguments reads and writes (the function is not run).
+
+        Raises:
+            InvalidKeyError: an argument has no deterministic key encoding.
+            TypeError: the arguments do not fit the signature.
+        """
+        full = (*self._bound, *args) if self._bound else args
+        return self._spec.key_and_arguments(full, kwargs)[0]
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Delete the entry of this call from every tier and instance; whether one existed."""
+        return await self._spec.manager.delete(self.cache_key(*args, **kwargs), CacheTier.BOTH)
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[T, P2], R], instance: T, owner: type[Any] | None = None
+    ) -> CachedFunction[P2, R]: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        kind = self._spec.kind
+        if kind == "static" or self._bound:
+            return self
+        if kind == "class":
+            first: object = owner if owner is not None else type(instance)
+        elif instance is None:
+            return self  # accessed on the class: the caller passes self explicitly
+        else:
+            first = instance
+        bound = object.__new__(CachedFunction)
+        bound.__dict__.update(self.__dict__)
+        bound._bound = (first,)
+        bind = getattr(self._spec.func, "__get__", None)
+        if bind is not None:  # so inspect.signature of the bound form drops self / cls
+            bound.__wrapped__ = bind(first, owner)
+        return bound
+
+
+@final
+class CachedDecorator:
+    """What `cached` returns: apply it to a function to get a `CachedFunction`."""
+
+    def __init__(self, manager: CacheManager, options: dict[str, Any]) -> None:
+        self._manager = manager
+        self._options = options
+
+    def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]:
+        inner, kind = _unwrap_descriptor(func)
+        opts = self._options
+        sig = _Signature(inner)
+        prefix = opts["key_prefix"]
+        if prefix is None:
+            module = getattr(inner, "__module__", None)
+            qualname = getattr(inner, "__qualname__", None)
+            if not module or not qualname:
+                raise ConfigurationError(
+                    f"{inner!r} has no __module__ and __qualname__ to build keys from: "
+                    "pass key_prefix",
+                    field="key_prefix",
+                )
+            prefix = f"{module}.{qualname}"
+        elif not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError(
+                f"key_prefix must be a non-empty str, got {prefix!r}", field="key_prefix"
+            )
+        exclude = frozenset(opts["exclude"]) | _SKIPPED_NAMES
+        unknown = sorted(name for name in opts["exclude"] if not sig.has(name))
+        if unknown:
+            raise ConfigurationError(
+                f"exclude names {unknown} of {sig.name}, which has no such parameter "
+                f"(its signature is {sig.sig})",
+                field="exclude",
+            )
+        tags = tuple(_Template(t, sig, what="tag", escape=False) for t in opts["tags"])
+        # A hashed key is prefix + ":" + 32 hex digits; let long prefixes still fit.
+        max_length = min(MAX_KEY_LENGTH, max(200, len(prefix.encode()) + 1 + 32))
+        spec = _CachedSpec(
+            manager=self._manager,
+            func=inner,
+            kind=kind,
+            is_async=_is_async(inner),
+            sig=sig,
+            keys=CacheKeyGenerator(prefix, max_length=max_length),
+            exclude=exclude,
+            key_builder=opts["key_builder"],
+            tags=tags,
+            ttl=opts["ttl"],
+            tier=opts["tier"],
+            cache_none=opts["cache_none"],
+            should_cache=opts["should_cache"],
+            ttl_jitter=opts["ttl_jitter"],
+            stale_ttl=opts["stale_ttl"],
+            loader_timeout=opts["loader_timeout"],
+            lock=opts["lock"],
+        )
+        return CachedFunction(spec)
+
+
+def cached(
+    manager: CacheManager,
+    *,
+    ttl: TTL = USE_DEFAULT,
+    key_prefix: str | None = None,
+    tier: CacheTier = CacheTier.BOTH,
+    exclude: str | Collection[str] = (),
+    key_builder: Callable[..., str] | None = None,
+    cache_none: bool = True,
+    unless: Callable[[Any], bool] | None = None,
+    condition: Callable[[Any], bool] | None = None,
+    ttl_jitter: float = 0.0,
+    stale_ttl: float | None = None,
+    loader_timeout: float | None = None,
+    lock: bool | None = None,
+    tags: str | Collection[str] = (),
+) -> CachedDecorator:
+    """Cache a function's results in ``manager``, keyed by its arguments.
+
+    The decorated function (async or sync; plain, method, classmethod or staticmethod)
+    becomes a `CachedFunction`: ``await f(...)`` returns the cached result or runs ``f``
+    once per key (single-flight) through `CacheManager.get_or_set`. A sync function runs
+    in a worker thread (``anyio.to_thread.run_sync``), so it never blocks the event loop,
+    and the decorated function must be awaited. Results round-trip through JSON: a tuple
+    comes back from the cache as a list.
+
+    The key is ``<key_prefix>:<v1>:<v2>...``: the bound arguments in signature order with
+    defaults applied, ``*args`` values in order, ``**kwargs`` sorted as ``name=value``,
+    structured values as canonical JSON, hashed after the prefix when longer than 200
+    bytes. Parameters named ``self`` and ``cls``, the names in ``exclude`` and instances of
+    `AUTO_EXCLUDED_TYPES` are left out.
+
+    Args:
+        manager: the cache.
+        ttl: seconds; ``None`` for no expiry; `USE_DEFAULT` for ``default_ttl``.
+        key_prefix: first part of every key; ``module.qualname`` of the function by default.
+        tier: where results are cached.
+        exclude: parameter names left out of the key.
+        key_builder: called with the call's arguments (``self`` or ``cls`` included),
+            returns the whole key; replaces the generated key.
+        cache_none: cache a ``None`` result (a cached ``None`` is a hit).
+        unless: ``unless(result)`` True: the result is returned but not cached.
+        condition: ``condition(result)`` False: the result is returned but not cached.
+        ttl_jitter: spread each TTL by up to this fraction (``0.1``: ±10 %).
+        stale_ttl: keep entries this long after ``ttl`` and serve them while refreshing.
+        loader_timeout: with ``stale_ttl``, wait this long for a refresh before serving stale.
+        lock: run the function at most once across instances (Redis lease lock);
+            ``None`` follows ``CacheConfig.lock_by_default``.
+        tags: tags of every entry (``"user:{user_id}"`` templates filled from the
+            arguments), for `CacheManager.invalidate_tags`.
+
+    Raises:
+        ConfigurationError: ``exclude`` names no parameter, or ``key_prefix`` is empty.
+        InvalidKeyError: a tag template names no parameter.
+        InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not positive, or
+            ``ttl_jitter`` is not in [0, 1).
+    """
+    if ttl is not USE_DEFAULT:
+        check_ttl(ttl)
+    if stale_ttl is not None:
+        check_ttl(stale_ttl)
+    if loader_timeout is not None:
+        check_ttl(loader_timeout)
+    if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, int | float):
+        raise InvalidTTLError(f"ttl_jitter must be a number, got {ttl_jitter!r}", ttl=ttl_jitter)
+    if not 0 <= ttl_jitter < 1:
+        raise InvalidTTLError(
+            f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}", ttl=ttl_jitter
+        )
+    if key_builder is not None and not callable(key_builder):
+        raise ConfigurationError("key_builder must be callable", field="key_builder")
+    return CachedDecorator(
+        manager,
+        {
+            "ttl": ttl,
+            "key_prefix": key_prefix,
+            "tier": CacheTier(tier),
+            "exclude": _as_names(exclude, "exclude"),
+            "key_builder": key_builder,
+            "cache_none": cache_none,
+            "should_cache": _should_cache(unless, condition),
+            "ttl_jitter": ttl_jitter,
+            "stale_ttl": stale_ttl,
+            "loader_timeout": loader_timeout,
+            "lock": lock,
+            "tags": _as_names(tags, "tags"),
+        },
+    )
+
+
+def _should_cache(
+    unless: Callable[[Any], bool] | None, condition: Callable[[Any], bool] | None
+) -> Callable[[Any], bool] | None:
+    """Fold ``unless`` and ``condition`` into get_or_set's ``should_cache``."""
+    if unless is None and condition is None:
+        return None
+
+    def should_cache(result: Any) -> bool:
+        if unless is not None and unless(result):
+            return False
+        return condition is None or bool(condition(result))
+
+    return should_cache
+
+
+class InvalidatingFunction(Protocol[P, R]):
+    """The type of a function wrapped by `cache_invalidate` (at run time, a function).
+
+    ``P`` and ``R`` are the wrapped function's parameters and declared return type;
+    ``await f(...)`` has the awaited result type for async and sync functions alike.
+    """
+
+    __wrapped__: Callable[..., Any]
+    __name__: str
+    __qualname__: str
+
+    @overload
+    async def __call__(
+        self: InvalidatingFunction[P2, Awaitable[T]], *args: P2.args, **kwargs: P2.kwargs
+    ) -> T: ...
+
+    @overload
+    async def __call__(
+        self: InvalidatingFunction[P2, T], *args: P2.args, **kwargs: P2.kwargs
+    ) -> T: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: InvalidatingFunction[Concatenate[T, P2], R],
+        instance: T,
+        owner: type[Any] | None = None,
+    ) -> InvalidatingFunction[P2, R]: ...
+
+
+@final
+class CacheInvalidateDecorator:
+    """What `cache_invalidate` returns: apply it to a function to add the invalidation."""
+
+    def __init__(self, manager: CacheManager, patterns: tuple[str, ...]) -> None:
+        self._manager = manager
+        self._patterns = patterns
+
+    def __call__(self, func: Callable[P, R]) -> InvalidatingFunction[P, R]:
+        inner, kind = _unwrap_descriptor(func)
+        sig = _Signature(inner)
+        is_async = _is_async(inner)
+        templates = tuple(_Template(p, sig, what="pattern", escape=True) for p in self._patterns)
+        templated = any(t.templated for t in templates)
+        manager = self._manager
+
+        @functools.wraps(inner)
+        async def invalidating(*args: Any, **kwargs: Any) -> Any:
+            # Fill the patterns before the call: an argument that cannot be encoded fails
+            # before the function changes anything, and later mutations do not matter.
+            values: Mapping[str, Any] = {}
+            if templated:
+                values = _template_arguments(sig, sig.bind(args, kwargs))
+            patterns = [t.render(values) for t in templates]
+            result = await _run(inner, is_async, args, kwargs)
+            # The change is made: finish invalidating even if the caller is cancelled now
+            # (each clear is bounded by the manager's operation_timeout).
+            with anyio.CancelScope(shield=True):
+                for pattern in patterns:
+                    await manager.clear_pattern(pattern, CacheTier.BOTH)
+            return result
+
+        wrapped: Any = invalidating
+        if kind == "class":
+            wrapped = classmethod(invalidating)
+        elif kind == "static":
+            wrapped = staticmethod(invalidating)
+        return cast("InvalidatingFunction[P, R]", wrapped)
+
+
+def cache_invalidate(manager: CacheManager, *patterns: str) -> CacheInvalidateDecorator:
+    """Clear ``patterns`` on every tier and instance after the function returns.
+
+    The decorated function (async or sync, which then runs in a worker thread) becomes
+    awaitable and keeps its name, docstring and signature. When it raises, nothing is
+    cleared. Each pattern is a Redis glob (``"user_profile:*"``) whose ``{param}``
+    placeholders are filled from the call's arguments, encoded like key parts and
+    glob-escaped, so an argument ``"*"`` clears only the literal key.
+
+    Args:
+        manager: the cache.
+        patterns: one or more glob patterns, optionally templated.
+
+    Raises:
+        InvalidKeyError: no pattern, a placeholder names no parameter, or a pattern is
+            not a valid glob (an unterminated ``[``).
+    """
+    if not patterns:
+        raise InvalidKeyError("cache_invalidate needs at least one pattern")
+    return CacheInvalidateDecorator(manager, patterns)
