@@ -87,6 +87,7 @@ class LoaderStats(TypedDict):
     errors: int
     stale_served: int
     lock_waits: int
+    discarded: int
 
 
 @final
@@ -208,6 +209,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             "errors": 0,
             "stale_served": 0,
             "lock_waits": 0,
+            "discarded": 0,
         }
         self._host: asyncio.Task[None] | None = None
         self._stop_requested = anyio.Event()
@@ -509,6 +511,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     return cast("R", value)  # fail-safe; logged and counted by the flight
             return cast("R", value)
         self._loads["misses"] += 1
+        if key not in self._flights and tier is not CacheTier.L2:
+            # A flight may have finished (and filled L1) while our lookup awaited L2.
+            again = self.l1.get_entry(key)
+            if again is not None and again[1]:
+                return cast("R", again[0])
         return cast("R", await self._flight(key, loader, opts).result())
 
     def _flight(
@@ -556,7 +563,16 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
     ) -> Any:
         self._loads["loads"] += 1
-        value = await loader()
+        # Tracked like an L2 fill: an invalidation of the key that lands while the loader
+        # runs means its (older) result is returned to the callers but not cached.
+        fill = self._cache.begin_fill(key)
+        try:
+            value = await loader()
+        finally:
+            self._cache.end_fill(key, fill)
+        if fill.stale:
+            self._loads["discarded"] += 1
+            return value
         if (value is None and not opts.cache_none) or (
             opts.should_cache is not None and not opts.should_cache(value)
         ):

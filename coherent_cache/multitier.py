@@ -184,18 +184,32 @@ class MultiTierCache:
             return entry.value, _is_fresh(entry.fresh_until_ms)
         return await self._fill_from_l2(key)
 
-    async def _fill_from_l2(self, key: str) -> tuple[Any, bool] | None:
-        """Read ``key`` from L2 and copy it into L1 unless the read was made stale."""
-        assert self.l2 is not None
+    def begin_fill(self, key: str) -> _Fill:
+        """Start tracking a read of ``key`` whose result may be cached; see `end_fill`.
+
+        Any invalidation of ``key`` before `end_fill` marks the returned token stale, and
+        a stale result must not be installed.
+        """
         fill = _Fill()
-        fills = self._fills.setdefault(key, [])
-        fills.append(fill)
-        try:
-            found = await self.l2.get_entry_with_ttl(key)
-        finally:
+        self._fills.setdefault(key, []).append(fill)
+        return fill
+
+    def end_fill(self, key: str, fill: _Fill) -> None:
+        """Stop tracking ``fill`` (its ``stale`` flag keeps its verdict)."""
+        fills = self._fills.get(key)
+        if fills is not None:
             fills.remove(fill)
             if not fills:
                 del self._fills[key]
+
+    async def _fill_from_l2(self, key: str) -> tuple[Any, bool] | None:
+        """Read ``key`` from L2 and copy it into L1 unless the read was made stale."""
+        assert self.l2 is not None
+        fill = self.begin_fill(key)
+        try:
+            found = await self.l2.get_entry_with_ttl(key)
+        finally:
+            self.end_fill(key, fill)
         if found is None:
             return None
         entry, remaining = found

@@ -1078,10 +1078,6 @@ class TestLoaderOptions:
             with pytest.raises(InvalidTTLError):
                 cached(manager, **options)
 
-    @pytest.mark.xfail(
-        reason="get_or_set stores a loader result that raced with an invalidation of its key",
-        strict=True,
-    )
     async def test_invalidation_during_a_load_is_not_undone(
         self, make_manager: ManagerFactory
     ) -> None:

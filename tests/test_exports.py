@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "coherent_cache.manager",
     "coherent_cache.types",
     "coherent_cache.bus",
+    "coherent_cache.decorators",
     "coherent_cache.cli",
     "coherent_cache.testing",
 ]

@@ -79,8 +79,8 @@ class TestSingleFlight:
             async with anyio.create_task_group() as tg:
                 for _ in range(20):
                     tg.start_soon(call)
-                await loader.started.wait()
-                await anyio.wait_all_tasks_blocked()
+                # Every caller has missed and joined the flight before the loader fails.
+                await eventually(lambda: cache.stats()["loader"]["misses"] == 20)
                 loader.release.set()
         assert 20 == len(errors)
         assert {"database down"} == {str(e) for e in errors}
