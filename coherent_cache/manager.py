@@ -34,7 +34,7 @@ from .l1 import (
     check_ttl,
 )
 from .l2 import RedisCache
-from .multitier import MultiTierCache, TierStats
+from .multitier import MISSING, MultiTierCache, TierStats
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
 
@@ -76,6 +76,7 @@ class HealthReport(TypedDict):
 
 
 R = TypeVar("R")
+_NOTHING: Any = MISSING
 
 
 class LoaderStats(TypedDict):
@@ -481,6 +482,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        if tier is not CacheTier.L2:
+            # Fast path: a fresh L1 hit needs nothing else (arguments are checked on a miss).
+            hit = self._cache.l1_hit(key)
+            if hit is not _NOTHING:
+                self._loads["hits"] += 1
+                return cast("R", hit)
         validate_key(key)
         opts = _LoadOptions(
             ttl=self._cache.resolve_ttl(ttl),

@@ -19,9 +19,11 @@ from .l2 import L2Stats, RedisCache
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
 
-__all__ = ["MultiTierCache", "TierStats"]
+__all__ = ["MISSING", "MultiTierCache", "TierStats"]
 
 _MISSING: Final[Any] = object()
+MISSING: Final[Any] = _MISSING
+"""Returned by `MultiTierCache.l1_hit` when L1 holds no fresh value."""
 
 
 class TierStats(TypedDict):
@@ -162,13 +164,29 @@ class MultiTierCache:
         self._hits += 1
         return value
 
+    def l1_hit(self, key: str) -> Any:
+        """The fresh L1 value of ``key`` or `MISSING`; counted like a get (no validation)."""
+        value = self.l1.get(key, _MISSING)
+        if value is not _MISSING:
+            self._hits += 1
+        return value
+
     async def get_entry(
         self, key: str, tier: CacheTier = CacheTier.BOTH
     ) -> tuple[Any, bool] | None:
-        """``(value, fresh)`` of ``key``, stale entries included, or ``None``; not counted.
+        """``(value, fresh)`` of ``key``, stale entries included, or ``None``.
 
         Used by ``get_or_set``: a stale entry can still be served while it is refreshed.
+        Counted in the totals (a fresh value is a hit); not in the L1 figures.
         """
+        found = await self._lookup_entry(key, tier)
+        if found is not None and found[1]:
+            self._hits += 1
+        else:
+            self._misses += 1
+        return found
+
+    async def _lookup_entry(self, key: str, tier: CacheTier) -> tuple[Any, bool] | None:
         validate_key(key)
         if tier is not CacheTier.L2:
             found = self.l1.get_entry(key)
