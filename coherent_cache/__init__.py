@@ -27,6 +27,7 @@ from .manager import CacheManager, CacheStats, HealthReport, create_cache_manage
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import USE_DEFAULT, UseDefault
+from .warming import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
 
 try:
     __version__ = version("coherent-cache")
@@ -49,6 +50,7 @@ __all__ = [
     "CacheStats",
     "CacheStrategy",
     "CacheTier",
+    "CacheWarmer",
     "ConfigurationError",
     "DeserializationError",
     "HealthReport",
@@ -63,6 +65,9 @@ __all__ = [
     "SerializationError",
     "UseDefault",
     "ValueTooLargeError",
+    "WarmHandle",
+    "WarmResult",
+    "WarmSchedule",
     "__version__",
     "create_cache_manager",
 ]

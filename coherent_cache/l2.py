@@ -603,6 +603,39 @@ class RedisCache:
             return False
         return True
 
+    async def set_payloads(
+        self,
+        items: Sequence[tuple[str, bytes, float | None]],
+        *,
+        raise_errors: bool = False,
+    ) -> bool:
+        """Store already encoded ``(key, payload, ttl)`` items in one pipelined round trip.
+
+        Each item keeps its own TTL (``None``: no expiry). Nothing is PUBLISHed: this is the
+        cache warmer's fill path. Keys are not validated here (the caller did).
+
+        Raises:
+            BackendError: Redis failed, timed out or the breaker is open; only with
+                ``raise_errors=True``, otherwise an outage returns ``False``.
+        """
+        if not items:
+            return True
+        commands = [(redis_key(self.namespace, k), p, _ttl_ms(t)) for k, p, t in items]
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, payload, px in commands:
+                    _ = pipe.set(name, payload, px=px)
+                _ = await pipe.execute()
+
+        try:
+            await self._call("SET*", write)
+        except BackendError:
+            if raise_errors:
+                raise
+            return False
+        return True
+
     async def delete(self, key: str, *, notify: bytes | None = None) -> bool:
         """Remove ``key``; return whether it existed (``False`` on an outage too).
 

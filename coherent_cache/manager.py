@@ -37,6 +37,14 @@ from .l2 import RedisCache
 from .multitier import MISSING, MultiTierCache, TierStats
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
+from .warming import (
+    CacheWarmer,
+    DataSource,
+    ProgressCallback,
+    WarmHandle,
+    WarmResult,
+    WarmSchedule,
+)
 
 __all__ = [
     "BusInfo",
@@ -286,6 +294,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     origin=self.origin,
                 )
                 self._state = _State.RUNNING
+                self._start_warmers()
                 try:
                     yield self
                 finally:
@@ -820,6 +829,148 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         call's arguments (glob-escaped); see `coherent_cache.decorators.cache_invalidate`.
         """
         return _decorators.cache_invalidate(self, *patterns)
+
+    # -- warming ---------------------------------------------------------------------------
+
+    _warmer: CacheWarmer | None = None
+
+    @property
+    def warmer(self) -> CacheWarmer:
+        """This manager's `CacheWarmer` (made on first use)."""
+        if self._warmer is None:
+            self._warmer = CacheWarmer(self)
+        return self._warmer
+
+    async def warm_cache(
+        self,
+        data_source: DataSource,
+        batch_size: int = 100,
+        *,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        progress: ProgressCallback | None = None,
+        name: str | None = None,
+    ) -> WarmResult:
+        """Pre-load ``data_source``'s ``(key, value)`` / ``(key, value, ttl)`` items.
+
+        One pipelined L2 round trip per ``batch_size`` items, no bus message (a fill, not a
+        write), the first ``memory_cache_size`` items also in this instance's L1; bad items
+        are skipped and reported, an L2 outage marks a batch failed and the warm goes on.
+        See `CacheWarmer.warm_cache` and ``docs/warming.md``.
+
+        Raises:
+            CacheClosedError: the manager is not running.
+            Exception: whatever ``data_source`` or ``progress`` raised.
+        """
+        return await self.warmer.warm_cache(
+            data_source, batch_size, ttl=ttl, tier=tier, progress=progress, name=name
+        )
+
+    def warm_in_background(
+        self,
+        data_source: DataSource,
+        batch_size: int = 100,
+        *,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        progress: ProgressCallback | None = None,
+        name: str | None = None,
+    ) -> WarmHandle:
+        """Start `warm_cache` in the manager's task group and return at once.
+
+        ``await handle.wait()`` gives its `WarmResult` or raises its exception;
+        ``handle.cancel()`` stops it. A failing warm is logged and kept in the handle; it
+        never disturbs the manager. Stopping the manager cancels it.
+
+        Raises:
+            CacheClosedError: the manager is not running.
+        """
+        if self._state is not _State.RUNNING or self._tg is None:
+            raise self._closed_error()
+        return self.warmer._start_background(
+            self._tg, data_source, batch_size, ttl, tier, progress, name
+        )
+
+    def schedule_warming(
+        self,
+        data_source: DataSource,
+        *,
+        every: float,
+        on_start: bool = False,
+        name: str | None = None,
+        batch_size: int = 100,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+    ) -> WarmSchedule:
+        """Re-run a warm every ``every`` seconds (and once at start with ``on_start``).
+
+        Supervised as the task ``warm:<name>`` (``get_stats()["tasks"]``); a failing run is
+        logged and counted in the returned `WarmSchedule`, which `WarmSchedule.cancel`
+        stops. May be called before `start`: it begins when the manager starts.
+        ``data_source`` is read again on every run, so it must be a function (or a
+        re-iterable), not an iterator.
+
+        Raises:
+            CacheClosedError: the manager was stopped.
+            ValueError, TypeError: bad arguments.
+        """
+        if self._state is _State.CLOSED:
+            raise self._closed_error()
+        return self.warmer._add_schedule(
+            data_source,
+            name=name,
+            batch_size=batch_size,
+            ttl=ttl,
+            tier=tier,
+            every=every,
+            on_start=on_start,
+            supervisor=self._supervisor if self._state is _State.RUNNING else None,
+        )
+
+    def warm_when(
+        self,
+        data_source: DataSource,
+        *,
+        hit_rate_below: float | None = 0.5,
+        on_start: bool = False,
+        check_every: float = 10.0,
+        min_requests: int = 100,
+        name: str | None = None,
+        batch_size: int = 100,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+    ) -> WarmSchedule:
+        """Warm when the L1 hit rate drops below ``hit_rate_below``, and/or on start.
+
+        Every ``check_every`` seconds the L1 hit rate since the previous check (or warm)
+        is computed; once that window holds at least ``min_requests`` lookups and its rate
+        is below the threshold, the warm runs. ``on_start=True`` also warms once as soon as
+        the manager runs; ``hit_rate_below=None, on_start=True`` warms on start only.
+        Supervised and cancellable like `schedule_warming`.
+
+        Raises:
+            CacheClosedError: the manager was stopped.
+            ValueError, TypeError: bad arguments, or neither a threshold nor ``on_start``.
+        """
+        if self._state is _State.CLOSED:
+            raise self._closed_error()
+        return self.warmer._add_schedule(
+            data_source,
+            name=name,
+            batch_size=batch_size,
+            ttl=ttl,
+            tier=tier,
+            hit_rate_below=hit_rate_below,
+            check_every=check_every,
+            min_requests=min_requests,
+            on_start=on_start,
+            supervisor=self._supervisor if self._state is _State.RUNNING else None,
+        )
+
+    def _start_warmers(self) -> None:
+        """Launch the warmers scheduled before `start` (called once the manager runs)."""
+        if self._warmer is not None and self._supervisor is not None:
+            self._warmer._launch_schedules(self._supervisor)
 
 
 def create_cache_manager(config: CacheConfig | None = None) -> CacheManager:

@@ -27,6 +27,7 @@ PUBLIC_MODULES = [
     "coherent_cache.decorators",
     "coherent_cache.cli",
     "coherent_cache.testing",
+    "coherent_cache.warming",
 ]
 
 
