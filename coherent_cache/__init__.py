@@ -24,6 +24,7 @@ from .keys import CacheKeyGenerator
 from .l1 import InMemoryCache
 from .l2 import RedisCache
 from .manager import CacheManager, CacheStats, HealthReport, create_cache_manager
+from .monitoring import CacheMonitor
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import USE_DEFAULT, UseDefault
@@ -46,6 +47,7 @@ __all__ = [
     "CacheError",
     "CacheKeyGenerator",
     "CacheManager",
+    "CacheMonitor",
     "CacheSerializer",
     "CacheStats",
     "CacheStrategy",

@@ -91,9 +91,13 @@ class BusMessage:
     tags: tuple[str, ...] = ()
 
     @classmethod
-    def delete(cls, keys: Iterable[str], *, origin: str | None = None) -> BusMessage:
+    def delete(
+        cls, keys: Iterable[str], *, origin: str | None = None, traceparent: str | None = None
+    ) -> BusMessage:
         """A ``delete`` of ``keys``, stamped with the current time."""
-        return cls(BusOp.DELETE, keys=tuple(keys), origin=origin, ts=_now_ms())
+        return cls(
+            BusOp.DELETE, keys=tuple(keys), origin=origin, ts=_now_ms(), traceparent=traceparent
+        )
 
     @classmethod
     def delete_batches(
@@ -143,19 +147,31 @@ class BusMessage:
         return batches
 
     @classmethod
-    def clear_pattern(cls, pattern: str, *, origin: str | None = None) -> BusMessage:
+    def clear_pattern(
+        cls, pattern: str, *, origin: str | None = None, traceparent: str | None = None
+    ) -> BusMessage:
         """A ``clear_pattern`` of ``pattern``, stamped with the current time."""
-        return cls(BusOp.CLEAR_PATTERN, pattern=pattern, origin=origin, ts=_now_ms())
+        return cls(
+            BusOp.CLEAR_PATTERN,
+            pattern=pattern,
+            origin=origin,
+            ts=_now_ms(),
+            traceparent=traceparent,
+        )
 
     @classmethod
-    def clear(cls, *, origin: str | None = None) -> BusMessage:
+    def clear(cls, *, origin: str | None = None, traceparent: str | None = None) -> BusMessage:
         """A ``clear`` of the whole namespace, stamped with the current time."""
-        return cls(BusOp.CLEAR, origin=origin, ts=_now_ms())
+        return cls(BusOp.CLEAR, origin=origin, ts=_now_ms(), traceparent=traceparent)
 
     @classmethod
-    def invalidate_tags(cls, tags: Iterable[str], *, origin: str | None = None) -> BusMessage:
+    def invalidate_tags(
+        cls, tags: Iterable[str], *, origin: str | None = None, traceparent: str | None = None
+    ) -> BusMessage:
         """A ``tags`` message: drop every entry carrying any of ``tags``."""
-        return cls(BusOp.TAGS, tags=tuple(tags), origin=origin, ts=_now_ms())
+        return cls(
+            BusOp.TAGS, tags=tuple(tags), origin=origin, ts=_now_ms(), traceparent=traceparent
+        )
 
     def encode(self) -> bytes:
         """The JSON bytes to PUBLISH."""
@@ -320,6 +336,8 @@ class InvalidationBus:
         self._last_loss: float | None = None
         self._last_recovery: float | None = None
         self._ever_subscribed = False
+        self.log: structlog.typing.FilteringBoundLogger = log
+        """The logger (the manager binds its namespace and origin to it)."""
 
     def stats(self) -> BusStats:
         """Counters and state of the subscriber."""
@@ -373,7 +391,7 @@ class InvalidationBus:
                     attempt = 0
                     await self._listen(conn)
                 except (BusConnectionLost, TimeoutError, redis_errors.RedisError, OSError) as exc:
-                    level = log.warning if subscribed or attempt == 0 else log.debug
+                    level = self.log.warning if subscribed or attempt == 0 else self.log.debug
                     level(
                         "bus_disconnected" if subscribed else "bus_connect_failed",
                         channel=self.channel,
@@ -418,7 +436,7 @@ class InvalidationBus:
             self._last_recovery = time.time()
         self._ever_subscribed = True
         self._on_subscribed()
-        log.info("bus_subscribed", channel=self.channel, recoveries=self._recoveries)
+        self.log.info("bus_subscribed", channel=self.channel, recoveries=self._recoveries)
 
     def _mark_lost(self) -> None:
         self.connected = False
@@ -461,7 +479,7 @@ class InvalidationBus:
             message = BusMessage.decode(data, max_size=self.config.max_bus_message_size)
         except MalformedMessageError as exc:
             self._dropped += 1
-            log.warning("bus_message_dropped", channel=self.channel, reason=exc.reason)
+            self.log.warning("bus_message_dropped", channel=self.channel, reason=exc.reason)
             return
         if message.origin == self.origin:
             self._own += 1

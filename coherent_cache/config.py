@@ -106,7 +106,13 @@ class CacheConfig(BaseModel):
     compression_algorithm: Literal["zlib", "zstd", "lz4"] = "zlib"
     """``zlib`` (standard library), ``zstd`` (extra ``zstd``) or ``lz4`` (extra ``lz4``)."""
     enable_monitoring: bool = True
-    """Seed setting kept for compatibility; stats are always collected."""
+    """Run a `CacheMonitor` with the manager: a ``cache.stats`` log event every
+    ``monitoring_interval`` seconds (stats are collected either way)."""
+    monitoring_interval: float = Field(default=60.0, gt=0)
+    """Seconds between two ``cache.stats`` events of the automatic monitor."""
+    trace_full_keys: bool = False
+    """Put full keys on spans (``cache.key``); by default only the prefix before the first
+    ``:`` (``cache.key_prefix``), since keys can hold personal data."""
 
     default_ttl: float | None = Field(default=3600, gt=0)
     """TTL in seconds of entries written without an explicit ``ttl``; ``None``: no expiry."""

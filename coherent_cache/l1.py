@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
@@ -45,6 +47,31 @@ class L1Stats(TypedDict):
     maxsize: int
     evictions: int
     strategy: str
+    memory_bytes: int
+    """An estimate from a sample of entries (see `InMemoryCache.memory_estimate`)."""
+
+
+MEMORY_SAMPLE: Final = 32
+"""Entries measured by `InMemoryCache.memory_estimate`."""
+_ENTRY_OVERHEAD: Final = 200
+"""Bytes of cachetools' bookkeeping per entry (dict slots, size and order links), roughly."""
+_SIZE_BUDGET: Final = 256
+"""Objects visited per sampled value: deeper or larger values are under-estimated."""
+
+
+def _approx_size(obj: Any, budget: list[int]) -> int:
+    """``sys.getsizeof`` of ``obj`` and its JSON-like contents, visiting at most ``budget``."""
+    if budget[0] <= 0:
+        return 0
+    budget[0] -= 1
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            size += _approx_size(key, budget) + _approx_size(value, budget)
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            size += _approx_size(item, budget)
+    return size
 
 
 @final
@@ -342,8 +369,40 @@ class InMemoryCache:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.peek(key, _MISSING) is not _MISSING
 
+    @property
+    def hits(self) -> int:
+        """Lookups answered (`get` only)."""
+        return self._hits
+
+    def memory_estimate(self, sample: int = MEMORY_SAMPLE) -> int:
+        """Approximate bytes held, from ``sys.getsizeof`` of up to ``sample`` entries.
+
+        The mean size of the sampled entries (key, entry record and value with its nested
+        dicts and lists, up to a budget of objects each) plus a fixed bookkeeping cost is
+        multiplied by the number of entries: bounded cost whatever the size, and values
+        are shared, not copied, so it may over-count objects referenced twice.
+        """
+        count = len(self._data)
+        if not count:
+            return 0
+        total = 0
+        measured = 0
+        for key in itertools.islice(Cache.__iter__(self._data), sample):
+            try:
+                entry: _Entry = Cache.__getitem__(self._data, key)
+            except KeyError:  # pragma: no cover - single-threaded
+                continue
+            total += (
+                sys.getsizeof(key)
+                + sys.getsizeof(entry)
+                + _approx_size(entry.value, [_SIZE_BUDGET])
+                + _ENTRY_OVERHEAD
+            )
+            measured += 1
+        return round(total / measured * count) if measured else 0
+
     def get_stats(self) -> L1Stats:
-        """Hits, misses, hit rate, size, capacity, evictions and policy."""
+        """Hits, misses, hit rate, size, capacity, evictions, policy and a memory estimate."""
         total = self._hits + self._misses
         return {
             "hits": self._hits,
@@ -353,6 +412,7 @@ class InMemoryCache:
             "maxsize": self.maxsize,
             "evictions": self._data.evictions,
             "strategy": self.strategy.value,
+            "memory_bytes": self.memory_estimate(),
         }
 
 

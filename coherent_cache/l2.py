@@ -21,6 +21,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from . import _telemetry
 from ._breaker import BreakerState, CircuitBreaker
 from .config import CacheConfig
 from .errors import (
@@ -164,6 +165,10 @@ class RedisCache:
         self._short_circuited = 0
         self.published = 0
         """Bus messages PUBLISHed successfully through this client."""
+        self.latency = _telemetry.LatencyHistogram()
+        """Round-trip times of successful Redis calls."""
+        self.log: structlog.typing.FilteringBoundLogger = log
+        """The logger (the manager binds its namespace and origin to it)."""
         self._prune_due: set[str] = set()
         self._prune_at: dict[str, int] = {}
         self._prune_wakeup = anyio.Event()
@@ -188,7 +193,7 @@ class RedisCache:
             self._errors += 1
             self.connected = False
             self._breaker.trip()
-            log.warning(
+            self.log.warning(
                 "l2_unavailable",
                 url=self.config.redacted_url(),
                 error=type(exc).__name__,
@@ -226,8 +231,11 @@ class RedisCache:
         breaker = self._breaker
         if not breaker.allow():
             self._short_circuited += 1
-            raise BackendUnavailableError(f"Redis circuit breaker is open ({op} not sent)")
+            error = BackendUnavailableError(f"Redis circuit breaker is open ({op} not sent)")
+            _telemetry.note_backend_error(op, error)
+            raise error
         probe = breaker.state is BreakerState.HALF_OPEN
+        started = time.perf_counter_ns()
         try:
             with anyio.fail_after(self._timeout):
                 result = await func()
@@ -243,22 +251,25 @@ class RedisCache:
         except redis_errors.RedisError as exc:
             # The server answered (e.g. OOM, READONLY): the connection itself is fine.
             self._errors += 1
+            _telemetry.note_backend_error(op, exc)
             self._record_success(probe)
-            log.warning("l2_command_error", op=op, error=type(exc).__name__, detail=str(exc))
+            self.log.warning("l2_command_error", op=op, error=type(exc).__name__, detail=str(exc))
             raise BackendError(f"Redis {op} failed: {exc}") from exc
         except BaseException:
             breaker.release(probe=probe)
             raise
+        self.latency.record(time.perf_counter_ns() - started)
         self._record_success(probe)
         return result
 
     def _record_failure(self, op: str, exc: BaseException, probe: bool) -> None:
         self._errors += 1
+        _telemetry.note_backend_error(op, exc)
         was_connected = self.connected
         self.connected = False
         opened = self._breaker.failure(probe=probe)
         if was_connected or opened:
-            log.warning(
+            self.log.warning(
                 "l2_unavailable",
                 op=op,
                 error=type(exc).__name__,
@@ -270,18 +281,18 @@ class RedisCache:
         recovered = self._breaker.success(probe=probe)
         if not self.connected or recovered:
             self.connected = True
-            log.info("l2_connected", url=self.config.redacted_url())
+            self.log.info("l2_connected", url=self.config.redacted_url())
 
     def _decode_entry(self, key: str, payload: bytes | str) -> StoredEntry | None:
         if not isinstance(payload, bytes):  # only with decode_responses=True clients
             self._rejected += 1
-            log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason="not bytes")
+            self.log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason="not bytes")
             return None
         try:
             return self.serializer.deserialize_entry(payload)
         except DeserializationError as exc:
             self._rejected += 1
-            log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason=str(exc))
+            self.log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason=str(exc))
             return None
 
     def _decode(self, key: str, payload: bytes | str) -> Any:
@@ -470,7 +481,7 @@ class RedisCache:
                 except BackendError:
                     continue
                 self._prune_at[tag] = max(TAG_PRUNE_MIN, 2 * size)
-                log.info("tag_index_pruned", tag=tag, pruned=pruned, size=size)
+                self.log.info("tag_index_pruned", tag=tag, pruned=pruned, size=size)
 
     async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
         """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
@@ -496,7 +507,7 @@ class RedisCache:
                         break
                 await self._unlink([index])
         except BackendError as exc:
-            log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
+            self.log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
         return removed
 
     async def _sscan(self, index: str, cursor: int, count: int) -> tuple[int, list[bytes | str]]:
@@ -719,7 +730,7 @@ class RedisCache:
         except BackendError as exc:
             if raise_errors:
                 raise
-            log.warning(
+            self.log.warning(
                 "l2_clear_pattern_incomplete",
                 pattern_prefix=_key_prefix(pattern),
                 removed=removed,

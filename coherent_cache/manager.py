@@ -15,10 +15,14 @@ from typing import Any, Literal, Self, TypedDict, TypeVar, cast, final
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import SpanKind, TracerProvider
 from redis.asyncio import Redis
 
+from . import _telemetry
 from . import decorators as _decorators
 from ._supervisor import Supervisor, TaskInfo
+from ._telemetry import LatencyStats, Telemetry
 from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
 from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
@@ -34,6 +38,7 @@ from .l1 import (
     check_ttl,
 )
 from .l2 import RedisCache
+from .monitoring import CacheMonitor
 from .multitier import MISSING, MultiTierCache, TierStats
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
@@ -51,6 +56,8 @@ __all__ = [
     "CacheManager",
     "CacheStats",
     "HealthReport",
+    "LatencyInfo",
+    "LatencyStats",
     "LoaderStats",
     "create_cache_manager",
 ]
@@ -65,12 +72,24 @@ class BusInfo(BusStats):
     mailbox: ActorStats
 
 
+class LatencyInfo(TypedDict):
+    """Latency per tier in `CacheStats`, from fixed log-scale buckets (about 19 % wide).
+
+    ``l1``: L1 lookups of ``get`` (one in 64 is timed, `multitier.L1_LATENCY_SAMPLE`);
+    ``l2``: round trips of successful Redis calls.
+    """
+
+    l1: LatencyStats
+    l2: LatencyStats
+
+
 class CacheStats(TierStats):
     """Everything `CacheManager.get_stats` reports: the seed's shape plus bus and tasks."""
 
     bus: BusInfo
     tasks: dict[str, TaskInfo]
     loader: LoaderStats
+    latency: LatencyInfo
 
 
 class HealthReport(TypedDict):
@@ -159,6 +178,10 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         redis_client: a ready ``redis.asyncio.Redis`` to use for the L2 (tests, custom
             connection setups); the manager does not close it.
         timer: the monotonic clock of the L1 TTLs and the circuit breaker (tests).
+        tracer_provider: OpenTelemetry tracer provider for the spans; the global one
+            when omitted (picked up even if the application sets it later).
+        meter_provider: OpenTelemetry meter provider for the metrics; the global one
+            when omitted.
     """
 
     def __init__(
@@ -167,6 +190,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         *,
         redis_client: Redis | None = None,
         timer: Callable[[], float] = time.monotonic,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.config = config if config is not None else CacheConfig.from_env()
         cfg = self.config
@@ -185,6 +210,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             self.l2 = RedisCache(cfg, client=redis_client, serializer=self.serializer, timer=timer)
         self.origin = make_origin(cfg.origin_prefix)
         """This instance's id on the bus; it skips messages carrying it."""
+        # A lazy proxy, not .bind(): it follows structlog.configure() calls made later.
+        self.log = structlog.get_logger(
+            "coherent_cache", namespace=cfg.namespace, origin=self.origin
+        )
+        """The ``coherent_cache`` logger with this instance's namespace and origin bound."""
+        self._telemetry = Telemetry(
+            namespace=cfg.namespace,
+            redis_url=cfg.redis_url if self.l2 is not None else None,
+            trace_full_keys=cfg.trace_full_keys,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        if self.l2 is not None:
+            self.l2.log = self.log
         self._timer = timer
         self.bus: InvalidationBus | None = None
         use_bus = self.l2 is not None and cfg.enable_invalidation_bus and cfg.redis_url is not None
@@ -207,6 +246,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 on_lost=self._on_bus_lost,
                 timer=timer,
             )
+            self.bus.log = self.log
+        self.monitor: CacheMonitor | None = None
+        """The monitor started with the manager when ``enable_monitoring`` is on."""
         self._supervisor: Supervisor | None = None
         self._tg: TaskGroup | None = None
         self._flights: dict[str, _Flight] = {}
@@ -237,6 +279,28 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     # -- bus callbacks (run on the bus listener's task) --------------------------------------
 
     def _on_bus_message(self, message: BusMessage) -> None:
+        tel = self._telemetry
+        if not (tel.active or tel.poll()) or not tel.tracing_on:
+            self._apply_bus_message(message)
+            return
+        link = _telemetry.link_from_traceparent(message.traceparent)
+        attributes: dict[str, Any] = {
+            "cache.bus.op": message.op.value,
+            "messaging.destination.name": self.config.channel,
+        }
+        if message.origin is not None:
+            attributes["cache.bus.origin"] = message.origin
+        if message.keys:
+            attributes["cache.bus.key_count"] = len(message.keys)
+        with tel.span(
+            "cache.invalidate.apply",
+            attributes,
+            links=[link] if link is not None else None,
+            kind=SpanKind.CONSUMER,
+        ):
+            self._apply_bus_message(message)
+
+    def _apply_bus_message(self, message: BusMessage) -> None:
         if message.op is BusOp.DELETE:
             self._actor.submit(InvalidateKeys(message.keys))
         elif message.op is BusOp.CLEAR_PATTERN:
@@ -285,9 +349,13 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                         await supervisor.start("bus_listener", self.bus.run)
                     else:
                         supervisor.start_soon("bus_listener", self.bus.run)
-                log.info(
+                if cfg.enable_monitoring:
+                    self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
+                    await self.monitor._launch(supervisor)
+                self._telemetry.recheck()
+                self._telemetry.register(self._stats_for_metrics)
+                self.log.info(
                     "cache_started",
-                    namespace=cfg.namespace,
                     l2=cfg.redacted_url() if self.l2 is not None else None,
                     connected=connected,
                     bus=self.bus.connected if self.bus is not None else None,
@@ -303,6 +371,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     tg.cancel_scope.cancel()
         finally:
             self._state = _State.CLOSED
+            self._telemetry.unregister()
             for info in self._supervisor.tasks.values() if self._supervisor else ():
                 if info["state"] != "failed":
                     info["state"] = "stopped"
@@ -312,7 +381,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 await self._actor.aclose()
                 if self.l2 is not None:
                     await self.l2.aclose()
-            log.info("cache_stopped", namespace=cfg.namespace)
+            self.log.info("cache_stopped")
 
     async def start(self) -> None:
         """Connect to Redis (if configured), subscribe to the bus and accept operations.
@@ -375,7 +444,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 await host
             if scope.cancelled_caught:
                 host.cancel()
-                log.error("cache_stop_timed_out", namespace=self.config.namespace)
+                self.log.error("cache_stop_timed_out")
         elif self._state is _State.RUNNING:
             await self.__aexit__(None, None, None)
         self._state = _State.CLOSED
@@ -406,7 +475,28 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active:
+            return await self._get_observed(key, tier, default)
+        # Telemetry.poll() inlined: this is the L1-hit path.
+        tel.countdown -= 1
+        if tel.countdown <= 0 and tel.recheck():
+            return await self._get_observed(key, tier, default)
         return await self._cache.get(key, tier, default=default)
+
+    async def _get_observed(self, key: str, tier: CacheTier, default: Any) -> Any:
+        """`get` with a ``cache.get`` span and a duration record (a provider is set)."""
+        tel = self._telemetry
+        started = time.perf_counter()
+        with tel.span("cache.get", tel.key_attributes(key)) as span:
+            value, answered = await self._cache.lookup(key, tier)
+            hit = value is not MISSING
+            if span.is_recording():
+                span.set_attribute("cache.hit", hit)
+                if answered is not None:
+                    span.set_attribute("cache.tier", answered)
+        tel.record_duration(time.perf_counter() - started, "get", answered)
+        return value if hit else default
 
     async def set(
         self,
@@ -432,6 +522,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active or tel.poll():
+            with tel.operation("set", tel.key_attributes(key)) as span:
+                stored = await self._cache.set(key, value, ttl, tier, tags=tags)
+                span.set_attribute("cache.stored", stored)
+                return stored
         return await self._cache.set(key, value, ttl, tier, tags=tags)
 
     async def invalidate_tags(self, *tags: str) -> int:
@@ -446,6 +542,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active or tel.poll():
+            with tel.operation("invalidate_tags", {"cache.tag_count": len(tags)}) as span:
+                removed = await self._cache.invalidate_tags(*tags)
+                span.set_attribute("cache.removed", removed)
+                return removed
         return await self._cache.invalidate_tags(*tags)
 
     async def get_or_set(
@@ -491,12 +593,49 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active or tel.poll():
+            with tel.operation("get_or_set", tel.key_attributes(key)) as span:
+                hit = self._cache.l1_hit(key) if tier is not CacheTier.L2 else _NOTHING
+                if hit is not _NOTHING:
+                    self._loads["hits"] += 1
+                    span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
+                    return cast("R", hit)
+                value, outcome = await self._get_or_set(
+                    key, loader, ttl, tier, tags, lock, stale_ttl, loader_timeout,
+                    cache_none, should_cache, ttl_jitter,
+                )  # fmt: skip
+                span.set_attribute("cache.hit", outcome != "miss")
+                if outcome == "stale":
+                    span.set_attribute("cache.stale", True)
+                return value
         if tier is not CacheTier.L2:
             # Fast path: a fresh L1 hit needs nothing else (arguments are checked on a miss).
             hit = self._cache.l1_hit(key)
             if hit is not _NOTHING:
                 self._loads["hits"] += 1
                 return cast("R", hit)
+        value, _ = await self._get_or_set(
+            key, loader, ttl, tier, tags, lock, stale_ttl, loader_timeout,
+            cache_none, should_cache, ttl_jitter,
+        )  # fmt: skip
+        return value
+
+    async def _get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[R]],
+        ttl: TTL,
+        tier: CacheTier,
+        tags: Iterable[str],
+        lock: bool | None,
+        stale_ttl: float | None,
+        loader_timeout: float | None,
+        cache_none: bool,
+        should_cache: Callable[[Any], bool] | None,
+        ttl_jitter: float,
+    ) -> tuple[R, Literal["hit", "stale", "miss"]]:
+        """`get_or_set` after its L1 fast path; also says: fresh hit, stale, or a miss."""
         validate_key(key)
         opts = _LoadOptions(
             ttl=self._cache.resolve_ttl(ttl),
@@ -515,24 +654,25 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             value, fresh = found
             if fresh:
                 self._loads["hits"] += 1
-                return cast("R", value)
+                return cast("R", value), "hit"
             self._loads["stale_served"] += 1
             flight = self._flight(key, loader, opts)
             if loader_timeout is None:
-                return cast("R", value)
+                return cast("R", value), "stale"
             with anyio.move_on_after(loader_timeout):
                 try:
-                    return cast("R", await flight.result())
+                    return cast("R", await flight.result()), "stale"
                 except Exception:
-                    return cast("R", value)  # fail-safe; logged and counted by the flight
-            return cast("R", value)
+                    # fail-safe; logged and counted by the flight
+                    return cast("R", value), "stale"
+            return cast("R", value), "stale"
         self._loads["misses"] += 1
         if key not in self._flights and tier is not CacheTier.L2:
             # A flight may have finished (and filled L1) while our lookup awaited L2.
             again = self.l1.get_entry(key)
             if again is not None and again[1]:
-                return cast("R", again[0])
-        return cast("R", await self._flight(key, loader, opts).result())
+                return cast("R", again[0]), "hit"
+        return cast("R", await self._flight(key, loader, opts).result()), "miss"
 
     def _flight(
         self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
@@ -554,7 +694,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         except Exception as exc:
             flight.error = exc
             self._loads["errors"] += 1
-            log.warning(
+            self.log.warning(
                 "loader_failed",
                 key_prefix=key.split(":", 1)[0],
                 error=type(exc).__name__,
@@ -582,8 +722,10 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         # Tracked like an L2 fill: an invalidation of the key that lands while the loader
         # runs means its (older) result is returned to the callers but not cached.
         fill = self._cache.begin_fill(key)
+        tel = self._telemetry
         try:
-            value = await loader()
+            with tel.span("cache.load", tel.key_attributes(key)):
+                value = await loader()
         finally:
             self._cache.end_fill(key, fill)
         if fill.stale:
@@ -625,7 +767,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 self._loads["lock_waits"] += 1
                 return found[0]
             if self._timer() >= deadline:
-                log.warning("lock_wait_timeout", key_prefix=key.split(":", 1)[0])
+                self.log.warning("lock_wait_timeout", key_prefix=key.split(":", 1)[0])
                 return await self._call_and_store(key, loader, opts)
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.1)
@@ -651,7 +793,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             await anyio.sleep(lease / 3)
             try:
                 if not await l2.renew_lock(key, token, lease):
-                    log.warning("lock_lost", key_prefix=key.split(":", 1)[0])
+                    self.log.warning("lock_lost", key_prefix=key.split(":", 1)[0])
                     return
             except BackendError:
                 continue
@@ -660,6 +802,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active or tel.poll():
+            with tel.operation("delete", tel.key_attributes(key)) as span:
+                existed = await self._cache.delete(key, tier)
+                span.set_attribute("cache.hit", existed)
+                return existed
         return await self._cache.delete(key, tier)
 
     async def clear_pattern(self, pattern: str, tier: CacheTier = CacheTier.BOTH) -> int:
@@ -670,12 +818,24 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active or tel.poll():
+            with tel.operation("clear_pattern", tel.key_attributes(pattern)) as span:
+                removed = await self._cache.clear_pattern(pattern, tier)
+                span.set_attribute("cache.removed", removed)
+                return removed
         return await self._cache.clear_pattern(pattern, tier)
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
         """Remove every key of this namespace (other namespaces are untouched)."""
         if self._state is not _State.RUNNING:
             raise self._closed_error()
+        tel = self._telemetry
+        if tel.active or tel.poll():
+            with tel.operation("clear") as span:
+                removed = await self._cache.clear(tier)
+                span.set_attribute("cache.removed", removed)
+                return removed
         return await self._cache.clear(tier)
 
     def stats(self) -> CacheStats:
@@ -721,12 +881,28 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         tasks: dict[str, TaskInfo] = {}
         if self._supervisor is not None:
             tasks = {name: TaskInfo(**info) for name, info in self._supervisor.tasks.items()}
-        return {**tiers, "bus": bus, "tasks": tasks, "loader": LoaderStats(**self._loads)}
+        empty = _telemetry.LatencyHistogram()
+        latency: LatencyInfo = {
+            "l1": self._cache.l1_latency.stats(),
+            "l2": (self.l2.latency if self.l2 is not None else empty).stats(),
+        }
+        return {
+            **tiers,
+            "bus": bus,
+            "tasks": tasks,
+            "loader": LoaderStats(**self._loads),
+            "latency": latency,
+        }
+
+    def _stats_for_metrics(self) -> CacheStats | None:
+        return self.stats() if self._state is _State.RUNNING else None
 
     async def get_stats(self) -> CacheStats:
         """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus
         ``bus`` (messages published / received / dropped, connection, losses, recoveries,
-        the L1 mailbox) and ``tasks`` (state and restarts of each background task).
+        the L1 mailbox), ``tasks`` (state and restarts of each background task),
+        ``loader`` (``get_or_set``) and ``latency`` (p50 / p99 per tier, `LatencyInfo`).
+        ``l1_cache["memory_bytes"]`` is a sampled estimate (a few dozen entries measured).
 
         Works in any state, so a health endpoint can report a stopped cache.
         """

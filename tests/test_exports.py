@@ -22,6 +22,7 @@ PUBLIC_MODULES = [
     "coherent_cache.l2",
     "coherent_cache.multitier",
     "coherent_cache.manager",
+    "coherent_cache.monitoring",
     "coherent_cache.types",
     "coherent_cache.bus",
     "coherent_cache.decorators",

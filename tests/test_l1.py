@@ -120,6 +120,7 @@ class TestStats:
             "maxsize": 10,
             "evictions": 0,
             "strategy": strategy.value,
+            "memory_bytes": 0,
         }
         assert expected == make(strategy, clock, maxsize=10).get_stats()
 

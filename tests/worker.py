@@ -1,6 +1,8 @@
 """A cache instance in its own OS process, driven by JSON lines on stdin (tests, benchmarks).
 
-Run as ``python -m tests.worker '<CacheConfig fields as JSON>'``. Each input line is a
+Run as ``python -m tests.worker '<CacheConfig fields as JSON>'``; an extra ``"_spans_file"``
+field (opt-in) makes the worker export its spans to that file, one JSON object a line.
+Each input line is a
 command ``{"id": n, "op": ..., ...}``; each output line is ``{"id": n, "ok": true, ...}``
 or ``{"id": n, "ok": false, "error": "..."}``. The first output line is
 ``{"ready": true, "origin": ...}`` once the manager has started.
@@ -90,10 +92,25 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown op {op!r}")
 
 
+def _tracer_provider(spans_file: str | None) -> Any:
+    """An SDK tracer provider writing finished spans to ``spans_file`` as JSON lines."""
+    if spans_file is None:
+        return None
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    out = open(spans_file, "a", buffering=1)  # lives as long as the process
+    exporter = ConsoleSpanExporter(out=out, formatter=lambda s: s.to_json(indent=None) + "\n")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
 async def main(fields: dict[str, Any]) -> None:
     """Start a manager and serve commands until stdin closes or an ``exit`` command."""
     stdin = anyio.wrap_file(sys.stdin)
-    async with CacheManager(CacheConfig(**fields)) as cache:
+    provider = _tracer_provider(fields.pop("_spans_file", None))
+    async with CacheManager(CacheConfig(**fields), tracer_provider=provider) as cache:
         sys.stdout.write(orjson.dumps({"ready": True, "origin": cache.origin}).decode() + "\n")
         sys.stdout.flush()
         async for line in stdin:
