@@ -277,6 +277,22 @@ class CacheWarmer:
         )
 
     async def _warm(self, source: object, opts: _Options, tally: _Tally) -> WarmResult:
+        with self.manager._telemetry.span(
+            "cache.warm", {"cache.warm.name": opts.name, "cache.warm.batch_size": opts.batch_size}
+        ) as span:
+            result = await self._warm_batches(source, opts, tally)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "cache.warm.written": result.written,
+                        "cache.warm.skipped": len(result.skipped),
+                        "cache.warm.failed": result.failed,
+                        "cache.warm.batches": result.batches,
+                    }
+                )
+            return result
+
+    async def _warm_batches(self, source: object, opts: _Options, tally: _Tally) -> WarmResult:
         if not self.manager.running:
             raise CacheClosedError("cannot warm a CacheManager that is not running")
         tally.started = time.monotonic()

@@ -162,6 +162,21 @@ class TestSpans:
         assert first.context is not None
         assert first.context.span_id == load.parent.span_id
 
+    async def test_warm_span(self, traced: CacheManager, exporter: InMemorySpanExporter) -> None:
+        """warm_cache is a ``cache.warm`` span reporting what it wrote."""
+
+        async def data_source() -> list[tuple[str, Any]]:
+            return [(f"w:{i}", i) for i in range(25)]
+
+        await traced.warm_cache(data_source, batch_size=10)
+        (warm,) = spans_named(exporter, "cache.warm")
+        assert {
+            "cache.warm.name": "data_source",
+            "cache.warm.batch_size": 10,
+            "cache.warm.written": 25,
+            "cache.warm.batches": 3,
+        }.items() <= attrs(warm).items()
+
     async def test_loader_error_is_recorded_on_the_load_span(
         self, traced: CacheManager, exporter: InMemorySpanExporter
     ) -> None:
