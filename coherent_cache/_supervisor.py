@@ -6,7 +6,7 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypedDict, final
+from typing import Any, Protocol, TypedDict, final
 
 import anyio
 import structlog
@@ -67,7 +67,9 @@ class Supervisor:
         max_restarts: int = 20,
         stable_after: float = 30.0,
         timer: Callable[[], float] = time.monotonic,
+        logger: Any = None,
     ) -> None:
+        self.log = logger if logger is not None else log
         self._tg = tg
         self._backoff_max = backoff_max
         self._max_restarts = max_restarts
@@ -105,12 +107,12 @@ class Supervisor:
                 info["restarts"] += 1
                 info["last_error"] = f"{type(exc).__name__}: {exc}"
                 crashes = 1 if self._timer() - began > self._stable_after else crashes + 1
-                log.error("task_crashed", task=name, crashes=crashes, exc_info=exc)
+                self.log.error("task_crashed", task=name, crashes=crashes, exc_info=exc)
                 # Never leave tg.start() waiting on a loop that died before it was ready.
                 status.started()
                 if crashes > self._max_restarts:
                     info["state"] = TaskState.FAILED.value
-                    log.error("task_failed", task=name, crashes=crashes)
+                    self.log.error("task_failed", task=name, crashes=crashes)
                     return
                 info["state"] = TaskState.BACKOFF.value
                 delay = min(self._backoff_max, 0.1 * 2 ** min(crashes - 1, 16))

@@ -500,6 +500,8 @@ class L1Actor:
 
     def __init__(self, owner: L1Owner, *, mailbox_size: int) -> None:
         self._owner = owner
+        self.log: Any = log
+        """Where `submit` reports overflows (the manager binds its namespace and origin)."""
         self._capacity = mailbox_size
         # Created by the first run() and kept across restarts, so queued commands survive.
         self._send: MemoryObjectSendStream[L1Command] | None = None
@@ -517,7 +519,7 @@ class L1Actor:
         except (anyio.WouldBlock, anyio.ClosedResourceError):
             self._overflows += 1
             self._owner.invalidate_local_all()
-            log.warning("l1_mailbox_overflow", capacity=self._capacity)
+            self.log.warning("l1_mailbox_overflow", capacity=self._capacity)
 
     def stats(self) -> ActorStats:
         """Queue length, capacity, commands applied and overflows."""

@@ -237,6 +237,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             publish=use_bus,
         )
         self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size)
+        self._actor.log = self.log
         if use_bus:
             self.bus = InvalidationBus(
                 cfg,
@@ -333,7 +334,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 supervisor = self._supervisor = Supervisor(
-                    tg, backoff_max=cfg.reconnect_backoff_max
+                    tg, backoff_max=cfg.reconnect_backoff_max, logger=self.log
                 )
                 connected = False
                 if self.l2 is not None:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 import anyio
 import anyio.lowlevel
 import orjson
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from .config import CacheTier
@@ -42,7 +41,6 @@ __all__ = [
     "WarmSchedule",
 ]
 
-log = structlog.get_logger("coherent_cache")
 
 WarmItem: TypeAlias = tuple[str, Any] | tuple[str, Any, float | None]
 """One entry to warm: ``(key, value)`` (the warm's ``ttl``) or ``(key, value, ttl)``."""
@@ -309,7 +307,7 @@ class CacheWarmer:
                 now = time.monotonic()
                 if now - last_log >= PROGRESS_LOG_INTERVAL:
                     last_log = now
-                    log.info(
+                    self.manager.log.info(
                         "warm_progress",
                         warmer=opts.name,
                         batches=tally.batches,
@@ -323,10 +321,10 @@ class CacheWarmer:
                     if inspect.isawaitable(outcome):
                         await outcome
         except anyio.get_cancelled_exc_class():
-            log.info("warm_cancelled", warmer=opts.name, batches=tally.batches)
+            self.manager.log.info("warm_cancelled", warmer=opts.name, batches=tally.batches)
             raise
         except Exception as exc:
-            log.warning(
+            self.manager.log.warning(
                 "warm_failed",
                 warmer=opts.name,
                 error=type(exc).__name__,
@@ -338,7 +336,7 @@ class CacheWarmer:
         finally:
             await batches.aclose()
         result = tally.snapshot()
-        log.info(
+        self.manager.log.info(
             "warm_done",
             warmer=opts.name,
             batches=result.batches,
@@ -371,7 +369,7 @@ class CacheWarmer:
             shown = _shown_key(key)
             tally.skipped.append((shown, f"{type(exc).__name__}: {exc}"))
             if len(tally.skipped) <= _LOGGED_SKIPS:
-                log.warning(
+                self.manager.log.warning(
                     "warm_item_skipped",
                     warmer=opts.name,
                     key_prefix=shown.split(":", 1)[0],
@@ -426,7 +424,7 @@ class CacheWarmer:
             tally.written += len(prepared)
         else:
             if not tally.failing:  # once per run of failed batches, not once per batch
-                log.warning(
+                self.manager.log.warning(
                     "warm_batch_failed",
                     warmer=opts.name,
                     batch=tally.batches + 1,
@@ -718,7 +716,7 @@ class WarmSchedule:
                 continue
             rate = hits / (hits + misses)
             if rate < threshold:
-                log.info(
+                self._warmer.manager.log.info(
                     "warm_triggered",
                     warmer=self.name,
                     hit_rate=round(rate, 4),

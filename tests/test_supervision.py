@@ -6,9 +6,11 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from coherent_cache import CacheConfig, CacheManager, create_cache_manager
 from coherent_cache._supervisor import Supervisor
+from coherent_cache.l1 import FlushAll
 from coherent_cache.testing import RedisServer
 
 from .conftest import ManagerFactory
@@ -154,3 +156,20 @@ class TestStatsAndHealth:
                     await anyio.sleep(0.05)
             assert [] == report["reasons"]
             assert (await cache.get_stats())["bus"]["recoveries"] >= 1
+
+
+class TestBoundLogs:
+    async def test_background_events_carry_namespace_and_origin(
+        self, make_manager: ManagerFactory, namespace: str
+    ) -> None:
+        """Supervisor and mailbox events name the instance they come from."""
+        cache = await make_manager(l1_mailbox_size=1)
+        assert cache._supervisor is not None
+        with capture_logs() as events:
+            for _ in range(3):  # one to the waiting actor, one buffered, one overflows
+                cache._actor.submit(FlushAll())
+            cache._supervisor.log.error("task_crashed", task="probe")
+        overflow = next(e for e in events if e["event"] == "l1_mailbox_overflow")
+        crashed = next(e for e in events if e["event"] == "task_crashed")
+        for event in (overflow, crashed):
+            assert (namespace, cache.origin) == (event["namespace"], event["origin"])
