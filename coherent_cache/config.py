@@ -52,23 +52,43 @@ class CacheTier(enum.StrEnum):
     """L1 first, then L2 (reads fill L1 from L2)."""
 
 
+_SECRET_PARAMS = ("password", "pass", "pwd", "secret", "token", "auth", "key")
+
+
+def _mask_query(query: str) -> str:
+    """Replace the values of secret-looking query parameters (``?password=...``)."""
+    if not query:
+        return query
+    masked = []
+    for item in query.split("&"):
+        name, sep, _value = item.partition("=")
+        if sep and any(word in name.lower() for word in _SECRET_PARAMS):
+            item = f"{name}=***"
+        masked.append(item)
+    return "&".join(masked)
+
+
 def _mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
+    """Return ``url`` with any password (in the user info or the query) replaced by ``***``."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
+        password = parts.password
         port = parts.port
     except ValueError:
         return "<unparsable URL>"
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    query = _mask_query(parts.query)
+    netloc = parts.netloc
+    if password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}"
+        if port is not None:
+            netloc += f":{port}"
+    if password is None:
+        return url.replace("?" + parts.query, "?" + query, 1) if query != parts.query else url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class CacheConfig(BaseModel):

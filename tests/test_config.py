@@ -275,3 +275,20 @@ class TestSecrets:
         with pytest.raises(ConfigurationError) as info:
             CacheConfig(redis_url=url)
         assert PASSWORD not in "".join(traceback.format_exception(info.value))
+
+
+class TestQueryStringSecrets:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://127.0.0.1:6379/0?password=s3cret",
+            "redis://user@127.0.0.1:6379/0?db=1&password=s3cret",
+            "unix:///tmp/redis.sock?password=s3cret",
+        ],
+    )
+    def test_password_in_query_is_masked(self, url: str) -> None:
+        """A password passed as a URL query parameter never shows in repr or redacted_url."""
+        config = CacheConfig(redis_url=url)
+        for text in (repr(config), str(config), config.redacted_url() or ""):
+            assert "s3cret" not in text
+            assert "password=***" in text
