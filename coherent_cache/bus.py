@@ -291,8 +291,12 @@ class InvalidationBus:
         origin: this instance's origin id; messages carrying it are skipped.
         on_message: called with each valid message from another origin.
         on_subscribed: called right after every confirmed SUBSCRIBE (flush L1 there).
-        on_lost: called with the monotonic time of the loss whenever a confirmed
-            subscription ends.
+        on_lost: called whenever a confirmed subscription ends, with the time the
+            connection was last known alive (its last reply), not the time the loss was
+            noticed: the staleness bound counts from there.
+        on_suspect: called with the time of the last reply when a PING goes out after
+            ``bus_health_check_interval`` of silence (the connection may be dead).
+        on_alive: called when a reply arrives after such a PING.
         timer: monotonic clock.
     """
 
@@ -304,6 +308,8 @@ class InvalidationBus:
         on_message: Callable[[BusMessage], None],
         on_subscribed: Callable[[], None],
         on_lost: Callable[[float], None],
+        on_suspect: Callable[[float], None] | None = None,
+        on_alive: Callable[[], None] | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         assert config.redis_url is not None
@@ -313,7 +319,10 @@ class InvalidationBus:
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         self._on_lost = on_lost
+        self._on_suspect = on_suspect
+        self._on_alive = on_alive
         self._timer = timer
+        self._last_seen = timer()
         self._random = random.Random()
         self._pool = ConnectionPool.from_url(
             config.redis_url,
@@ -430,6 +439,7 @@ class InvalidationBus:
                     return
 
     def _mark_subscribed(self) -> None:
+        self._last_seen = self._timer()
         self.connected = True
         if self._ever_subscribed:
             self._recoveries += 1
@@ -442,29 +452,39 @@ class InvalidationBus:
         self.connected = False
         self._losses += 1
         self._last_loss = time.time()
-        self._on_lost(self._timer())
+        self._on_lost(self._last_seen)
 
     async def _listen(self, conn: AbstractConnection) -> None:
         cfg = self.config
         interval = cfg.bus_health_check_interval
-        last_seen = self._timer()
+        deadline = interval + cfg.operation_timeout
+        self._last_seen = self._timer()
         ping_sent: float | None = None
         while True:
-            reply = await conn.read_response(timeout=interval)
             now = self._timer()
+            if ping_sent is None:
+                wait = self._last_seen + interval - now
+                if wait <= 0:
+                    # Silence: ask, and meanwhile bound L1 as if the bus were lost since the
+                    # last reply (undone by the answer).
+                    with anyio.fail_after(cfg.operation_timeout):
+                        await conn.send_command("PING")
+                    ping_sent = now
+                    if self._on_suspect is not None:
+                        self._on_suspect(self._last_seen)
+                    continue
+            else:
+                wait = ping_sent + deadline - now
+                if wait <= 0:
+                    raise BusConnectionLost(f"no reply to PING within {deadline:.2f}s")
+            reply = await conn.read_response(timeout=wait)
             if reply is None:
-                if ping_sent is None:
-                    if now - last_seen >= interval:
-                        with anyio.fail_after(cfg.operation_timeout):
-                            await conn.send_command("PING")
-                        ping_sent = now
-                elif now - ping_sent > interval + cfg.operation_timeout:
-                    raise BusConnectionLost(
-                        f"no reply to PING within {interval + cfg.operation_timeout:.2f}s"
-                    )
                 continue
-            last_seen = now
-            ping_sent = None
+            self._last_seen = self._timer()
+            if ping_sent is not None:
+                ping_sent = None
+                if self._on_alive is not None:
+                    self._on_alive()
             self._handle(reply)
 
     def _handle(self, reply: Any) -> None:

@@ -245,6 +245,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 on_message=self._on_bus_message,
                 on_subscribed=self._on_bus_subscribed,
                 on_lost=self._on_bus_lost,
+                on_suspect=self._on_bus_lost,
+                on_alive=self.l1.trust,
                 timer=timer,
             )
             self.bus.log = self.log

@@ -210,3 +210,31 @@ class TestBusLoss:
             await b.call("wait_bus", connected=True, within=10)
             bus = (await b.call("stats"))["bus"]
             assert (1, 1) <= (bus["losses"], bus["recoveries"])
+
+    async def test_bound_counts_from_the_last_reply_not_from_detection(
+        self, a: Worker, redis_url: str, namespace: str
+    ) -> None:
+        """On a silent stall, L1 stops serving max_stale after the bus last answered,
+        even though noticing the stall takes longer than that."""
+        parts = urlsplit(redis_url)
+        assert parts.hostname is not None and parts.port is not None
+        max_stale = 0.5
+        async with (
+            HoldingProxy(parts.hostname, parts.port) as proxy,
+            Worker(
+                redis_url=proxy.url,
+                namespace=namespace,
+                max_stale_on_bus_loss=max_stale,
+                **FAST_BUS,
+            ) as b,
+        ):
+            await hold_in_l1(a, b, "k", "old")
+            proxy.hold()  # B's connections stay open but nothing comes back
+            held_at = time.monotonic()
+            await a.call("set", key="k", value="new")  # B cannot hear this
+            # Detection alone takes up to interval + interval + operation_timeout (0.7 s);
+            # the bound is a time bound: wait it out from the moment the replies stopped.
+            await anyio.sleep(max(0.0, held_at + max_stale + 0.15 - time.monotonic()))
+            assert MISSING == await b.call("peek", key="k")
+            proxy.release()
+            await b.call("wait_bus", connected=True, within=10)
