@@ -39,7 +39,7 @@ from .l1 import (
 )
 from .l2 import RedisCache
 from .monitoring import CacheMonitor
-from .multitier import MISSING, MultiTierCache, TierStats
+from .multitier import MISSING, FillToken, MultiTierCache, TierStats
 from .serializer import CacheSerializer
 from .types import TTL, USE_DEFAULT
 from .warming import (
@@ -135,9 +135,10 @@ class _LoadOptions:
 class _Flight:
     """One loader call shared by every caller of a key (single-flight)."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "fill", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, fill: FillToken) -> None:
+        self.fill = fill
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -682,10 +683,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     ) -> _Flight:
         """The load of ``key`` in progress, or a new one started in the task group."""
         flight = self._flights.get(key)
-        if flight is None:
+        # A flight whose key was invalidated since it started carries an older value:
+        # callers arriving after the invalidation get a new flight of their own.
+        if flight is None or flight.fill.stale:
             if self._tg is None:
                 raise self._closed_error()
-            flight = self._flights[key] = _Flight()
+            flight = self._flights[key] = _Flight(self._cache.begin_fill(key))
             self._tg.start_soon(self._run_flight, key, loader, opts, flight)
         return flight
 
@@ -693,7 +696,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, flight: _Flight
     ) -> None:
         try:
-            flight.value = await self._load(key, loader, opts)
+            flight.value = await self._load(key, loader, opts, flight.fill)
         except Exception as exc:
             flight.error = exc
             self._loads["errors"] += 1
@@ -707,19 +710,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             flight.error = CacheClosedError("the cache stopped while the loader ran")
             raise
         finally:
+            self._cache.end_fill(key, flight.fill)
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.done.set()
 
     async def _load(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
+        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
     ) -> Any:
         if opts.lock and self.l2 is not None:
-            return await self._load_locked(key, loader, opts, self.l2)
-        return await self._call_and_store(key, loader, opts)
+            return await self._load_locked(key, loader, opts, self.l2, fill)
+        return await self._call_and_store(key, loader, opts, fill)
 
     async def _call_and_store(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
+        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
     ) -> Any:
         self._loads["loads"] += 1
         # Tracked like an L2 fill: an invalidation of the key that lands while the loader
@@ -752,6 +756,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         loader: Callable[[], Awaitable[Any]],
         opts: _LoadOptions,
         l2: RedisCache,
+        fill: FillToken,
     ) -> Any:
         """Load under the cross-instance lease lock (see `get_or_set`)."""
         cfg = self.config
@@ -762,7 +767,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             try:
                 acquired = await l2.try_lock(key, token, cfg.lock_lease)
             except BackendError:
-                return await self._call_and_store(key, loader, opts)  # no Redis, no lock
+                return await self._call_and_store(key, loader, opts, fill)  # no Redis, no lock
             if acquired:
                 break
             found = await self._cache.get_entry(key, opts.tier)
@@ -771,7 +776,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 return found[0]
             if self._timer() >= deadline:
                 self.log.warning("lock_wait_timeout", key_prefix=key.split(":", 1)[0])
-                return await self._call_and_store(key, loader, opts)
+                return await self._call_and_store(key, loader, opts, fill)
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.1)
         try:
@@ -782,7 +787,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 if found is not None and found[1]:
                     value = found[0]
                 else:
-                    value = await self._call_and_store(key, loader, opts)
+                    value = await self._call_and_store(key, loader, opts, fill)
                 tg.cancel_scope.cancel()
             return value
         finally:

@@ -57,7 +57,7 @@ def _is_fresh(fresh_until_ms: int | None) -> bool:
 
 
 @final
-class _Fill:
+class FillToken:
     """One L2 read in flight whose result may be copied into L1, unless made stale."""
 
     __slots__ = ("stale",)
@@ -109,7 +109,7 @@ class MultiTierCache:
         self.serializer = serializer
         self.default_ttl = default_ttl
         self.namespace = namespace
-        self._fills: dict[str, list[_Fill]] = {}
+        self._fills: dict[str, list[FillToken]] = {}
         self.l1_latency = _telemetry.LatencyHistogram()
         """Durations of L1 lookups by `get` (one in 64 is timed, `L1_LATENCY_SAMPLE`)."""
         self._hits = 0
@@ -241,17 +241,17 @@ class MultiTierCache:
             return entry.value, _is_fresh(entry.fresh_until_ms)
         return await self._fill_from_l2(key)
 
-    def begin_fill(self, key: str) -> _Fill:
+    def begin_fill(self, key: str) -> FillToken:
         """Start tracking a read of ``key`` whose result may be cached; see `end_fill`.
 
         Any invalidation of ``key`` before `end_fill` marks the returned token stale, and
         a stale result must not be installed.
         """
-        fill = _Fill()
+        fill = FillToken()
         self._fills.setdefault(key, []).append(fill)
         return fill
 
-    def end_fill(self, key: str, fill: _Fill) -> None:
+    def end_fill(self, key: str, fill: FillToken) -> None:
         """Stop tracking ``fill`` (its ``stale`` flag keeps its verdict)."""
         fills = self._fills.get(key)
         if fills is not None:

@@ -369,3 +369,40 @@ class TestTagPruning:
         await cache.set("alive:1", 1, ttl=60, tags=["big"])  # pushes the index past the mark
         await eventually(lambda: raw_redis.scard(index), expect=1)
         assert {b"alive:1"} == await raw_redis.smembers(index)
+
+
+class TestInvalidationDuringALoad:
+    async def test_caller_after_an_own_delete_does_not_join_the_older_load(
+        self, make_manager: ManagerFactory
+    ) -> None:
+        """A get_or_set that starts after delete() returned gets a fresh load, not the
+        result of a load that started before the delete."""
+        cache = await make_manager()
+        db = {"v": "v1"}
+        release = anyio.Event()
+        calls = 0
+
+        async def loader() -> str:
+            nonlocal calls
+            calls += 1
+            value = db["v"]
+            if calls == 1:
+                await release.wait()
+            return value
+
+        results: list[str] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def early() -> None:
+                    results.append(await cache.get_or_set("k", loader, ttl=60))
+
+                tg.start_soon(early)
+                await eventually(lambda: calls == 1)
+                db["v"] = "v2"
+                await cache.delete("k")
+                assert "v2" == await cache.get_or_set("k", loader, ttl=60)
+                release.set()
+        assert ["v1"] == results  # the early caller gets what it asked for before the delete
+        assert "v2" == await cache.get_or_set("k", loader, ttl=60)
+        assert 1 == (await cache.get_stats())["loader"]["discarded"]
