@@ -370,12 +370,17 @@ class InvalidationBus:
         base = min(self.config.reconnect_backoff_max, 0.05 * 2 ** min(attempt, 16))
         return float(base * self._random.uniform(0.5, 1.0))
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        ready_within: float = 0.0,
+    ) -> None:
         """Subscribe, listen and resubscribe forever; report readiness once.
 
         ``task_status.started()`` is called after the first confirmed subscription, or
-        after the first failed attempt (then the manager serves from a distrusted L1 while
-        this loop keeps reconnecting).
+        once attempts have failed for ``ready_within`` seconds (at least one attempt; then
+        the manager serves from a distrusted L1 while this loop keeps reconnecting).
 
         Error handling: any connection error, timeout or dead-connection verdict ends the
         subscription; the loss is reported through ``on_lost``, counted and logged, and a
@@ -385,6 +390,7 @@ class InvalidationBus:
         """
         ready = False
         attempt = 0
+        give_up_at = time.monotonic() + ready_within
         try:
             while True:
                 self._attempts += 1
@@ -417,7 +423,7 @@ class InvalidationBus:
                         self._mark_lost()
                     with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                         await conn.disconnect()
-                if not ready:
+                if not ready and time.monotonic() >= give_up_at:
                     ready = True
                     task_status.started()
                 attempt += 1

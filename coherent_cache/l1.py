@@ -507,13 +507,15 @@ class L1Actor:
         self._send: MemoryObjectSendStream[L1Command] | None = None
         self._receive: MemoryObjectReceiveStream[L1Command] | None = None
         self._runs = 0
+        self._alive = False
         self._applied = 0
         self._overflows = 0
 
     def submit(self, command: L1Command) -> None:
         """Queue ``command``; on a full mailbox (or none yet), flush L1 now instead."""
         try:
-            if self._send is None:
+            if self._send is None or not self._alive:
+                # Nobody would apply it (not started, restarting or given up): flush now.
                 raise anyio.WouldBlock
             self._send.send_nowait(command)
         except (anyio.WouldBlock, anyio.ClosedResourceError):
@@ -542,8 +544,15 @@ class L1Actor:
         self._runs += 1
         if self._runs > 1:
             self._owner.invalidate_local_all()
+        self._alive = True
         task_status.started()
-        async for command in self._receive:
+        try:
+            await self._apply_forever(self._receive)
+        finally:
+            self._alive = False
+
+    async def _apply_forever(self, receive: MemoryObjectReceiveStream[L1Command]) -> None:
+        async for command in receive:
             if isinstance(command, InvalidateKeys):
                 for key in command.keys:
                     self._owner.invalidate_local(key)

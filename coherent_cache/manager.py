@@ -14,7 +14,7 @@ from typing import Any, Literal, Self, TypedDict, TypeVar, cast, final
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
 from redis.asyncio import Redis
@@ -236,6 +236,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             namespace=cfg.namespace,
             origin=self.origin,
             publish=use_bus,
+            unconfirmed_write_ttl=cfg.max_stale_on_bus_loss if use_bus else None,
         )
         self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size)
         self._actor.log = self.log
@@ -321,6 +322,15 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self._cache.invalidate_local_all()
         self.l1.trust()
 
+    async def _run_bus_until_ready(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.bus is not None
+        cfg = self.config
+        await self.bus.run(
+            task_status=task_status, ready_within=cfg.connect_timeout + cfg.operation_timeout
+        )
+
     def _on_bus_lost(self, when: float) -> None:
         self.l1.distrust(when, self.config.max_stale_on_bus_loss)
 
@@ -350,7 +360,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     self.l1.distrust(self._timer(), cfg.max_stale_on_bus_loss)
                     await supervisor.start("l1_actor", self._actor.run)
                     if connected:
-                        await supervisor.start("bus_listener", self.bus.run)
+                        # Redis answered: keep trying to subscribe for one more connect
+                        # deadline, so a started manager is coherent.
+                        await supervisor.start("bus_listener", self._run_bus_until_ready)
                     else:
                         supervisor.start_soon("bus_listener", self.bus.run)
                 if cfg.enable_monitoring:
@@ -438,7 +450,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Stop background tasks and close connections; idempotent.
 
         Returns within a bounded time (cancelled tasks close their connections with a
-        1 s limit each). Later operations raise `CacheClosedError`.
+        1 s limit each). Later operations raise `CacheClosedError`. Inside an
+        ``async with manager:`` block it only closes the manager to new operations; the
+        block's exit releases everything, in the task that entered it.
         """
         host = self._host
         if host is not None:
@@ -449,8 +463,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             if scope.cancelled_caught:
                 host.cancel()
                 self.log.error("cache_stop_timed_out")
-        elif self._state is _State.RUNNING:
-            await self.__aexit__(None, None, None)
         self._state = _State.CLOSED
 
     async def aclose(self) -> None:

@@ -89,6 +89,8 @@ class MultiTierCache:
         origin: this instance's origin id, written into the bus messages it publishes.
         publish: PUBLISH an invalidation after every L2 write, delete and clear, so other
             instances drop their L1 copies.
+        unconfirmed_write_ttl: when a write reached L1 but its L2 write failed, keep the
+            L1 entry at most this long (``None``: its normal TTL).
     """
 
     def __init__(
@@ -101,8 +103,10 @@ class MultiTierCache:
         namespace: str = "cache",
         origin: str | None = None,
         publish: bool = False,
+        unconfirmed_write_ttl: float | None = None,
     ) -> None:
         self.l1 = l1
+        self.unconfirmed_write_ttl = unconfirmed_write_ttl
         self.l2 = l2
         self.origin = origin
         self.publish = publish and l2 is not None
@@ -347,8 +351,10 @@ class MultiTierCache:
             else None
         )
         l2_ttl = seconds if fresh_until is None or seconds is None else seconds + (stale or 0.0)
+        written = False
         try:
-            return await self.l2.set_payload(key, payload, l2_ttl, notify=notify, tags=tag_tuple)
+            written = await self.l2.set_payload(key, payload, l2_ttl, notify=notify, tags=tag_tuple)
+            return written
         finally:
             # Fence: a fill that read L2 while the write was in flight may carry the
             # previous value; keep our own L1 entry, drop anything else.
@@ -356,6 +362,20 @@ class MultiTierCache:
                 self.invalidate_local(key)
             else:
                 self._stale_fills_of(key)
+                if not written and self.unconfirmed_write_ttl is not None:
+                    # Neither L2 nor the other instances have this value: like a write made
+                    # while the bus is down, serve it for a bounded time only.
+                    self._cap_unconfirmed(key, decoded, seconds, tag_tuple)
+
+    def _cap_unconfirmed(
+        self, key: str, value: Any, seconds: float | None, tags: tuple[str, ...]
+    ) -> None:
+        cap = self.unconfirmed_write_ttl
+        assert cap is not None
+        if cap <= 0:
+            self.l1.delete(key)
+        else:
+            self.l1.set(key, value, cap if seconds is None else min(seconds, cap), tags=tags)
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key`` from the tiers asked for; return whether any tier held it.

@@ -170,3 +170,17 @@ class TestDistrust:
         l1.set("k", 1)
         l1.distrust(clock(), 0.0)
         assert None is l1.get("k")
+
+
+class TestActorDown:
+    async def test_submit_flushes_when_the_actor_is_not_running(self) -> None:
+        """After the actor loop ended (crashed or given up), an invalidation flushes L1."""
+        l1 = InMemoryCache(10)
+        actor = L1Actor(Owner(l1), mailbox_size=4)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            tg.cancel_scope.cancel()
+        l1.set("k", 1)
+        actor.submit(InvalidateKeys(("other",)))
+        assert 0 == len(l1)
+        await actor.aclose()

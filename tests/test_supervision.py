@@ -8,12 +8,12 @@ from anyio.abc import TaskStatus
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from coherent_cache import CacheConfig, CacheManager, create_cache_manager
+from coherent_cache import CacheClosedError, CacheConfig, CacheManager, create_cache_manager
 from coherent_cache._supervisor import Supervisor
 from coherent_cache.l1 import FlushAll
 from coherent_cache.testing import RedisServer
 
-from .conftest import ManagerFactory
+from .conftest import FakeClock, ManagerFactory
 
 
 class TestSupervisor:
@@ -173,3 +173,47 @@ class TestBoundLogs:
         crashed = next(e for e in events if e["event"] == "task_crashed")
         for event in (overflow, crashed):
             assert (namespace, cache.origin) == (event["namespace"], event["origin"])
+
+
+class TestStopInsideAsyncWith:
+    async def test_stop_inside_the_block_closes_and_the_block_still_exits(
+        self, redis_url: str, namespace: str, raw_redis: Redis
+    ) -> None:
+        """stop() inside `async with` refuses later operations; the block exits cleanly
+        and releases every connection."""
+        async with create_cache_manager(
+            CacheConfig(redis_url=redis_url, namespace=namespace)
+        ) as cache:
+            await cache.set("k", 1)
+            with anyio.CancelScope():
+                await cache.stop()
+            await cache.stop()
+            with pytest.raises(CacheClosedError):
+                await cache.get("k")
+        names = [c.get("name", "") for c in await raw_redis.client_list()]
+        assert [] == [n for n in names if namespace in n]
+
+
+class TestUnconfirmedWrites:
+    @pytest.mark.faults
+    async def test_l1_copy_of_a_failed_l2_write_is_served_briefly(
+        self, private_server: RedisServer, clock: FakeClock
+    ) -> None:
+        """A write whose L2 SET failed (bus still up) lives in L1 at most
+        max_stale_on_bus_loss, since no other instance and no L2 has it."""
+        config = CacheConfig(
+            redis_url=private_server.url, namespace="oom", max_stale_on_bus_loss=2.0
+        )
+        async with CacheManager(config, timer=clock) as cache:  # L1 lifetimes by hand
+            admin = Redis.from_url(private_server.url)
+            try:
+                await admin.config_set("maxmemory-policy", "noeviction")
+                await admin.config_set("maxmemory", "1")  # every write is refused (OOM)
+                assert False is await cache.set("k", "v", ttl=300)
+                assert True is cache.stats()["bus"]["connected"]
+                assert "v" == await cache.get("k")  # read-your-writes, for now
+                clock.tick(2.1)
+                assert None is cache.l1.peek("k")
+            finally:
+                await admin.config_set("maxmemory", "0")
+                await admin.aclose()
