@@ -46,6 +46,7 @@ from .keys import (
     CacheKeyGenerator,
     _encode_part,
     escape_glob,
+    literal_of,
     validate_pattern,
     validate_tag,
 )
@@ -702,10 +703,15 @@ class CacheInvalidateDecorator:
             patterns = [t.render(values) for t in templates]
             result = await _run(inner, is_async, args, kwargs)
             # The change is made: finish invalidating even if the caller is cancelled now
-            # (each clear is bounded by the manager's operation_timeout).
+            # (each Redis call is bounded by operation_timeout; a pattern clear makes one
+            # SCAN round trip per 1000 keys of the keyspace).
             with anyio.CancelScope(shield=True):
                 for pattern in patterns:
-                    await manager.clear_pattern(pattern, CacheTier.BOTH)
+                    key = literal_of(pattern)
+                    if key is not None:  # "user_profile:7": one key, no SCAN needed
+                        await manager.delete(key, CacheTier.BOTH)
+                    else:
+                        await manager.clear_pattern(pattern, CacheTier.BOTH)
             return result
 
         wrapped: Any = invalidating

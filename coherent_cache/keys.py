@@ -22,6 +22,7 @@ __all__ = [
     "CacheKeyGenerator",
     "compile_pattern",
     "escape_glob",
+    "literal_of",
     "redis_key",
     "validate_key",
     "validate_pattern",
@@ -100,6 +101,26 @@ def redis_tag_key(namespace: str, tag: str) -> str:
 def redis_lock_key(namespace: str, key: str) -> str:
     """The Redis key of the cross-instance loader lock of ``key`` (see `redis_tag_key`)."""
     return f"{namespace}#lock:{key}"
+
+
+def literal_of(pattern: str) -> str | None:
+    """The one key ``pattern`` matches if it has no wildcard (only escapes), else ``None``.
+
+    ``literal_of("user:\\*")`` is ``"user:*"``; ``literal_of("user:*")`` is ``None``.
+    """
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, None)
+            if nxt is None:
+                return None
+            out.append(nxt)
+        elif ch in "*?[]":
+            return None
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def escape_glob(text: str) -> str:

@@ -22,6 +22,7 @@ from coherent_cache.keys import (
     MAX_KEY_LENGTH,
     compile_pattern,
     escape_glob,
+    literal_of,
     redis_key,
     validate_key,
     validate_pattern,
@@ -485,3 +486,15 @@ class TestUnicodeKeys:
     def test_non_ascii_keys_are_accepted(self) -> None:
         """Valid non-ASCII keys pass validation unchanged."""
         assert "usér:é" == validate_key("usér:é")
+
+
+class TestLiteralOf:
+    @pytest.mark.parametrize("text", ["user:7", "a*b", "x[1]?", "back\\slash", "é:*"])
+    def test_escaped_text_is_its_own_literal(self, text: str) -> None:
+        """literal_of undoes escape_glob: an escaped value names exactly one key."""
+        assert text == literal_of(escape_glob(text))
+
+    @pytest.mark.parametrize("pattern", ["user:*", "a?", "[ab]", "trailing\\"])
+    def test_wildcards_have_no_literal(self, pattern: str) -> None:
+        """A pattern with a wildcard (or a dangling escape) is not one key."""
+        assert None is literal_of(pattern)
