@@ -123,6 +123,9 @@ class CacheConfig(BaseModel):
     """Compress L2 payloads larger than ``compression_threshold`` bytes."""
     compression_threshold: int = Field(default=512, ge=0)
     """Size in bytes above which an encoded payload is compressed."""
+    serialization_format: Literal["json", "msgpack"] = "json"
+    """Encoding of values in L2: ``json`` (orjson) or ``msgpack`` (extra ``msgpack``).
+    Every instance reads both, so the setting can change one instance at a time."""
     compression_algorithm: Literal["zlib", "zstd", "lz4"] = "zlib"
     """``zlib`` (standard library), ``zstd`` (extra ``zstd``) or ``lz4`` (extra ``lz4``)."""
     enable_monitoring: bool = True
@@ -240,6 +243,15 @@ class CacheConfig(BaseModel):
                 "namespace must be 1-64 characters from letters, digits, '_', '.' and '-', "
                 "starting with a letter or digit (':' and glob characters would make keys "
                 "of different namespaces collide)"
+            )
+        return value
+
+    @field_validator("serialization_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value == "msgpack" and importlib.util.find_spec("msgpack") is None:
+            raise ValueError(
+                "format 'msgpack' needs msgpack: pip install 'coherent-cache[msgpack]'"
             )
         return value
 

@@ -143,6 +143,7 @@ class RedisCache:
         self.config = config
         self.namespace = config.namespace
         self.serializer = serializer or CacheSerializer(
+            format=config.serialization_format,
             compression=config.enable_compression,
             threshold=config.compression_threshold,
             algorithm=config.compression_algorithm,

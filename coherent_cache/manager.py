@@ -198,6 +198,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         cfg = self.config
         self._state = _State.NEW
         self.serializer = CacheSerializer(
+            format=cfg.serialization_format,
             compression=cfg.enable_compression,
             threshold=cfg.compression_threshold,
             algorithm=cfg.compression_algorithm,

@@ -8,8 +8,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final, TypedDict, final
 
-import orjson
-
 from . import _telemetry
 from .bus import BusMessage
 from .config import CacheTier
@@ -334,7 +332,7 @@ class MultiTierCache:
         self.invalidate_local(key)
         decoded: Any = _MISSING
         if tier is not CacheTier.L2:
-            decoded = orjson.loads(raw)
+            decoded = self.serializer.loads(raw)
             self.l1.set(
                 key, decoded, seconds, stale_for=0.0 if fresh_until is None else stale or 0.0,
                 tags=tag_tuple,

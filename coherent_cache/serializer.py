@@ -8,8 +8,10 @@ Wire layout of every L2 payload::
 
 Formats: 1 = JSON (orjson) of the value; 2 = JSON envelope
 ``{"f": <fresh until, ms since the epoch, or null>, "t": [<tags>], "v": <value>}`` for
-entries written with tags or a stale window. Compression: 0 = none, 1 = zlib, 2 = zstd,
-3 = lz4 (frame).
+entries written with tags or a stale window; 3 = MessagePack of the value; 4 = MessagePack
+envelope ``[<fresh until or nil>, [<tags>], <bin: the MessagePack of the value>]``.
+Readers decode every format (MessagePack needs the ``msgpack`` extra).
+Compression: 0 = none, 1 = zlib, 2 = zstd, 3 = lz4 (frame).
 Anything else (another program's value, truncated bytes, a pickle) is rejected with
 `DeserializationError`, which the tiers turn into a counted miss.
 """
@@ -29,6 +31,8 @@ __all__ = ["CacheSerializer", "StoredEntry"]
 MAGIC: Final = 0xC5
 FORMAT_JSON: Final = 1
 FORMAT_ENVELOPE: Final = 2
+FORMAT_MSGPACK: Final = 3
+FORMAT_MSGPACK_ENVELOPE: Final = 4
 COMPRESSION_NONE: Final = 0
 COMPRESSION_ZLIB: Final = 1
 COMPRESSION_ZSTD: Final = 2
@@ -72,7 +76,11 @@ class CacheSerializer:
     encodes natively (dataclasses, ``datetime``, ``UUID``, ``Enum``, numpy arrays), which read
     back as their JSON form.
 
+    With ``format="msgpack"`` values are MessagePack instead (the same types, plus
+    ``bytes``; dict keys keep their types; tuples read back as lists).
+
     Args:
+        format: ``"json"`` (orjson, the default) or ``"msgpack"`` (extra ``msgpack``).
         compression: compress payloads longer than ``threshold`` bytes.
         threshold: size in bytes above which to compress.
         algorithm: ``"zlib"``, ``"zstd"`` (needs ``zstandard``) or ``"lz4"`` (needs ``lz4``).
@@ -85,9 +93,11 @@ class CacheSerializer:
         "_header",
         "_lz4",
         "_max_decompressed",
+        "_msgpack",
         "_zstd",
         "algorithm",
         "compression",
+        "format",
         "max_size",
         "threshold",
     )
@@ -95,6 +105,7 @@ class CacheSerializer:
     def __init__(
         self,
         *,
+        format: Literal["json", "msgpack"] = "json",
         compression: bool = True,
         threshold: int = 512,
         algorithm: Literal["zlib", "zstd", "lz4"] = "zlib",
@@ -103,6 +114,12 @@ class CacheSerializer:
     ) -> None:
         if algorithm not in _ALGORITHM_CODES:
             raise ValueError(f"unknown compression algorithm {algorithm!r}")
+        if format not in ("json", "msgpack"):
+            raise ValueError(f"unknown serialization format {format!r}")
+        self.format = format
+        self._msgpack: Any = None
+        if format == "msgpack":
+            self._msgpack = _import_msgpack(DeserializationError)
         self.compression = compression
         self.threshold = threshold
         self.algorithm = algorithm
@@ -133,6 +150,8 @@ class CacheSerializer:
         Raises:
             SerializationError: ``data`` (or something inside it) is not JSON-encodable.
         """
+        if self._msgpack is not None:
+            return self._dumps_msgpack(data, key)
         try:
             return orjson.dumps(data, default=_reject, option=_JSON_OPTIONS)
         except TypeError as exc:
@@ -144,6 +163,31 @@ class CacheSerializer:
                 value_type=value_type,
                 key=key,
             ) from exc
+
+    def _dumps_msgpack(self, data: Any, key: str | None) -> bytes:
+        try:
+            packed: bytes = self._msgpack.packb(data, default=_reject, use_bin_type=True)
+        except _Unencodable as exc:
+            raise self._unencodable(exc.value_type, key, exc) from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._unencodable(type(data), key, exc) from exc
+        return packed
+
+    def _unencodable(
+        self, value_type: type, key: str | None, exc: BaseException
+    ) -> SerializationError:
+        where = f" for key {key!r}" if key is not None else ""
+        return SerializationError(
+            f"cannot serialize a value of type {value_type.__qualname__}{where}: {exc}",
+            value_type=value_type,
+            key=key,
+        )
+
+    def loads(self, raw: bytes) -> Any:
+        """Decode bytes from `dumps` (the value as every tier returns it)."""
+        if self._msgpack is not None:
+            return self._msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        return orjson.loads(raw)
 
     def pack(
         self,
@@ -161,11 +205,15 @@ class CacheSerializer:
         Raises:
             ValueTooLargeError: the payload exceeds ``max_size``.
         """
-        fmt = FORMAT_JSON
+        fmt = FORMAT_JSON if self._msgpack is None else FORMAT_MSGPACK
         if fresh_until_ms is not None or tags:
-            fmt = FORMAT_ENVELOPE
-            meta = orjson.dumps({"f": fresh_until_ms, "t": list(tags)})
-            raw = meta[:-1] + b',"v":' + raw + b"}"
+            if self._msgpack is None:
+                fmt = FORMAT_ENVELOPE
+                meta = orjson.dumps({"f": fresh_until_ms, "t": list(tags)})
+                raw = meta[:-1] + b',"v":' + raw + b"}"
+            else:
+                fmt = FORMAT_MSGPACK_ENVELOPE
+                raw = self._msgpack.packb([fresh_until_ms, list(tags), raw], use_bin_type=True)
         if self.compression and len(raw) > self.threshold:
             compressed = self._compress(raw)
             # Keep the plain form when compression does not pay (already dense data).
@@ -213,7 +261,7 @@ class CacheSerializer:
             raise DeserializationError("not a coherent_cache payload (bad or missing header)")
         flags = data[1]
         fmt = flags & 0x0F
-        if fmt not in (FORMAT_JSON, FORMAT_ENVELOPE):
+        if fmt not in _FORMATS:
             raise DeserializationError(f"unknown payload format {fmt}")
         body = memoryview(data)[2:]
         codec = flags >> 4
@@ -221,12 +269,27 @@ class CacheSerializer:
             raw: bytes | memoryview = (
                 body if codec == COMPRESSION_NONE else self._inflate(codec, body)
             )
-            decoded = orjson.loads(raw)
+            if fmt in (FORMAT_JSON, FORMAT_ENVELOPE):
+                decoded = orjson.loads(raw)
+            else:
+                msgpack = self._msgpack or _import_msgpack(DeserializationError)
+                decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+                if fmt == FORMAT_MSGPACK_ENVELOPE:
+                    if not (isinstance(decoded, list) and len(decoded) == 3):
+                        raise DeserializationError("corrupt envelope: not a 3-item array")
+                    if not isinstance(decoded[2], bytes):
+                        raise DeserializationError("corrupt envelope: value is not bin")
+                    fresh, tags, inner = decoded
+                    decoded = {
+                        "f": fresh,
+                        "t": tags,
+                        "v": msgpack.unpackb(inner, raw=False, strict_map_key=False),
+                    }
         except DeserializationError:
             raise
-        except Exception as exc:  # zlib.error, zstd/lz4 errors, orjson.JSONDecodeError
+        except Exception as exc:  # zlib/zstd/lz4 errors, JSON and MessagePack decode errors
             raise DeserializationError(f"corrupt payload: {exc}") from exc
-        if fmt == FORMAT_JSON:
+        if fmt in (FORMAT_JSON, FORMAT_MSGPACK):
             return StoredEntry(decoded)
         return _envelope(decoded)
 
@@ -269,6 +332,19 @@ def _envelope(decoded: Any) -> StoredEntry:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise DeserializationError("corrupt envelope: tags are not a list of strings")
     return StoredEntry(decoded["v"], fresh, tuple(tags))
+
+
+_FORMATS: Final = frozenset((FORMAT_JSON, FORMAT_ENVELOPE, FORMAT_MSGPACK, FORMAT_MSGPACK_ENVELOPE))
+
+
+def _import_msgpack(error: type[Exception]) -> Any:
+    try:
+        import msgpack
+    except ImportError as exc:
+        raise error(
+            "the msgpack format needs the msgpack package: pip install 'coherent-cache[msgpack]'"
+        ) from exc
+    return msgpack
 
 
 def _zlib_compress(raw: bytes) -> bytes:

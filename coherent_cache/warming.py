@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 
 import anyio
 import anyio.lowlevel
-import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
 from .config import CacheTier
@@ -391,7 +390,7 @@ class CacheWarmer:
             # L1 alone: every item (the eviction policy makes room), nothing in flight.
             for key, _payload, seconds, raw in prepared:
                 multi.invalidate_local(key)
-                multi.l1.set(key, orjson.loads(raw), seconds)
+                multi.l1.set(key, multi.serializer.loads(raw), seconds)
             tally.written += len(prepared)
             tally.l1_written += len(prepared)
             await anyio.lowlevel.checkpoint()
@@ -418,7 +417,7 @@ class CacheWarmer:
             # Drop an older L1 copy and fence reads that fetched the previous L2 value.
             multi.invalidate_local(key)
             if bound:
-                multi.l1.set(key, orjson.loads(raw), seconds)
+                multi.l1.set(key, multi.serializer.loads(raw), seconds)
                 tally.l1_written += 1
         if error is None:
             tally.written += len(prepared)
