@@ -1,11 +1,11 @@
 """The ``coherent-cache`` command: ``demo``, ``invalidate`` and ``watch``.
 
-``demo`` shows the cache at work on a private Valkey; ``invalidate`` drops keys from the
-L2 and from every instance's L1 (see docs/protocol.md); ``watch`` prints the invalidation
-bus as JSON lines. Exit codes: 0 done (``watch`` also on Ctrl-C), 1 Redis unreachable or
-failing, 2 bad arguments. Settings not given as options come from the ``COHERENT_CACHE_*``
-environment variables (e.g. ``COHERENT_CACHE_REDIS_PASSWORD``, which keeps the password
-out of the process list).
+``demo`` shows two app instances, each in its own process, at work on a private Valkey;
+``invalidate`` drops keys from the L2 and from every instance's L1 (see docs/protocol.md);
+``watch`` prints the invalidation bus as JSON lines. Exit codes: 0 done (``watch`` also on
+Ctrl-C), 1 Redis unreachable or failing, 2 bad arguments. Settings not given as options
+come from the ``COHERENT_CACHE_*`` environment variables (e.g.
+``COHERENT_CACHE_REDIS_PASSWORD``, which keeps the password out of the process list).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import contextlib
 import logging
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -29,11 +28,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._demo_instance import DemoInstance, DemoInstanceError
 from .bus import BusMessage, InvalidationPublisher, make_origin
 from .config import ENV_PREFIX, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
 from .keys import validate_key, validate_pattern
-from .manager import CacheManager, create_cache_manager
 from .testing import RedisServer, ServerNotFoundError
 
 __all__ = ["main"]
@@ -66,121 +65,168 @@ def _demo_server(url: str | None) -> Iterator[tuple[str | None, RedisServer | No
         server.close()
 
 
-async def _timed_get(cache: CacheManager, key: str) -> tuple[object, float]:
-    start = time.perf_counter()
-    value = await cache.get(key)
-    return value, time.perf_counter() - start
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
 
 
-async def _demo(url: str | None, server: RedisServer | None) -> None:
-    config = CacheConfig(redis_url=url, namespace="demo", operation_timeout=0.25)
-    _say(f"1. Two app instances, A and B, share the L2 at {config.redacted_url() or '(none)'}")
-    async with create_cache_manager(config) as a, create_cache_manager(config) as b:
-        await a.clear()
+async def _across(
+    a: DemoInstance, b: DemoInstance, keys: list[str], op: str, **args: Any
+) -> tuple[dict[str, Any], float, float]:
+    """Run ``op`` on A while B watches ``keys`` in its L1.
+
+    Returns A's reply and the seconds from A's call returning and from its start to B's
+    L1 no longer serving any of ``keys`` (both processes' ``time.monotonic()``).
+    """
+    await b.send("arm", keys=keys)
+    await b.reply()  # {"armed": true}: B is spinning on its L1
+    done = await a.call(op, **args)
+    gone = (await b.reply())["gone"]
+    if gone is None:
+        raise DemoInstanceError(f"B still served {keys} 5 s after A's {op}")
+    return done, gone - done["returned"], gone - done["started"]
+
+
+def _vs_return(after: float) -> str:
+    if after < 0:
+        return f"{_ms(-after)} before A's call even returned"
+    return f"{_ms(after)} after A's call returned"
+
+
+def _stats_line(name: str, stats: dict[str, Any]) -> str:
+    l1, l2, totals, bus = stats["l1"], stats["l2"], stats["totals"], stats["bus"]
+    return (
+        f"   {name}: L1 hits={l1['hits']} misses={l1['misses']} size={l1['size']} | "
+        f"L2 connected={l2['connected']} errors={l2['errors']} breaker={l2['breaker']} | "
+        f"totals hits={totals['hits']} misses={totals['misses']} sets={totals['sets']} | "
+        f"bus published={bus['published']} applied={bus['applied']}"
+    )
+
+
+async def _demo(url: str | None, server: RedisServer | None) -> list[int]:
+    """Tell the story; return the pids of the instance processes."""
+    fields = {"redis_url": url, "namespace": "demo", "operation_timeout": 0.25}
+    async with DemoInstance("A", fields) as a, DemoInstance("B", fields) as b:
+        pids = [a.pid, b.pid]
+        shown = CacheConfig(redis_url=url).redacted_url()
+        shared = f"share the L2 at {shown}" if url else "have no L2 (L1 only)"
+        _say(
+            f"1. Two app instances in separate processes {shared}: A (pid {a.pid}), B (pid {b.pid})"
+        )
+        await a.call("clear")
         profile = {"id": 42, "name": "Ada", "plan": "pro"}
-        ok = await a.set("user_profile:42", profile, ttl=300)
-        _say(f"2. A: set user_profile:42 -> L1 of A and L2 (written to L2: {ok})")
+        stored = (await a.call("set", key="user_profile:42", value=profile))["result"]
+        _say(f"2. A: set user_profile:42 -> A's L1 and the L2 (written to L2: {stored})")
 
-        value, took = await _timed_get(b, "user_profile:42")
-        source = "L2, then copied into B's L1" if url else "nowhere: B has no L2"
-        _say(f"3. B: get user_profile:42 = {value} in {_us(took)} (L1 miss, read from {source})")
-        value, took = await _timed_get(b, "user_profile:42")
-        _say(f"4. B: get again = {value} in {_us(took)} (L1 hit, no network)")
-
-        n = 2000
-        start = time.perf_counter()
-        for _ in range(n):
-            await b.get("user_profile:42")
-        _say(f"   {n} more L1 hits on B: {_us((time.perf_counter() - start) / n)} each on average")
-
-        if url is not None:
-            took = await _invalidation_latency(a, b, "user_profile:42", a.delete)
+        if url is None:
+            got = await b.call("get", key="user_profile:42")
             _say(
-                f"5. A: delete user_profile:42 -> B's L1 copy gone {took * 1000:.2f} ms after"
-                " A's call returned (Redis pub/sub bus; negative: gone before the return)"
+                f"3. B: get user_profile:42 = {got['value']} (no L2, no bus: without Redis the"
+                " instances share nothing and are not coherent)"
             )
-            for i in range(3):
-                await _hold_in_l1(a, b, f"user_profile:{100 + i}", {"id": 100 + i})
-            removed = await a.clear_pattern("user_profile:*")
-            with anyio.fail_after(5):
-                while any(b.l1.peek(f"user_profile:{100 + i}") for i in range(3)):
-                    await anyio.lowlevel.checkpoint()
+            reader, name = a, "A"
+        else:
+            got = await b.call("get", key="user_profile:42")
             _say(
-                f"6. A: clear_pattern('user_profile:*') removed {removed} L2 keys (SCAN +"
-                " UNLINK, never KEYS); B's L1 dropped its 3 matching copies"
+                f"3. B: get user_profile:42 = {got['value']} in {_us(got['seconds'])} "
+                f"(L1 miss -> read from {got['from']} -> filled into B's L1)"
             )
+            await b.call("hold", key="user_profile:42")
+            reader, name = b, "B"
+        got = await reader.call("get", key="user_profile:42")
+        _say(
+            f"4. {name}: get again = {got['value']} in {_us(got['seconds'])} "
+            f"(answered by {got['from']}, timed inside {name}'s process: no network)"
+        )
+        hits = await reader.call("hits", key="user_profile:42")
+        _say(f"   {hits['rounds']} more L1 hits on {name}: {_us(hits['seconds'])} each on average")
 
-        await a.set("config:site", {"theme": "dark"}, ttl=300)
-        if server is not None:
-            server.kill()
-            _say("7. Redis killed (SIGKILL). The cache keeps serving:")
-            start = time.perf_counter()
-            value = await a.get("config:site")
-            _say(f"   A: get config:site = {value} in {_us(time.perf_counter() - start)} (L1)")
-            ok = await a.set("config:new", 1, ttl=60)
+        if url is None:
+            _say("5-7. Skipped: invalidation across processes and a Redis outage need a server.")
+        else:
+            _, after, since = await _across(
+                a, b, ["user_profile:42"], "delete", key="user_profile:42"
+            )
             _say(
-                f"   A: set config:new -> written to L2: {ok}; A reads {await a.get('config:new')}"
+                f"5. A: delete user_profile:42 -> B's L1 copy, in another process, was gone "
+                f"{_ms(since)} after A's call started ({_vs_return(after)}; "
+                "time.monotonic in both)"
             )
-            start = time.perf_counter()
-            value = await a.get("never-cached")
-            _say(f"   A: get never-cached = {value} in {_us(time.perf_counter() - start)}")
-            report = await a.health()
-            _say(f"   A: health = {report['status']}: {'; '.join(report['reasons'])}")
-        stats = await a.get_stats()
-        l1, l2 = stats["l1_cache"], stats["l2_cache"]
-        _say("8. Stats of A:")
-        _say(f"   l1_cache: hits={l1['hits']} misses={l1['misses']} size={l1['size']}")
-        _say(
-            f"   l2_cache: connected={l2['connected']} errors={l2['errors']} "
-            f"breaker={l2['breaker']} short_circuited={l2['short_circuited']}"
-        )
-        _say(
-            f"   totals: hits={stats['total_hits']} misses={stats['total_misses']} "
-            f"sets={stats['total_sets']}"
-        )
-        bus = stats["bus"]
-        _say(
-            f"   bus: published={bus['published']} connected={bus['connected']} "
-            f"losses={bus['losses']}; B received={b.stats()['bus']['applied']} invalidations"
-        )
+            keys = [f"user_profile:{100 + i}" for i in range(3)]
+            for key in keys:
+                await a.call("set", key=key, value={"id": key})
+                await b.call("hold", key=key)
+            done, after, _ = await _across(a, b, keys, "clear_pattern", pattern="user_profile:*")
+            _say(
+                f"6. A: clear_pattern('user_profile:*') removed {done['result']} L2 keys (SCAN +"
+                f" UNLINK, never KEYS); B's L1 dropped its 3 matching copies"
+                f" {_vs_return(after)}"
+            )
+            await a.call("set", key="config:site", value={"theme": "dark"})
+            await b.call("hold", key="config:site")
+            if server is None:
+                _say("7. Skipped: the server at --redis-url is not the demo's to kill.")
+            else:
+                killed = server.pid
+                server.kill()
+                _say(f"7. Redis killed (SIGKILL, pid {killed}). Both instances keep serving:")
+                for inst in (a, b):
+                    got = await inst.call("get", key="config:site")
+                    _say(
+                        f"   {inst.name}: get config:site = {got['value']} in "
+                        f"{_us(got['seconds'])} (from {got['from']})"
+                    )
+                done = await a.call("set", key="config:new", value=1, ttl=60)
+                got = await a.call("get", key="config:new")
+                _say(
+                    f"   A: set config:new -> written to L2: {done['result']}; A reads "
+                    f"{got['value']} from {got['from']}"
+                )
+                got = await a.call("get", key="never-cached")
+                _say(
+                    f"   A: get never-cached = {got['value']} in {_us(got['seconds'])} "
+                    "(a miss, no exception)"
+                )
+                for inst in (a, b):
+                    report = await inst.call("health")
+                    _say(
+                        f"   {inst.name}: health = {report['status']}: "
+                        f"{'; '.join(report['reasons'])}"
+                    )
+        _say("8. Stats:")
+        for inst in (a, b):
+            _say(_stats_line(inst.name, await inst.call("stats")))
+    return pids
 
 
-async def _hold_in_l1(a: CacheManager, b: CacheManager, key: str, value: object) -> None:
-    """Write on A, read on B until B's L1 holds the value (a first fill may be dropped on
-    purpose when A's own invalidation arrives during it)."""
-    await a.set(key, value, ttl=300)
-    with anyio.fail_after(5):
-        while b.l1.peek(key) is None:
-            await b.get(key)
-
-
-async def _invalidation_latency(
-    a: CacheManager, b: CacheManager, key: str, invalidate: Callable[[str], Awaitable[object]]
-) -> float:
-    """Seconds from A's invalidation returning to B's L1 no longer serving ``key``."""
-    await _hold_in_l1(a, b, key, {"probe": True})
-    gone_at: list[float] = []
-
-    async def watch() -> None:
-        while b.l1.peek(key) is not None:
-            await anyio.lowlevel.checkpoint()
-        gone_at.append(time.perf_counter())
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            await invalidate(key)
-            returned = time.perf_counter()
-    return gone_at[0] - returned
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (and been reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     _log_to_stderr()
     with _demo_server(args.redis_url) as (url, server):
+        server_pid = None
         if server is not None:
-            _say(f"Started a private {server.binary.name} on {server.url} (pid {server.pid})")
-        anyio.run(_demo, url, server)
-    _say("Done: every process started by the demo has been stopped.")
+            server_pid = server.pid
+            _say(f"Started a private {server.binary.name} on {server.url} (pid {server_pid})")
+        try:
+            pids = anyio.run(_demo, url, server)
+        except DemoInstanceError as exc:
+            _error(f"demo failed: {exc}")
+            return EXIT_REDIS
+    pids += [server_pid] if server_pid is not None else []
+    left = [pid for pid in pids if not _gone(pid)]
+    if left:
+        _error(f"processes still running: {left}")
+        return EXIT_REDIS
+    _say(f"Done: every process started by the demo has exited (pids {', '.join(map(str, pids))}).")
     return 0
 
 
