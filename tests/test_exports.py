@@ -29,6 +29,8 @@ PUBLIC_MODULES = [
     "coherent_cache.cli",
     "coherent_cache.testing",
     "coherent_cache.warming",
+    "coherent_cache.integrations",
+    "coherent_cache.integrations.fastapi",
 ]
 
 
