@@ -133,7 +133,7 @@ class TestFastAPIApp:
         assert None is await cache.get("product:999", default=None)
 
     async def test_health_reports_the_cache(self, client: httpx.AsyncClient) -> None:
-        """/health/cache has the seed's shape on top of `CacheManager.health`."""
+        """/health/cache (from `cache_router`) has the seed's shape and says healthy."""
         response = await client.get("/health/cache")
         assert 200 == response.status_code
         body: dict[str, Any] = response.json()
@@ -143,6 +143,22 @@ class TestFastAPIApp:
         assert {"status": "healthy", "connected": True, "errors": 0} == body["l2_cache"]
         stats = (await client.get("/cache/stats")).json()
         assert {"total_hits", "total_misses", "total_sets", "l1_cache"} <= set(stats)
+
+    async def test_a_cached_response_is_served_until_a_write_drops_it(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        """/categories is a cached HTTP response: the second GET is a hit without a query;
+        adding a product in a new category drops it."""
+        db: Database = app.state.db
+        first = await client.get("/categories")
+        before = db.selects
+        second = await client.get("/categories")
+        assert ["books", "kitchen"] == first.json() == second.json()
+        assert "HIT" == second.headers["x-cache"]
+        assert before == db.selects
+        await client.post("/products", json={"name": "Lamp", "category": "lighting", "price": 30})
+        third = await client.get("/categories")
+        assert ["books", "kitchen", "lighting"] == third.json()
 
     def test_tracing_is_off_without_an_endpoint(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without OTEL_EXPORTER_OTLP_ENDPOINT no provider is set up."""

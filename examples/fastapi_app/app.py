@@ -2,9 +2,11 @@
 
 SQLite through SQLAlchemy's async engine (aiosqlite) stands in for the database: product
 reads are cached with ``@cache.cached``, writes invalidate with ``cache_invalidate`` and
-tags, the cache is warmed from the database on startup, ``/health/cache`` reports the
-cache's health, and OpenTelemetry traces go to an OTLP collector when ``OTEL_*`` variables
-configure one. Run several replicas against one Redis and they stay coherent::
+tags, the cache is warmed from the database on startup, the FastAPI integration
+(`coherent_cache.integrations.fastapi`) runs the manager in the lifespan, hands it to
+handlers (``get_cache``), serves ``/health/cache`` and ``/cache/stats`` and caches a whole
+HTTP response with ETags, and OpenTelemetry traces go to an OTLP collector when ``OTEL_*``
+variables configure one. Run several replicas against one Redis and they stay coherent::
 
     pip install 'coherent-cache[fastapi,otel]' sqlalchemy aiosqlite uvicorn
     COHERENT_CACHE_REDIS_URL=redis://127.0.0.1:6379/0 \\
@@ -13,6 +15,7 @@ configure one. Run several replicas against one Redis and they stay coherent::
     curl localhost:8000/products/1            # warmed on startup: no query
     curl 'localhost:8000/products?category=books'
     curl -X PUT localhost:8000/products/1 -H 'content-type: application/json' -d '{"price": 9.5}'
+    curl -i localhost:8000/categories         # a cached HTTP response (ETag, X-Cache)
     curl localhost:8000/health/cache
 
 Tracing (optional): with ``opentelemetry-sdk`` and ``opentelemetry-exporter-otlp``
@@ -29,8 +32,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -38,6 +40,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from coherent_cache import CacheConfig, CacheManager
+from coherent_cache.integrations.fastapi import (
+    cache_lifespan,
+    cache_response,
+    cache_router,
+    get_cache,
+)
 
 __all__ = [
     "Database",
@@ -194,24 +202,25 @@ def create_app(config: CacheConfig | None = None, *, database_url: str = IN_MEMO
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await db.create()
+        # Runs inside cache_lifespan: the cache is already running here.
         try:
-            async with cache:
-                # Warm the product entries under the keys the decorator reads.
-                products = await db.all_products()
-                warmed = await cache.warm_cache(
-                    (load_product.cache_key(p["id"]), p) for p in products
-                )
-                log.info("cache_warmed", written=warmed.written)
-                yield
+            await db.create()
+            # Warm the product entries under the keys the decorator reads.
+            products = await db.all_products()
+            warmed = await cache.warm_cache((load_product.cache_key(p["id"]), p) for p in products)
+            log.info("cache_warmed", written=warmed.written)
+            yield
         finally:
             await db.engine.dispose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()
 
-    app = FastAPI(title="coherent_cache example", lifespan=lifespan)
-    app.state.cache = cache
+    app = FastAPI(
+        title="coherent_cache example",
+        lifespan=cache_lifespan(manager=cache, lifespan=lifespan),
+    )
     app.state.db = db
+    app.include_router(cache_router())  # GET /health/cache and GET /cache/stats
 
     @app.get("/products/{product_id}")
     async def get_product(product_id: int) -> dict[str, Any]:
@@ -224,8 +233,22 @@ def create_app(config: CacheConfig | None = None, *, database_url: str = IN_MEMO
     async def list_products(category: str) -> list[dict[str, Any]]:
         return await load_category(category)
 
+    @app.get("/categories")
+    @cache_response(get_cache, ttl=60)
+    async def list_categories() -> list[str]:
+        """A whole HTTP response cached (ETag, ``304 Not Modified``, ``X-Cache``)."""
+        async with db.sessions() as session:
+            rows = await session.scalars(
+                select(Product.category).distinct().order_by(Product.category)
+            )
+            return list(rows)
+
     @app.put("/products/{product_id}")
-    async def update_price(product_id: int, body: PriceUpdate) -> dict[str, Any]:
+    async def update_price(
+        product_id: int,
+        body: PriceUpdate,
+        cache: CacheManager = Depends(get_cache),  # noqa: B008 - FastAPI's dependency idiom
+    ) -> dict[str, Any]:
         product = await save_price(product_id, body.price)
         if product is None:
             raise HTTPException(status_code=404, detail="no such product")
@@ -234,42 +257,18 @@ def create_app(config: CacheConfig | None = None, *, database_url: str = IN_MEMO
         return product
 
     @app.post("/products", status_code=201)
-    async def add_product(body: NewProduct) -> dict[str, Any]:
+    async def add_product(
+        body: NewProduct,
+        cache: CacheManager = Depends(get_cache),  # noqa: B008 - FastAPI's dependency idiom
+    ) -> dict[str, Any]:
         async with db.sessions.begin() as session:
             row = Product(name=body.name, category=body.category, price=body.price)
             session.add(row)
             await session.flush()
             product = row.as_dict()
         await cache.invalidate_tags("catalog")
+        await cache.clear_pattern("http:/categories:*")  # a new category may have appeared
         return product
-
-    @app.get("/health/cache")
-    async def cache_health() -> JSONResponse:
-        """The seed's health route, on `CacheManager.health` (503 only when unhealthy)."""
-        report = await cache.health()
-        stats = await cache.get_stats()
-        l1, l2 = stats["l1_cache"], stats["l2_cache"]
-        body = {
-            "status": report["status"],
-            "reasons": report["reasons"],
-            "l1_cache": {"status": "healthy", "size": l1["size"], "hit_rate": l1["hit_rate"]},
-            "l2_cache": {
-                "status": "healthy" if report["l2_connected"] else "unhealthy",
-                "connected": l2["connected"],
-                "errors": l2["errors"],
-            },
-        }
-        return JSONResponse(body, status_code=503 if report["status"] == "unhealthy" else 200)
-
-    @app.get("/cache/stats")
-    async def cache_stats() -> dict[str, Any]:
-        stats = await cache.get_stats()
-        return {
-            "total_hits": stats["total_hits"],
-            "total_misses": stats["total_misses"],
-            "total_sets": stats["total_sets"],
-            "l1_cache": stats["l1_cache"],
-        }
 
     return app
 
