@@ -739,15 +739,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
     ) -> Any:
         self._loads["loads"] += 1
-        # Tracked like an L2 fill: an invalidation of the key that lands while the loader
-        # runs means its (older) result is returned to the callers but not cached.
-        fill = self._cache.begin_fill(key)
+        # ``fill`` is the flight's token, tracked like an L2 fill since the flight started:
+        # an invalidation of the key that lands meanwhile means the (older) result is
+        # returned to the callers but not cached.
         tel = self._telemetry
-        try:
-            with tel.span("cache.load", tel.key_attributes(key)):
-                value = await loader()
-        finally:
-            self._cache.end_fill(key, fill)
+        with tel.span("cache.load", tel.key_attributes(key)):
+            value = await loader()
         if fill.stale:
             self._loads["discarded"] += 1
             return value
@@ -758,8 +755,17 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         ttl = opts.ttl
         if ttl is not None and opts.ttl_jitter:
             ttl *= 1 + self._random.uniform(-opts.ttl_jitter, opts.ttl_jitter)
+        # Our own store must not make this flight's token stale (late callers would start a
+        # second load); any other invalidation during the store still does.
         await self._cache.set(
-            key, value, ttl, opts.tier, tags=opts.tags, stale_ttl=opts.stale_ttl, publish=False
+            key,
+            value,
+            ttl,
+            opts.tier,
+            tags=opts.tags,
+            stale_ttl=opts.stale_ttl,
+            publish=False,
+            own_fill=fill,
         )
         return value
 

@@ -121,16 +121,21 @@ class MultiTierCache:
 
     # -- invalidation of in-flight fills ---------------------------------------------------
 
-    def invalidate_local(self, key: str) -> None:
-        """Drop ``key`` from L1 and stop any L2 read in flight from installing it."""
-        self.l1.delete(key)
-        self._stale_fills_of(key)
+    def invalidate_local(self, key: str, *, keep: FillToken | None = None) -> None:
+        """Drop ``key`` from L1 and stop any L2 read in flight from installing it.
 
-    def _stale_fills_of(self, key: str) -> None:
+        ``keep`` is the caller's own fill token (a load storing its result), which its own
+        write must not make stale.
+        """
+        self.l1.delete(key)
+        self._stale_fills_of(key, keep)
+
+    def _stale_fills_of(self, key: str, keep: FillToken | None = None) -> None:
         fills = self._fills.get(key)
         if fills:
             for fill in fills:
-                fill.stale = True
+                if fill is not keep:
+                    fill.stale = True
 
     def invalidate_local_pattern(self, pattern: str) -> int:
         """Drop L1 keys matching ``pattern`` and make matching in-flight fills stale."""
@@ -302,6 +307,7 @@ class MultiTierCache:
         tags: Iterable[str] = (),
         stale_ttl: float | None = None,
         publish: bool = True,
+        own_fill: FillToken | None = None,
     ) -> bool:
         """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed.
 
@@ -329,7 +335,7 @@ class MultiTierCache:
             fresh_until = _now_ms() + math.ceil(seconds * 1000)
         payload = self.serializer.pack(raw, key=key, fresh_until_ms=fresh_until, tags=tag_tuple)
         self._sets += 1
-        self.invalidate_local(key)
+        self.invalidate_local(key, keep=own_fill)
         decoded: Any = _MISSING
         if tier is not CacheTier.L2:
             decoded = self.serializer.loads(raw)
@@ -357,9 +363,9 @@ class MultiTierCache:
             # Fence: a fill that read L2 while the write was in flight may carry the
             # previous value; keep our own L1 entry, drop anything else.
             if decoded is _MISSING or self.l1.peek(key, _MISSING) is not decoded:
-                self.invalidate_local(key)
+                self.invalidate_local(key, keep=own_fill)
             else:
-                self._stale_fills_of(key)
+                self._stale_fills_of(key, own_fill)
                 if not written and self.unconfirmed_write_ttl is not None:
                     # Neither L2 nor the other instances have this value: like a write made
                     # while the bus is down, serve it for a bounded time only.
