@@ -42,6 +42,7 @@ from .errors import (
     MalformedMessageError,
 )
 from .keys import validate_key, validate_pattern, validate_tag
+from .serializer import now_ms
 
 __all__ = [
     "BUS_PROTOCOL_VERSION",
@@ -96,7 +97,7 @@ class BusMessage:
     ) -> BusMessage:
         """A ``delete`` of ``keys``, stamped with the current time."""
         return cls(
-            BusOp.DELETE, keys=tuple(keys), origin=origin, ts=_now_ms(), traceparent=traceparent
+            BusOp.DELETE, keys=tuple(keys), origin=origin, ts=now_ms(), traceparent=traceparent
         )
 
     @classmethod
@@ -118,7 +119,7 @@ class BusMessage:
             InvalidKeyError: a key is invalid, cannot be encoded as JSON (a lone
                 surrogate), or does not fit in a ``max_size`` message on its own.
         """
-        ts = _now_ms()
+        ts = now_ms()
         empty = len(cls(BusOp.DELETE, origin=origin, ts=ts).encode())  # with "keys":[]
         batches: list[BusMessage] = []
         current: list[str] = []
@@ -155,14 +156,14 @@ class BusMessage:
             BusOp.CLEAR_PATTERN,
             pattern=pattern,
             origin=origin,
-            ts=_now_ms(),
+            ts=now_ms(),
             traceparent=traceparent,
         )
 
     @classmethod
     def clear(cls, *, origin: str | None = None, traceparent: str | None = None) -> BusMessage:
         """A ``clear`` of the whole namespace, stamped with the current time."""
-        return cls(BusOp.CLEAR, origin=origin, ts=_now_ms(), traceparent=traceparent)
+        return cls(BusOp.CLEAR, origin=origin, ts=now_ms(), traceparent=traceparent)
 
     @classmethod
     def invalidate_tags(
@@ -170,7 +171,7 @@ class BusMessage:
     ) -> BusMessage:
         """A ``tags`` message: drop every entry carrying any of ``tags``."""
         return cls(
-            BusOp.TAGS, tags=tuple(tags), origin=origin, ts=_now_ms(), traceparent=traceparent
+            BusOp.TAGS, tags=tuple(tags), origin=origin, ts=now_ms(), traceparent=traceparent
         )
 
     def encode(self) -> bytes:
@@ -248,10 +249,6 @@ class BusMessage:
             traceparent=traceparent,
             tags=tags,
         )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class BusStats(TypedDict):

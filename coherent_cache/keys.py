@@ -10,7 +10,7 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -27,6 +27,7 @@ __all__ = [
     "validate_key",
     "validate_pattern",
     "validate_tag",
+    "validate_tags",
 ]
 
 MAX_KEY_LENGTH: Final = 1024
@@ -52,6 +53,11 @@ def validate_tag(tag: object) -> str:
     if type(tag) is str and 0 < len(tag) <= _FAST_KEY_CHARS and tag.isascii():
         return tag
     return _validate_slow(tag, "tag")
+
+
+def validate_tags(tags: Iterable[object]) -> tuple[str, ...]:
+    """Validate each tag (`validate_tag`); return them without duplicates, in order."""
+    return tuple(dict.fromkeys(validate_tag(t) for t in tags))
 
 
 def validate_pattern(pattern: object) -> str:

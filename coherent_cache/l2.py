@@ -104,10 +104,6 @@ return 0
 """
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _ttl_ms(ttl: float | None) -> int | None:
     return None if ttl is None else max(1, math.ceil(ttl * 1000))
 
@@ -299,9 +295,7 @@ class RedisCache:
     def _decode(self, key: str, payload: bytes | str) -> Any:
         """The value of a payload if it is valid and fresh, else _MISSING."""
         entry = self._decode_entry(key, payload)
-        if entry is None or (
-            entry.fresh_until_ms is not None and entry.fresh_until_ms <= _now_ms()
-        ):
+        if entry is None or not entry.is_fresh():
             return _MISSING
         return entry.value
 
@@ -336,7 +330,7 @@ class RedisCache:
         if found is None:
             return None
         entry, remaining = found
-        if entry.fresh_until_ms is not None and entry.fresh_until_ms <= _now_ms():
+        if not entry.is_fresh():
             return None
         return entry.value, remaining
 
@@ -360,9 +354,7 @@ class RedisCache:
             return None
         # pttl == -2: the key expired between GET and PTTL; the value is still a valid read.
         entry = None if payload is None else self._decode_entry(key, payload)
-        fresh = entry is not None and (
-            entry.fresh_until_ms is None or entry.fresh_until_ms > _now_ms()
-        )
+        fresh = entry is not None and entry.is_fresh()
         if fresh:
             self._hits += 1
         else:
@@ -499,10 +491,7 @@ class RedisCache:
                 while True:
                     cursor, members = await self._sscan(index, cursor, batch)
                     if members:
-                        names = [
-                            redis_key(self.namespace, m.decode() if isinstance(m, bytes) else m)
-                            for m in members
-                        ]
+                        names = self._member_keys(members)
                         removed += await self._unlink(names)
                     if cursor == 0:
                         break
@@ -510,6 +499,12 @@ class RedisCache:
         except BackendError as exc:
             self.log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
         return removed
+
+    def _member_keys(self, members: Sequence[bytes | str]) -> list[str]:
+        """The Redis keys of a tag index's members (cache keys without the namespace)."""
+        return [
+            redis_key(self.namespace, m.decode() if isinstance(m, bytes) else m) for m in members
+        ]
 
     async def _sscan(self, index: str, cursor: int, count: int) -> tuple[int, list[bytes | str]]:
         next_cursor, members = await self._call(
@@ -525,10 +520,7 @@ class RedisCache:
         while True:
             cursor, members = await self._sscan(index, cursor, batch)
             if members:
-                names = [
-                    redis_key(self.namespace, m.decode() if isinstance(m, bytes) else m)
-                    for m in members
-                ]
+                names = self._member_keys(members)
 
                 async def check(names: list[str] = names) -> list[Any]:
                     async with self._client.pipeline(transaction=False) as pipe:

@@ -26,7 +26,7 @@ from ._telemetry import LatencyStats, Telemetry
 from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
 from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
-from .keys import validate_key, validate_tag
+from .keys import validate_key, validate_tags
 from .l1 import (
     ActorStats,
     FlushAll,
@@ -103,7 +103,6 @@ class HealthReport(TypedDict):
 
 
 R = TypeVar("R")
-_NOTHING: Any = MISSING
 
 
 class LoaderStats(TypedDict):
@@ -613,8 +612,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         tel = self._telemetry
         if tel.active or tel.poll():
             with tel.operation("get_or_set", tel.key_attributes(key)) as span:
-                hit = self._cache.l1_hit(key) if tier is not CacheTier.L2 else _NOTHING
-                if hit is not _NOTHING:
+                hit = self._cache.l1_hit(key) if tier is not CacheTier.L2 else MISSING
+                if hit is not MISSING:
                     self._loads["hits"] += 1
                     span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
                     return cast("R", hit)
@@ -629,7 +628,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         if tier is not CacheTier.L2:
             # Fast path: a fresh L1 hit needs nothing else (arguments are checked on a miss).
             hit = self._cache.l1_hit(key)
-            if hit is not _NOTHING:
+            if hit is not MISSING:
                 self._loads["hits"] += 1
                 return cast("R", hit)
         value, _ = await self._get_or_set(
@@ -657,7 +656,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         opts = _LoadOptions(
             ttl=self._cache.resolve_ttl(ttl),
             tier=tier,
-            tags=tuple(dict.fromkeys(validate_tag(t) for t in tags)),
+            tags=validate_tags(tags),
             lock=self.config.lock_by_default if lock is None else lock,
             stale_ttl=None if stale_ttl is None else check_ttl(stale_ttl),
             cache_none=cache_none,

@@ -12,10 +12,10 @@ from . import _telemetry
 from .bus import BusMessage
 from .config import CacheTier
 from .errors import BackendError
-from .keys import compile_pattern, validate_key, validate_pattern, validate_tag
+from .keys import compile_pattern, validate_key, validate_pattern, validate_tags
 from .l1 import InMemoryCache, L1Stats, check_ttl
 from .l2 import L2Stats, RedisCache
-from .serializer import CacheSerializer
+from .serializer import CacheSerializer, now_ms
 from .types import TTL, USE_DEFAULT
 
 __all__ = ["MISSING", "MultiTierCache", "TierStats"]
@@ -39,19 +39,6 @@ class TierStats(TypedDict):
     total_deletes: int
     l2_enabled: bool
     namespace: str
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _fresh_seconds(fresh_until_ms: int | None) -> float | None:
-    """Seconds of freshness left (may be <= 0), or ``None`` for "fresh until it expires"."""
-    return None if fresh_until_ms is None else (fresh_until_ms - _now_ms()) / 1000
-
-
-def _is_fresh(fresh_until_ms: int | None) -> bool:
-    return fresh_until_ms is None or fresh_until_ms > _now_ms()
 
 
 @final
@@ -245,7 +232,7 @@ class MultiTierCache:
             if l2_found is None:
                 return None
             entry = l2_found[0]
-            return entry.value, _is_fresh(entry.fresh_until_ms)
+            return entry.value, entry.is_fresh()
         return await self._fill_from_l2(key)
 
     def begin_fill(self, key: str) -> FillToken:
@@ -277,7 +264,7 @@ class MultiTierCache:
         if found is None:
             return None
         entry, remaining = found
-        fresh_for = _fresh_seconds(entry.fresh_until_ms)
+        fresh_for = entry.fresh_seconds()
         if not fill.stale and (remaining is None or remaining > 0):
             if fresh_for is None:
                 self.l1.set(key, entry.value, remaining, tags=entry.tags)
@@ -327,12 +314,12 @@ class MultiTierCache:
         """
         validate_key(key)
         seconds = self.resolve_ttl(ttl)
-        tag_tuple = tuple(dict.fromkeys(validate_tag(t) for t in tags))
+        tag_tuple = validate_tags(tags)
         stale = check_ttl(stale_ttl) if stale_ttl is not None else None
         raw = self.serializer.dumps(value, key=key)
         fresh_until = None
         if stale is not None and seconds is not None:
-            fresh_until = _now_ms() + math.ceil(seconds * 1000)
+            fresh_until = now_ms() + math.ceil(seconds * 1000)
         payload = self.serializer.pack(raw, key=key, fresh_until_ms=fresh_until, tags=tag_tuple)
         self._sets += 1
         self.invalidate_local(key, keep=own_fill)
@@ -461,7 +448,7 @@ class MultiTierCache:
         Returns:
             The number of L2 entries removed (L1 entries when running without L2).
         """
-        wanted = tuple(dict.fromkeys(validate_tag(t) for t in tags))
+        wanted = validate_tags(tags)
         if not wanted:
             return 0
         removed = self.invalidate_local_tags(wanted)

@@ -18,6 +18,7 @@ Anything else (another program's value, truncated bytes, a pickle) is rejected w
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any, Final, Literal, NamedTuple
@@ -49,6 +50,11 @@ _PLAIN_HEADER: Final = bytes((MAGIC, FORMAT_JSON))
 DEFAULT_MAX_DECOMPRESSED: Final = 256 * 1024 * 1024
 
 
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch: the time unit of envelopes and bus messages."""
+    return time.time_ns() // 1_000_000
+
+
 class StoredEntry(NamedTuple):
     """A decoded L2 payload: the value and the metadata of an envelope (if any)."""
 
@@ -56,6 +62,14 @@ class StoredEntry(NamedTuple):
     fresh_until_ms: int | None = None
     """Wall-clock end of freshness (ms since the epoch); ``None``: fresh until it expires."""
     tags: tuple[str, ...] = ()
+
+    def fresh_seconds(self) -> float | None:
+        """Seconds of freshness left (<= 0 when stale); ``None``: fresh until it expires."""
+        return None if self.fresh_until_ms is None else (self.fresh_until_ms - now_ms()) / 1000
+
+    def is_fresh(self) -> bool:
+        """Whether the entry is still fresh (not in its stale-while-revalidate window)."""
+        return self.fresh_until_ms is None or self.fresh_until_ms > now_ms()
 
 
 class _Unencodable(TypeError):
