@@ -172,7 +172,8 @@ class MultiTierCache:
     async def lookup(self, key: str, tier: CacheTier = CacheTier.BOTH) -> tuple[Any, str | None]:
         """Like `get`, but return ``(value, tier that answered)``; ``(MISSING, None)`` on a miss.
 
-        The traced path of `CacheManager.get` (it needs the tier for the span).
+        The traced path of `CacheManager.get` (it needs the tier for the span). `get` keeps
+        its own copy of this logic on purpose: building the tuple costs ~8 % of an L1 hit.
         """
         validate_key(key)
         value = _MISSING
