@@ -231,7 +231,13 @@ class DemoInstance:
         return await self.reply()
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
+    """Send the library's log events to stderr, warnings and up only.
+
+    stdout carries the command's output (the demo's narrative, ``watch``'s JSON lines,
+    an instance's protocol) and must stay parseable; structlog's default prints every
+    level to stdout. Only the commands call this, as the application they are.
+    """
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
@@ -239,5 +245,5 @@ def _log_to_stderr() -> None:
 
 
 if __name__ == "__main__":
-    _log_to_stderr()
+    log_to_stderr()
     anyio.run(_serve, orjson.loads(sys.argv[1]))

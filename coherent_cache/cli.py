@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -22,13 +21,12 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.lowlevel
 import orjson
-import structlog
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._demo_instance import DemoInstance, DemoInstanceError
+from ._demo_instance import DemoInstance, DemoInstanceError, log_to_stderr
 from .bus import BusMessage, InvalidationPublisher, make_origin
 from .config import ENV_PREFIX, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
@@ -210,7 +208,7 @@ def _gone(pid: int) -> bool:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    _log_to_stderr()
+    log_to_stderr()
     with _demo_server(args.redis_url) as (url, server):
         server_pid = None
         if server is not None:
@@ -361,23 +359,10 @@ async def _invalidate(args: argparse.Namespace, config: CacheConfig) -> str:
     )
 
 
-def _log_to_stderr() -> None:
-    """Send the library's log events to stderr, warnings and up only.
-
-    stdout carries the command's result (``watch``: JSON lines) and must stay parseable;
-    structlog's default prints every level to stdout. Only these subcommands configure
-    structlog, as the application they are.
-    """
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-    )
-
-
 def _run_invalidate(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     config = _config(parser, args)
-    _log_to_stderr()
+    log_to_stderr()
     try:
         line = anyio.run(_invalidate, args, config)
     except InvalidKeyError as exc:  # e.g. a key too large for max_bus_message_size
@@ -466,7 +451,7 @@ async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
 
 def _run_watch(args: argparse.Namespace) -> int:
     config = _config(args.parser, args)
-    _log_to_stderr()
+    log_to_stderr()
     try:
         code: int = anyio.run(_watch, args, config)
     except KeyboardInterrupt:
