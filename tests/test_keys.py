@@ -208,6 +208,20 @@ class TestGenerateKey:
         with pytest.raises(InvalidKeyError):
             CacheKeyGenerator(max_length=max_length)
 
+    def test_huge_int_inside_a_structure_is_a_key_error(self) -> None:
+        """An int beyond 64 bits inside a list or dataclass raises InvalidKeyError (found
+        by the property tests; it used to escape as orjson's TypeError)."""
+        with pytest.raises(InvalidKeyError, match="64-bit"):
+            CacheKeyGenerator().generate_key([2**70])
+        assert str(2**70) == CacheKeyGenerator().generate_key(2**70)
+
+    def test_nan_and_inf_inside_a_structure_differ_from_none(self) -> None:
+        """JSON has no nan/inf: inside a structure they are encoded as their str, so
+        [nan], [inf] and [None] get three different keys."""
+        gen = CacheKeyGenerator()
+        keys = {gen.generate_key([v]) for v in (float("nan"), float("inf"), None)}
+        assert 3 == len(keys)
+
     def test_empty_separator_rejected(self) -> None:
         """An empty separator is rejected."""
         with pytest.raises(InvalidKeyError):
