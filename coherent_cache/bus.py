@@ -34,6 +34,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._connection import bus_endpoint
 from .config import CacheConfig
 from .errors import (
     CacheClosedError,
@@ -331,6 +332,7 @@ class InvalidationBus:
             client_name=f"coherent_cache:{config.namespace}:bus",
             **config.credentials(),
         )
+        self._endpoint = bus_endpoint(config, self._pool)
         self.connected = False
         self._received = 0
         self._applied = 0
@@ -391,10 +393,10 @@ class InvalidationBus:
         try:
             while True:
                 self._attempts += 1
-                conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+                conn: AbstractConnection | None = None
                 subscribed = False
                 try:
-                    await self._subscribe(conn)
+                    conn = await self._subscribe()
                     subscribed = True
                     self._mark_subscribed()
                     if not ready:
@@ -403,10 +405,12 @@ class InvalidationBus:
                     attempt = 0
                     await self._listen(conn)
                 except (BusConnectionLost, TimeoutError, redis_errors.RedisError, OSError) as exc:
+                    self._endpoint.failed()
                     level = self.log.warning if subscribed or attempt == 0 else self.log.debug
                     level(
                         "bus_disconnected" if subscribed else "bus_connect_failed",
                         channel=self.channel,
+                        node=self._endpoint.address,
                         attempt=attempt,
                         error=type(exc).__name__,
                         detail=str(exc),
@@ -418,8 +422,9 @@ class InvalidationBus:
                 finally:
                     if subscribed:
                         self._mark_lost()
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                        await conn.disconnect()
+                    if conn is not None:
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                            await conn.disconnect()
                 if not ready and time.monotonic() >= give_up_at:
                     ready = True
                     task_status.started()
@@ -428,18 +433,27 @@ class InvalidationBus:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await self._pool.disconnect()
+                await self._endpoint.aclose()
 
-    async def _subscribe(self, conn: AbstractConnection) -> None:
+    async def _subscribe(self) -> AbstractConnection:
+        """Connect where the deployment says (`_connection.bus_endpoint`) and subscribe."""
         cfg = self.config
-        with anyio.fail_after(cfg.connect_timeout + cfg.operation_timeout):
-            await conn.connect()  # type: ignore[no-untyped-call]
-            await conn.send_command("SUBSCRIBE", self.channel)
-            while True:
-                reply = await conn.read_response(timeout=cfg.operation_timeout)
-                if reply is None:
-                    raise BusConnectionLost("no reply to SUBSCRIBE")
-                if isinstance(reply, list) and reply and reply[0] == b"subscribe":
-                    return
+        endpoint = self._endpoint
+        deadline = endpoint.attempts_per_connect * (cfg.connect_timeout + cfg.operation_timeout)
+        with anyio.fail_after(deadline + cfg.operation_timeout):
+            conn = await endpoint.connect()
+            try:
+                await conn.send_command(endpoint.subscribe_command, self.channel)
+                while True:
+                    reply = await conn.read_response(timeout=cfg.operation_timeout)
+                    if reply is None:
+                        raise BusConnectionLost(f"no reply to {endpoint.subscribe_command}")
+                    if isinstance(reply, list) and reply and reply[0] == endpoint.subscribed_kind:
+                        return conn
+            except BaseException:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await conn.disconnect()
+                raise
 
     def _mark_subscribed(self) -> None:
         self._last_seen = self._timer()
@@ -449,7 +463,12 @@ class InvalidationBus:
             self._last_recovery = time.time()
         self._ever_subscribed = True
         self._on_subscribed()
-        self.log.info("bus_subscribed", channel=self.channel, recoveries=self._recoveries)
+        self.log.info(
+            "bus_subscribed",
+            channel=self.channel,
+            node=self._endpoint.address,
+            recoveries=self._recoveries,
+        )
 
     def _mark_lost(self) -> None:
         self.connected = False
@@ -494,7 +513,10 @@ class InvalidationBus:
         if not isinstance(reply, list) or len(reply) < 2:
             return
         kind = reply[0]
-        if kind != b"message" or len(reply) != 3:
+        if kind in self._endpoint.lost_kinds:
+            # The server ended the subscription (a sharded channel's slot moved).
+            raise BusConnectionLost(f"the server sent {kind!r}")
+        if kind != self._endpoint.message_kind or len(reply) != 3:
             return  # pong, subscribe confirmations
         self._received += 1
         data = reply[2]

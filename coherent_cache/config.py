@@ -7,10 +7,18 @@ import importlib.util
 import os
 import re
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigurationError
 
@@ -102,7 +110,29 @@ class CacheConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     redis_url: str | None = "redis://localhost:6379"
-    """``redis://``, ``rediss://`` (TLS) or ``unix://`` URL of the L2; ``None`` for L1 only."""
+    """``redis://``, ``rediss://`` (TLS) or ``unix://`` URL of the L2; ``None`` for L1 only.
+    In ``cluster`` mode, any node of the cluster (the client discovers the others); in
+    ``sentinel`` mode only its scheme, credentials and database are used (the sentinels
+    name the primary's address)."""
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    """Deployment of the L2 and the bus: one server (or a proxy), a Redis/Valkey Cluster,
+    or a primary watched by Sentinel (then set ``sentinel_master`` and
+    ``sentinel_addresses``)."""
+    sentinel_master: str | None = None
+    """``sentinel`` mode: the name the sentinels monitor the primary under."""
+    sentinel_addresses: tuple[str, ...] = ()
+    """``sentinel`` mode: ``host:port`` of each sentinel (comma separated in the
+    environment), asked in turn for the current primary."""
+    sentinel_username: str | None = None
+    """``sentinel`` mode: ACL user of the sentinels, when they need other credentials
+    than the data nodes."""
+    sentinel_password: SecretStr | None = None
+    """``sentinel`` mode: password of the sentinels. Never shown in repr, logs or stats."""
+    cluster_bus: Literal["sharded", "broadcast"] = "sharded"
+    """``cluster`` mode: how the bus travels. ``sharded``: ``SPUBLISH``/``SSUBSCRIBE`` on
+    the primary owning the channel's slot (Redis/Valkey 7+); ``broadcast``: ``PUBLISH``,
+    relayed to every node by the cluster bus, subscribers on any node. See
+    docs/architecture.md for the measured difference."""
     redis_username: str | None = None
     """ACL user name; overrides the one in ``redis_url``."""
     redis_password: SecretStr | None = None
@@ -228,6 +258,56 @@ class CacheConfig(BaseModel):
             raise ValueError("channel must be 1-256 printable characters")
         return value
 
+    @field_validator("sentinel_addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: "host:port,host:port"
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("sentinel_addresses")
+    @classmethod
+    def _check_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            parse_address(address)
+        return value
+
+    @field_validator("sentinel_master")
+    @classmethod
+    def _check_master(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value) > 256 or not value.isprintable()):
+            raise ValueError("sentinel_master must be 1-256 printable characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> Self:
+        mode = self.redis_mode
+        sentinel_fields = {
+            "sentinel_master": self.sentinel_master is not None,
+            "sentinel_addresses": bool(self.sentinel_addresses),
+            "sentinel_username": self.sentinel_username is not None,
+            "sentinel_password": self.sentinel_password is not None,
+        }
+        if mode != "sentinel":
+            extra = [name for name, given in sentinel_fields.items() if given]
+            if extra:
+                raise ValueError(
+                    f"{', '.join(extra)} only apply with redis_mode='sentinel' "
+                    f"(redis_mode is {mode!r})"
+                )
+        elif not (self.sentinel_master and self.sentinel_addresses):
+            raise ValueError(
+                "redis_mode='sentinel' needs sentinel_master (the monitored name) and "
+                "sentinel_addresses (host:port of each sentinel)"
+            )
+        if mode != "standalone" and self.redis_url is not None:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme == "unix":
+                raise ValueError(f"redis_mode={mode!r} needs a redis:// or rediss:// URL")
+            if mode == "cluster" and parts.path.lstrip("/") not in ("", "0"):
+                raise ValueError("a cluster has only database 0: drop the /<db> from redis_url")
+        return self
+
     @field_validator("origin_prefix")
     @classmethod
     def _check_origin_prefix(cls, value: str | None) -> str | None:
@@ -275,6 +355,15 @@ class CacheConfig(BaseModel):
     def l2_enabled(self) -> bool:
         """Whether this configuration uses a Redis L2 and bus."""
         return self.redis_url is not None and self.enable_multi_tier
+
+    def sentinel_credentials(self) -> dict[str, Any]:
+        """``username``/``password`` keyword arguments for the sentinel connections."""
+        found: dict[str, Any] = {}
+        if self.sentinel_username is not None:
+            found["username"] = self.sentinel_username
+        if self.sentinel_password is not None:
+            found["password"] = self.sentinel_password.get_secret_value()
+        return found
 
     def credentials(self) -> dict[str, Any]:
         """``username``/``password`` keyword arguments for redis-py, from the overrides."""
@@ -327,6 +416,19 @@ class CacheConfig(BaseModel):
             data[field] = None if nullable and raw.strip().lower() in _NONE_WORDS else raw
         data.update(overrides)
         return cls(**data)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) into its parts.
+
+    Raises:
+        ValueError: no port, or a port that is not a number from 1 to 65535.
+    """
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address must be host:port with a port from 1 to 65535, got {address!r}")
+    return host, int(port)
 
 
 def _configuration_error(exc: ValidationError) -> ConfigurationError:

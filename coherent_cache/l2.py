@@ -18,10 +18,11 @@ import structlog
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import _telemetry
+from . import _connection, _telemetry
 from ._breaker import BreakerState, CircuitBreaker
 from .config import CacheConfig
 from .errors import (
@@ -104,6 +105,19 @@ return 0
 """
 
 
+# Failures that say "the server (or the cluster) cannot serve now": they count against the
+# breaker. Cluster topology errors are not all ConnectionErrors (RedisClusterException is
+# not even a RedisError), and a cluster mid-failover answers CLUSTERDOWN / TRYAGAIN.
+_UNAVAILABLE: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ClusterError,
+    redis_errors.RedisClusterException,
+    redis_errors.TryAgainError,
+    OSError,
+)
+
+
 def _ttl_ms(ttl: float | None) -> int | None:
     return None if ttl is None else max(1, math.ceil(ttl * 1000))
 
@@ -120,7 +134,8 @@ class RedisCache:
 
     Args:
         config: the settings; ``redis_url`` must not be ``None``.
-        client: a ready ``redis.asyncio.Redis`` to use instead of one built from the config
+        client: a ready ``redis.asyncio.Redis`` (or ``RedisCluster``) to use instead of one
+            built from the config
             (the caller keeps ownership: `aclose` does not close it).
         serializer: the payload codec; built from the config when omitted.
         timer: the clock used by the circuit breaker.
@@ -130,7 +145,7 @@ class RedisCache:
         self,
         config: CacheConfig,
         *,
-        client: Redis | None = None,
+        client: _connection.L2Client | None = None,
         serializer: CacheSerializer | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -148,6 +163,13 @@ class RedisCache:
         self._owns_client = client is None
         self._client = client if client is not None else _client_from_config(config)
         self._timeout = config.operation_timeout
+        self._cluster = isinstance(self._client, RedisCluster)
+        # In a cluster, PUBLISH cannot ride in a pipeline (the pipeline sends to several
+        # nodes at once, so the message could overtake the write it announces): it goes
+        # out once the write has returned. Sharded mode publishes on the channel's slot.
+        self._publish_command = (
+            "SPUBLISH" if self._cluster and config.cluster_bus == "sharded" else "PUBLISH"
+        )
         self._breaker = CircuitBreaker(
             threshold=config.circuit_breaker_threshold,
             max_cooldown=config.circuit_breaker_cooldown,
@@ -171,8 +193,8 @@ class RedisCache:
         self._prune_wakeup = anyio.Event()
 
     @property
-    def client(self) -> Redis:
-        """The underlying ``redis.asyncio.Redis`` client."""
+    def client(self) -> _connection.L2Client:
+        """The underlying ``redis.asyncio.Redis`` (``RedisCluster`` in cluster mode) client."""
         return self._client
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -206,7 +228,7 @@ class RedisCache:
         self.connected = False
         if self._owns_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
-                await self._client.aclose()
+                await _connection.close_client(self._client)
 
     async def __aenter__(self) -> RedisCache:
         await self.connect()
@@ -242,7 +264,7 @@ class RedisCache:
             raise BackendTimeoutError(
                 f"Redis {op} took longer than operation_timeout={self._timeout}s"
             ) from exc
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except _UNAVAILABLE as exc:
             self._record_failure(op, exc, probe)
             raise BackendUnavailableError(f"Redis {op} failed: {exc}") from exc
         except redis_errors.RedisError as exc:
@@ -370,7 +392,7 @@ class RedisCache:
             return {}
         names = [redis_key(self.namespace, k) for k in wanted]
         try:
-            payloads = await self._call("MGET", lambda: self._client.mget(names))
+            payloads = await self._call("MGET", lambda: self._mget(names))
         except BackendError:
             return {}
         found: dict[str, Any] = {}
@@ -380,6 +402,12 @@ class RedisCache:
             if value is not _MISSING:
                 found[key] = value
         return found
+
+    async def _mget(self, names: list[str]) -> list[Any]:
+        if isinstance(self._client, RedisCluster):
+            # One MGET per slot, pipelined per node (a single MGET would be CROSSSLOT).
+            return list(await self._client.mget_nonatomic(names))
+        return list(await self._client.mget(names))
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists in Redis (``False`` during an outage)."""
@@ -435,9 +463,12 @@ class RedisCache:
                         key,
                         -1 if px is None else px,
                     )
-                if notify is not None:
+                if notify is not None and not self._cluster:
                     _ = pipe.publish(self.config.channel, notify)
-                return await pipe.execute()
+                result = await pipe.execute()
+            if notify is not None and self._cluster:
+                await self._publish(self.config.channel, notify)
+            return result
 
         try:
             result = await self._call("SET", call)
@@ -652,6 +683,10 @@ class RedisCache:
         async def call() -> Any:
             if notify is None:
                 return await self._client.unlink(name)
+            if self._cluster:
+                count = await self._client.unlink(name)
+                await self._publish(self.config.channel, notify)
+                return count
             async with self._client.pipeline(transaction=False) as pipe:
                 _ = pipe.unlink(name)
                 _ = pipe.publish(self.config.channel, notify)
@@ -680,9 +715,16 @@ class RedisCache:
         Raises:
             BackendError: Redis failed, timed out, or the breaker is open.
         """
-        receivers = int(await self._call("PUBLISH", lambda: self._client.publish(channel, message)))
+        receivers = await self._call(self._publish_command, lambda: self._publish(channel, message))
         self.published += 1
         return receivers
+
+    async def _publish(self, channel: str, message: bytes) -> int:
+        """PUBLISH (SPUBLISH in a sharded cluster bus); in a cluster with ``broadcast``, the
+        count is of the receiving node's subscribers only."""
+        if self._publish_command == "SPUBLISH":
+            return int(await self._client.spublish(channel, message))
+        return int(await self._client.publish(channel, message))
 
     async def delete_many(self, keys: Iterable[str], *, raise_errors: bool = False) -> int:
         """Remove ``keys`` with one ``UNLINK``; return how many existed.
@@ -712,14 +754,15 @@ class RedisCache:
         validate_pattern(pattern)
         match = f"{escape_glob(self.namespace)}:{pattern}"
         removed = 0
-        cursor: int = 0
         try:
-            while True:
-                cursor, names = await self._scan(cursor, match)
-                if names:
-                    removed += await self._unlink(names)
-                if cursor == 0:
-                    break
+            for node in await self._scan_nodes():
+                cursor: int = 0
+                while True:
+                    cursor, names = await self._scan(cursor, match, node)
+                    if names:
+                        removed += await self._unlink(names)
+                    if cursor == 0:
+                        break
         except BackendError as exc:
             if raise_errors:
                 raise
@@ -731,11 +774,37 @@ class RedisCache:
             )
         return removed
 
-    async def _scan(self, cursor: int, match: str) -> tuple[int, list[bytes | str]]:
-        result = await self._call(
-            "SCAN", lambda: self._client.scan(cursor=cursor, match=match, count=SCAN_COUNT)
-        )
-        next_cursor, names = result
+    async def _scan_nodes(self) -> list[ClusterNode | None]:
+        """Where a keyspace SCAN runs: every primary of a cluster, else the one server.
+
+        Raises:
+            BackendError: the cluster's topology could not be read.
+        """
+        client = self._client
+        if isinstance(client, RedisCluster):
+            _ = await self._call("CLUSTER SLOTS", client.initialize)  # a no-op once known
+            primaries: list[ClusterNode | None] = list(client.get_primaries())
+            return primaries
+        return [None]
+
+    async def _scan(
+        self, cursor: int, match: str, node: ClusterNode | None = None
+    ) -> tuple[int, list[bytes | str]]:
+        client = self._client
+
+        async def scan() -> Any:
+            if isinstance(client, RedisCluster):
+                # A cluster client without a node would SCAN every primary from the same
+                # cursor; each primary has its own cursor, so each is walked on its own.
+                # The cluster's SCAN reply maps each node name to its cursor.
+                reply: Any = await client.scan(
+                    cursor=cursor, match=match, count=SCAN_COUNT, target_nodes=node
+                )
+                cursors, names = reply
+                return next(iter(cursors.values()), 0), names
+            return await client.scan(cursor=cursor, match=match, count=SCAN_COUNT)
+
+        next_cursor, names = await self._call("SCAN", scan)
         return int(next_cursor), list(names)
 
     async def _unlink(self, names: Sequence[bytes | str]) -> int:
@@ -748,13 +817,16 @@ class RedisCache:
         """
         removed = await self.clear_pattern("*")
         with contextlib.suppress(BackendError):
-            cursor = 0
-            while True:
-                cursor, names = await self._scan(cursor, f"{escape_glob(self.namespace)}#tag:*")
-                if names:
-                    await self._unlink(names)
-                if cursor == 0:
-                    break
+            for node in await self._scan_nodes():
+                cursor = 0
+                while True:
+                    cursor, names = await self._scan(
+                        cursor, f"{escape_glob(self.namespace)}#tag:*", node
+                    )
+                    if names:
+                        await self._unlink(names)
+                    if cursor == 0:
+                        break
         return removed
 
     # -- stats -----------------------------------------------------------------------------
@@ -785,21 +857,29 @@ class RedisCache:
         return self.stats()
 
 
-def _client_from_config(config: CacheConfig) -> Redis:
-    """Build a client whose every wait is bounded by the configured timeouts."""
+def _client_from_config(config: CacheConfig) -> _connection.L2Client:
+    """Build a client whose every wait is bounded by the configured timeouts.
+
+    Cluster and Sentinel clients come from `_connection.build_client` with the same options.
+    """
     assert config.redis_url is not None
+    options: dict[str, Any] = {
+        "socket_timeout": config.operation_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_keepalive": True,
+        "client_name": f"coherent_cache:{config.namespace}",
+        **config.credentials(),
+    }
+    if config.redis_mode != "standalone":
+        return _connection.build_client(config, options)
     pool = BlockingConnectionPool.from_url(
         config.redis_url,
         max_connections=config.max_connections,
         # Waiting for a free pooled connection is bounded like any other wait.
         timeout=config.operation_timeout,
-        socket_timeout=config.operation_timeout,
-        socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
         # One immediate retry on a fresh connection covers a pooled connection the server
         # closed while idle; the operation deadline still bounds the whole call.
         retry=Retry(NoBackoff(), 1),
-        client_name=f"coherent_cache:{config.namespace}",
-        **config.credentials(),
+        **options,
     )
     return Redis.from_pool(pool)

@@ -292,3 +292,69 @@ class TestQueryStringSecrets:
         for text in (repr(config), str(config), config.redacted_url() or ""):
             assert "s3cret" not in text
             assert "password=***" in text
+
+
+SENTINEL = {
+    "redis_mode": "sentinel",
+    "redis_url": "redis://mymaster/0",
+    "sentinel_master": "mymaster",
+    "sentinel_addresses": ("127.0.0.1:26379", "[::1]:26380"),
+}
+
+
+class TestDeploymentMode:
+    """redis_mode and the Sentinel settings: consistent or a ConfigurationError."""
+
+    def test_default_is_standalone(self) -> None:
+        """Without redis_mode the L2 is one server, and the cluster bus default is sharded."""
+        config = CacheConfig()
+        assert ("standalone", "sharded") == (config.redis_mode, config.cluster_bus)
+
+    def test_sentinel_settings(self) -> None:
+        """A full Sentinel setting is accepted as given."""
+        config = build(**SENTINEL, sentinel_password="pw")
+        assert ("mymaster", ("127.0.0.1:26379", "[::1]:26380"), {"password": "pw"}) == (
+            config.sentinel_master,
+            config.sentinel_addresses,
+            config.sentinel_credentials(),
+        )
+
+    def test_sentinel_password_is_hidden(self) -> None:
+        """The sentinels' password never shows in repr."""
+        assert "pw-123" not in repr(build(**SENTINEL, sentinel_password="pw-123"))
+
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            ({**SENTINEL, "sentinel_master": None}, "needs sentinel_master"),
+            ({**SENTINEL, "sentinel_addresses": ()}, "needs sentinel_master"),
+            ({**SENTINEL, "sentinel_addresses": ("no-port",)}, "host:port"),
+            ({**SENTINEL, "sentinel_addresses": ("h:99999",)}, "host:port"),
+            ({**SENTINEL, "redis_url": "unix:///tmp/r.sock"}, "redis:// or rediss://"),
+            ({"sentinel_master": "m"}, "only apply with redis_mode='sentinel'"),
+            ({"redis_mode": "cluster", "sentinel_addresses": ("h:1",)}, "only apply"),
+            ({"redis_mode": "cluster", "redis_url": "redis://h:1/3"}, "only database 0"),
+            ({"redis_mode": "cluster", "redis_url": "unix:///tmp/r.sock"}, "redis://"),
+            ({"redis_mode": "replicated"}, "redis_mode"),
+            ({"redis_mode": "cluster", "cluster_bus": "gossip"}, "cluster_bus"),
+        ],
+    )
+    def test_inconsistent_settings_raise(self, fields: dict[str, Any], message: str) -> None:
+        """Contradicting or incomplete deployment settings raise ConfigurationError."""
+        with pytest.raises(ConfigurationError, match=message):
+            build(**fields)
+
+    def test_from_env(self) -> None:
+        """Sentinel addresses come comma separated from the environment."""
+        config = CacheConfig.from_env(
+            {
+                "COHERENT_CACHE_REDIS_MODE": "sentinel",
+                "COHERENT_CACHE_REDIS_URL": "redis://mymaster",
+                "COHERENT_CACHE_SENTINEL_MASTER": "mymaster",
+                "COHERENT_CACHE_SENTINEL_ADDRESSES": "10.0.0.1:26379, 10.0.0.2:26379",
+            }
+        )
+        assert ("sentinel", ("10.0.0.1:26379", "10.0.0.2:26379")) == (
+            config.redis_mode,
+            config.sentinel_addresses,
+        )

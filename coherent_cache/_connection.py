@@ -1,0 +1,263 @@
+"""Where the L2 client and the bus connect, per deployment: standalone, cluster, sentinel.
+
+``redis_mode="standalone"`` keeps the plain clients built in ``l2.py`` and ``bus.py``; this
+module builds the Cluster and Sentinel variants through redis-py's own clients
+(``RedisCluster``, ``Sentinel.master_for``) and decides, for every connection attempt of
+the bus, which node to connect to and which subscribe command to use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import anyio
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, SSLConnection
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+
+from .config import CacheConfig, parse_address
+
+__all__ = ()
+
+L2Client: TypeAlias = Redis | RedisCluster
+"""What `RedisCache` talks to: one server (standalone, Sentinel's current primary) or a
+cluster client that routes each key to its slot's primary."""
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (connects to the primary the sentinels name, follows a failover)
+    with the standalone pool's bounded wait for a free connection."""
+
+
+def _url_kwargs(config: CacheConfig) -> dict[str, Any]:
+    """The URL's connection options (credentials, database, TLS), overridden by the config's."""
+    assert config.redis_url is not None
+    found: dict[str, Any] = dict(parse_url(config.redis_url))
+    if found.pop("connection_class", None) is SSLConnection:
+        found["ssl"] = True
+    found.update(config.credentials())
+    return found
+
+
+def build_client(config: CacheConfig, options: dict[str, Any]) -> L2Client:
+    """The L2 client of a ``cluster`` or ``sentinel`` deployment.
+
+    Args:
+        config: the settings (``redis_mode`` is not ``standalone``).
+        options: the socket timeouts, keepalive, client name and credentials shared with
+            the standalone client.
+    """
+    kwargs = {**_url_kwargs(config), **options}
+    # One immediate retry on a fresh connection, as in standalone mode; the operation
+    # deadline bounds the whole call, redirects and topology refreshes included.
+    retry = Retry(NoBackoff(), 1)
+    if config.redis_mode == "cluster":
+        kwargs.pop("db", None)
+        return RedisCluster(
+            **kwargs,
+            max_connections=config.max_connections,  # per node
+            retry=retry,
+            # Keep serving the healthy shards while a failed one is being failed over.
+            require_full_coverage=False,
+        )
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    sentinel = make_sentinel(config)
+    client: Redis = sentinel.master_for(
+        config.sentinel_master or "",
+        connection_pool_class=_BlockingSentinelPool,
+        max_connections=config.max_connections,
+        timeout=config.operation_timeout,  # wait for a free pooled connection
+        retry=retry,
+        **kwargs,
+    )
+    return client
+
+
+def make_sentinel(config: CacheConfig) -> Sentinel:
+    """A `Sentinel` over ``sentinel_addresses`` whose every query is bounded by the timeouts."""
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": config.operation_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        **config.sentinel_credentials(),
+    }
+    if config.redis_url is not None and config.redis_url.startswith("rediss:"):
+        sentinel_kwargs["ssl"] = True
+    return Sentinel(  # type: ignore[no-untyped-call]
+        [parse_address(address) for address in config.sentinel_addresses],
+        sentinel_kwargs=sentinel_kwargs,
+    )
+
+
+async def close_client(client: L2Client) -> None:
+    """Close ``client`` and, for a Sentinel primary, the connections to the sentinels."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    if isinstance(manager, Sentinel):
+        await manager.aclose()
+
+
+class BusEndpoint:
+    """One server: the URL's host (standalone), connect there, ``SUBSCRIBE``.
+
+    Subclasses pick the node per attempt (cluster, sentinel). `connect` returns a connected
+    connection or raises, closing whatever it opened.
+    """
+
+    subscribe_command: str = "SUBSCRIBE"
+    subscribed_kind: bytes = b"subscribe"
+    message_kind: bytes = b"message"
+    lost_kinds: frozenset[bytes] = frozenset()
+    """Push messages that end the subscription (the server unsubscribed us)."""
+    attempts_per_connect: int = 1
+    """How many connection deadlines one attempt may need (for the subscribe deadline)."""
+
+    def __init__(self, config: CacheConfig, pool: ConnectionPool) -> None:
+        self.config = config
+        self.pool = pool
+        self.address: str | None = None
+        """``host:port`` of the node serving the current subscription."""
+
+    def _open(self, host: str, port: int) -> AbstractConnection:
+        kwargs = {**self.pool.connection_kwargs, "host": host, "port": port}
+        connection: AbstractConnection = self.pool.connection_class(**kwargs)
+        return connection
+
+    async def _connected(self, host: str, port: int) -> AbstractConnection:
+        conn = self._open(host, port)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await conn.disconnect()
+            raise
+        self.address = f"{host}:{port}"
+        return conn
+
+    async def connect(self) -> AbstractConnection:
+        """A connection to the node to subscribe on."""
+        conn: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await conn.disconnect()
+            raise
+        kwargs = self.pool.connection_kwargs
+        self.address = f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return conn
+
+    def failed(self) -> None:
+        """The last attempt or subscription failed: the next attempt may try elsewhere."""
+
+    async def aclose(self) -> None:
+        """Close whatever the endpoint holds besides the subscriber connection."""
+
+
+class SentinelBusEndpoint(BusEndpoint):
+    """Ask the sentinels for the current primary on every attempt, then ``SUBSCRIBE`` there.
+
+    After a failover the old primary's connection drops (or it is demoted); the next
+    attempt asks the sentinels again and lands on the new primary.
+    """
+
+    attempts_per_connect = 2
+
+    def __init__(self, config: CacheConfig, pool: ConnectionPool) -> None:
+        super().__init__(config, pool)
+        self._sentinel = make_sentinel(config)
+
+    async def connect(self) -> AbstractConnection:
+        host, port = await self._sentinel.discover_master(self.config.sentinel_master or "")
+        return await self._connected(str(host), int(port))
+
+    async def aclose(self) -> None:
+        await self._sentinel.aclose()
+
+
+class ClusterBusEndpoint(BusEndpoint):
+    """A cluster node: the channel's slot owner (sharded) or any node (broadcast).
+
+    Every attempt asks a known node for ``CLUSTER SLOTS``, which refreshes the list of
+    nodes to fall back on. Sharded mode then connects to the primary owning the channel's
+    slot and uses ``SSUBSCRIBE``; when the slot moves, the server ends the subscription
+    with an ``sunsubscribe`` push and the next attempt finds the new owner. Broadcast mode
+    subscribes with ``SUBSCRIBE`` on the node it reached (``PUBLISH`` reaches every node
+    through the cluster bus); a failed attempt moves on to the next known node.
+    """
+
+    def __init__(self, config: CacheConfig, pool: ConnectionPool) -> None:
+        super().__init__(config, pool)
+        kwargs = pool.connection_kwargs
+        self._seed = (str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+        self._nodes: list[tuple[str, int]] = [self._seed]
+        self._next = 0
+        self.sharded = config.cluster_bus == "sharded"
+        self.slot = key_slot(config.channel.encode())
+        if self.sharded:
+            self.subscribe_command = "SSUBSCRIBE"
+            self.subscribed_kind = b"ssubscribe"
+            self.message_kind = b"smessage"
+            self.lost_kinds = frozenset({b"sunsubscribe"})
+            self.attempts_per_connect = 2
+
+    async def connect(self) -> AbstractConnection:
+        host, port = self._nodes[self._next % len(self._nodes)]
+        conn = await self._connected(host, port)
+        try:
+            owner = await self._refresh(conn, host)
+            if self.sharded and owner != (host, port):
+                await conn.disconnect()
+                if owner is None:
+                    raise redis_errors.ConnectionError(
+                        f"no node serves slot {self.slot} of the bus channel"
+                    )
+                conn = await self._connected(*owner)
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await conn.disconnect()
+            raise
+        return conn
+
+    async def _refresh(self, conn: AbstractConnection, asked: str) -> tuple[str, int] | None:
+        """Learn the nodes from ``CLUSTER SLOTS``; return the primary of the channel's slot."""
+        await conn.send_command("CLUSTER", "SLOTS")
+        reply = await conn.read_response(timeout=self.config.operation_timeout)
+        primaries: list[tuple[str, int]] = []
+        replicas: list[tuple[str, int]] = []
+        owner = None
+        for entry in reply if isinstance(reply, list) else ():
+            start, end, *nodes = entry
+            for index, node in enumerate(nodes):
+                raw_host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+                address = (raw_host if raw_host and raw_host != "?" else asked, int(node[1]))
+                group = primaries if index == 0 else replicas
+                if address not in group:
+                    group.append(address)
+                if index == 0 and int(start) <= self.slot <= int(end):
+                    owner = address
+        known = [*primaries, *replicas]
+        if self._seed not in known:
+            known.append(self._seed)
+        self._nodes = known
+        self._next = 0
+        return owner
+
+    def failed(self) -> None:
+        self._next += 1
+
+
+def bus_endpoint(config: CacheConfig, pool: ConnectionPool) -> BusEndpoint:
+    """The endpoint for ``config.redis_mode``; ``pool`` carries the connection options."""
+    if config.redis_mode == "cluster":
+        return ClusterBusEndpoint(config, pool)
+    if config.redis_mode == "sentinel":
+        return SentinelBusEndpoint(config, pool)
+    return BusEndpoint(config, pool)
