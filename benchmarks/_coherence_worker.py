@@ -154,10 +154,10 @@ class CacheRole:
 
         bus._on_message = probe_deliver
         multi = cache.multi_tier
-        drop: Callable[[str], None] = multi.invalidate_local
+        drop: Callable[..., None] = multi.invalidate_local
 
-        def probe_drop(key: str) -> None:
-            drop(key)
+        def probe_drop(key: str, **options: Any) -> None:
+            drop(key, **options)
             self.dropped_at = time.monotonic()
             if self.watch is not None and self.watch[0] == key:
                 self.watch[1].set()
