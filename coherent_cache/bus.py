@@ -9,7 +9,9 @@ One JSON object per ``PUBLISH`` on ``<namespace>:invalidate``::
 ``v`` and ``op`` are required, plus ``keys`` (a non-empty list of keys) for ``delete`` and
 ``pattern`` for ``clear_pattern``. ``origin``, ``ts`` (milliseconds since the epoch) and
 ``traceparent`` (W3C) are optional. Keys and patterns carry no namespace prefix. Unknown
-fields are ignored; anything else is malformed and dropped by receivers.
+fields are ignored; anything else is malformed and dropped by receivers. With
+``bus_signing_keys`` set, messages end with an HMAC field ``"sig"`` (see `_signing`) and
+receivers drop messages without a valid one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from . import _signing
 from ._connection import bus_endpoint
 from .config import CacheConfig
 from .errors import (
@@ -263,6 +266,7 @@ class BusStats(TypedDict):
     applied: int
     own_skipped: int
     dropped: int
+    unauthenticated: int
     losses: int
     recoveries: int
     connect_attempts: int
@@ -331,6 +335,7 @@ class InvalidationBus:
             retry=Retry(NoBackoff(), 0),
             client_name=f"coherent_cache:{config.namespace}:bus",
             **config.credentials(),
+            **config.tls_options(),
         )
         self._endpoint = bus_endpoint(config, self._pool)
         self.connected = False
@@ -338,6 +343,11 @@ class InvalidationBus:
         self._applied = 0
         self._own = 0
         self._dropped = 0
+        self._unauthenticated = 0
+        self._signing_keys = config.signing_keys()
+        self._max_age_ms = (
+            None if config.bus_signature_max_age is None else config.bus_signature_max_age * 1000
+        )
         self._losses = 0
         self._recoveries = 0
         self._attempts = 0
@@ -358,6 +368,7 @@ class InvalidationBus:
             "applied": self._applied,
             "own_skipped": self._own,
             "dropped": self._dropped,
+            "unauthenticated": self._unauthenticated,
             "losses": self._losses,
             "recoveries": self._recoveries,
             "connect_attempts": self._attempts,
@@ -520,17 +531,35 @@ class InvalidationBus:
             return  # pong, subscribe confirmations
         self._received += 1
         data = reply[2]
+        if self._signing_keys and len(data) <= self.config.max_bus_message_size:
+            refused = _signing.verify(data, self.channel, self._signing_keys)
+            if refused is not None:
+                self._refuse(refused)
+                return
         try:
             message = BusMessage.decode(data, max_size=self.config.max_bus_message_size)
         except MalformedMessageError as exc:
             self._dropped += 1
             self.log.warning("bus_message_dropped", channel=self.channel, reason=exc.reason)
             return
+        if self._max_age_ms is not None and (
+            message.ts is None or abs(now_ms() - message.ts) > self._max_age_ms
+        ):
+            self._refuse("ts outside bus_signature_max_age", origin=message.origin)
+            return
         if message.origin == self.origin:
             self._own += 1
             return
         self._applied += 1
         self._on_message(message)
+
+    def _refuse(self, reason: str, *, origin: str | None = None) -> None:
+        """Drop a message that signing rejects; count it and say why (never the key)."""
+        self._dropped += 1
+        self._unauthenticated += 1
+        self.log.warning(
+            "bus_message_unauthenticated", channel=self.channel, reason=reason, origin=origin
+        )
 
 
 @final
@@ -543,7 +572,8 @@ class InvalidationPublisher:
     must be visible to the caller. Every Redis call is bounded by ``operation_timeout``.
 
     Messages are built and checked before anything is sent, so an invalid key or pattern
-    raises and changes nothing. A delete of many keys goes out as several messages, each
+    raises and changes nothing. With ``bus_signing_keys`` in ``config``, every message is
+    signed with the first key. A delete of many keys goes out as several messages, each
     at most ``max_bus_message_size`` bytes and `MAX_KEYS_PER_MESSAGE` keys (receivers
     drop larger messages); the L2 keys of each message are unlinked right before it is
     published.
@@ -609,6 +639,10 @@ class InvalidationPublisher:
         self.origin = origin or make_origin(config.origin_prefix)
         self._l2 = RedisCache(config)
         self._closed = False
+        # Messages are signed on the way out (RedisCache.publish) when keys are set.
+        self._max_body = config.max_bus_message_size - (
+            _signing.OVERHEAD if config.bus_signing_keys else 0
+        )
 
     def __repr__(self) -> str:
         return (
@@ -646,10 +680,10 @@ class InvalidationPublisher:
                 f"the bus message cannot be encoded as JSON ({exc})", key=message.pattern
             ) from None
         limit = self.config.max_bus_message_size
-        if len(data) > limit:
+        if len(data) > self._max_body:
             raise InvalidKeyError(
-                f"the bus message would be {len(data)} bytes, over max_bus_message_size="
-                f"{limit}: receivers would drop it",
+                f"the bus message would be {len(data) + limit - self._max_body} bytes, over "
+                f"max_bus_message_size={limit}: receivers would drop it",
                 key=message.pattern,
             )
         return data
@@ -663,9 +697,7 @@ class InvalidationPublisher:
             CacheClosedError: the publisher was closed.
         """
         self._check_open()
-        messages = BusMessage.delete_batches(
-            keys, origin=self.origin, max_size=self.config.max_bus_message_size
-        )
+        messages = BusMessage.delete_batches(keys, origin=self.origin, max_size=self._max_body)
         encoded = [(message.keys, self._encode(message)) for message in messages]
         receivers = 0
         for batch, data in encoded:
@@ -716,5 +748,5 @@ class InvalidationPublisher:
             data = message.encode()
         except orjson.JSONEncodeError as exc:
             raise MalformedMessageError(f"not encodable as JSON ({exc})") from None
-        BusMessage.decode(data, max_size=self.config.max_bus_message_size)
+        BusMessage.decode(data, max_size=self._max_body)
         return await self._l2.publish(self.channel, data)

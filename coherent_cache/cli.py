@@ -16,7 +16,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -26,6 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from . import _signing
 from ._demo_instance import DemoInstance, DemoInstanceError, log_to_stderr
 from .bus import BusMessage, InvalidationPublisher, make_origin
 from .config import ENV_PREFIX, CacheConfig
@@ -323,12 +323,8 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CacheC
 
 def _scrub(text: str, config: CacheConfig) -> str:
     """``text`` without the configured passwords (error details may quote the URL)."""
-    secrets = [urlsplit(config.redis_url or "").password]
-    if config.redis_password is not None:
-        secrets.append(config.redis_password.get_secret_value())
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    for secret in config.secrets():
+        text = text.replace(secret, "***")
     return text
 
 
@@ -377,9 +373,19 @@ def _run_invalidate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe(data: bytes, max_size: int) -> dict[str, Any]:
-    """The JSON object ``watch`` prints for one bus message."""
+def _describe(data: bytes, config: CacheConfig) -> dict[str, Any]:
+    """The JSON object ``watch`` prints for one bus message.
+
+    With ``bus_signing_keys`` configured, a message without a valid signature is shown
+    as invalid, as the caches would drop it.
+    """
+    max_size = config.max_bus_message_size
     try:
+        keys = config.signing_keys()
+        if keys and len(data) <= max_size:
+            refused = _signing.verify(data, config.channel, keys)
+            if refused is not None:
+                raise MalformedMessageError(refused)
         message = BusMessage.decode(data, max_size=max_size)
     except MalformedMessageError as exc:
         raw = data.decode("utf-8", "replace")
@@ -416,6 +422,7 @@ async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
         retry=Retry(NoBackoff(), 0),
         client_name=f"coherent_cache:{config.namespace}:watch",
         **config.credentials(),
+        **config.tls_options(),
     )
     pubsub = client.pubsub()
     channel = config.channel
@@ -435,7 +442,7 @@ async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
                 reply = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if reply is None or reply["type"] != "message":
                     continue
-                _emit(_describe(reply["data"], config.max_bus_message_size))
+                _emit(_describe(reply["data"], config))
                 seen += 1
     except (TimeoutError, redis_errors.RedisError, OSError) as exc:
         detail = _scrub(str(exc) or type(exc).__name__, config)

@@ -31,6 +31,16 @@ _NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _URL_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _COMPRESSION_MODULES = {"zlib": "zlib", "zstd": "zstandard", "lz4": "lz4.frame"}
 _NONE_WORDS = frozenset({"", "none", "null"})
+_TLS_FIELDS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+_SECRET_FIELDS = frozenset({"redis_password", "ssl_password", "bus_signing_keys"})
+_MIN_SIGNING_KEY = 16
 
 
 class CacheStrategy(enum.StrEnum):
@@ -134,9 +144,27 @@ class CacheConfig(BaseModel):
     relayed to every node by the cluster bus, subscribers on any node. See
     docs/architecture.md for the measured difference."""
     redis_username: str | None = None
-    """ACL user name; overrides the one in ``redis_url``."""
+    """ACL user name, for a ``redis_url`` without one (both at once is an error). See
+    docs/security.md for the least-privilege ACL line."""
     redis_password: SecretStr | None = None
-    """Password; overrides the one in ``redis_url``. Never shown in repr, logs or stats."""
+    """Password, for a ``redis_url`` without one (both at once is an error). Never shown in
+    repr, logs or stats."""
+    ssl_ca_certs: str | None = None
+    """TLS (``rediss://`` only): CA bundle file that verifies the server's certificate;
+    the system's trusted CAs when ``None``."""
+    ssl_certfile: str | None = None
+    """TLS: client certificate file (PEM), for servers that require one
+    (``tls-auth-clients yes``)."""
+    ssl_keyfile: str | None = None
+    """TLS: private key file (PEM) of ``ssl_certfile``; ``None`` when the key is inside
+    ``ssl_certfile``."""
+    ssl_password: SecretStr | None = None
+    """TLS: password of an encrypted ``ssl_keyfile``. Never shown in repr, logs or stats."""
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    """TLS: verification of the server's certificate. ``none`` accepts any certificate
+    (encryption without authentication: only for tests)."""
+    ssl_check_hostname: bool = True
+    """TLS: check that the server's certificate names the host of ``redis_url``."""
     namespace: str = "cache"
     """Prefix of every Redis key (``<namespace>:<key>``); letters, digits, ``_ . -`` only."""
 
@@ -170,7 +198,9 @@ class CacheConfig(BaseModel):
     default_ttl: float | None = Field(default=3600, gt=0)
     """TTL in seconds of entries written without an explicit ``ttl``; ``None``: no expiry."""
     max_value_size: int = Field(default=8 * 1024 * 1024, ge=1)
-    """Largest encoded (and compressed) value in bytes; larger writes raise."""
+    """Largest encoded (and compressed) value in bytes: a larger write raises
+    `ValueTooLargeError` and writes nothing; a larger payload read from Redis is a counted
+    miss (``rejected_payloads``)."""
 
     operation_timeout: float = Field(default=0.5, gt=0)
     """Deadline in seconds of one Redis call."""
@@ -197,6 +227,15 @@ class CacheConfig(BaseModel):
     """Longest wait in seconds between reconnect attempts of background connections."""
     max_bus_message_size: int = Field(default=1024 * 1024, ge=256)
     """Bus messages larger than this many bytes are dropped and counted."""
+    bus_signing_keys: tuple[SecretStr, ...] = ()
+    """Shared secrets (at least 16 bytes each) for HMAC-SHA256 signing of bus messages.
+    When set, messages are signed with the first key, and messages that are unsigned or
+    not signed by any of the keys are dropped and counted (list the old key second while
+    rotating). From the environment: comma-separated. See docs/security.md."""
+    bus_signature_max_age: float | None = Field(default=None, gt=0)
+    """With signing on: drop signed messages whose ``ts`` is missing or further than this
+    many seconds from this host's clock (limits replays; needs synchronised clocks);
+    ``None``: no age check."""
     l1_mailbox_size: int = Field(default=1024, ge=1)
     """Remote invalidations queued for the L1 actor; when full, L1 is flushed instead."""
     origin_prefix: str | None = None
@@ -250,6 +289,75 @@ class CacheConfig(BaseModel):
         if db and not db.isdigit():
             raise ValueError(f"the database in the URL path must be a number, got {db!r}")
         return value
+
+    @field_validator("bus_signing_keys", mode="before")
+    @classmethod
+    def _split_signing_keys(cls, value: object) -> object:
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("bus_signing_keys")
+    @classmethod
+    def _check_signing_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in value:
+            if len(key.get_secret_value().encode("utf-8", "surrogatepass")) < _MIN_SIGNING_KEY:
+                raise ValueError(
+                    f"every signing key must be at least {_MIN_SIGNING_KEY} bytes "
+                    "(use e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+                )
+        return value
+
+    @field_validator("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _check_file(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError("no such file (or not a regular file)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Self:
+        scheme = urlsplit(self.redis_url).scheme if self.redis_url else None
+        tls_set = [
+            name
+            for name in _TLS_FIELDS
+            if getattr(self, name) != type(self).model_fields[name].default
+        ]
+        if tls_set and scheme != "rediss":
+            raise ConfigurationError(
+                f"{', '.join(tls_set)} need a rediss:// redis_url (TLS); "
+                f"got {'no URL' if scheme is None else scheme + '://'}",
+                field=tls_set[0],
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigurationError(
+                "ssl_keyfile needs ssl_certfile (the certificate of that key)",
+                field="ssl_keyfile",
+            )
+        if self.ssl_password is not None and self.ssl_certfile is None:
+            raise ConfigurationError(
+                "ssl_password needs ssl_certfile/ssl_keyfile (it decrypts the key)",
+                field="ssl_password",
+            )
+        if self.redis_url is not None:
+            try:
+                parts = urlsplit(self.redis_url)
+                url_user, url_password = parts.username, parts.password
+            except ValueError:  # pragma: no cover - _check_url parsed it already
+                url_user = url_password = None
+            # redis-py lets the URL win; silently ignoring a setting would be worse.
+            if self.redis_password is not None and url_password:
+                raise ConfigurationError(
+                    "redis_password is set and redis_url has a password too: pass one of them",
+                    field="redis_password",
+                )
+            if self.redis_username is not None and url_user:
+                raise ConfigurationError(
+                    "redis_username is set and redis_url has a user name too: pass one of them",
+                    field="redis_username",
+                )
+        return self
 
     @field_validator("invalidation_channel")
     @classmethod
@@ -374,6 +482,36 @@ class CacheConfig(BaseModel):
             found["password"] = self.redis_password.get_secret_value()
         return found
 
+    def tls_options(self) -> dict[str, Any]:
+        """The ``ssl_*`` keyword arguments for redis-py; empty unless ``redis_url`` is
+        ``rediss://`` (``ssl_*`` options in the URL's query string win over these)."""
+        if self.redis_url is None or urlsplit(self.redis_url).scheme != "rediss":
+            return {}
+        found: dict[str, Any] = {
+            "ssl_cert_reqs": self.ssl_cert_reqs,
+            "ssl_check_hostname": self.ssl_check_hostname and self.ssl_cert_reqs != "none",
+        }
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                found[name] = value
+        if self.ssl_password is not None:
+            found["ssl_password"] = self.ssl_password.get_secret_value()
+        return found
+
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The ``bus_signing_keys`` as bytes (the first one signs)."""
+        return tuple(
+            k.get_secret_value().encode("utf-8", "surrogatepass") for k in self.bus_signing_keys
+        )
+
+    def secrets(self) -> list[str]:
+        """Every secret this config holds (passwords, signing keys), to scrub from text."""
+        held = (self.redis_password, self.ssl_password, *self.bus_signing_keys)
+        found = [urlsplit(self.redis_url or "").password or ""]
+        found.extend(secret.get_secret_value() for secret in held if secret is not None)
+        return [s for s in found if s]
+
     def redacted_url(self) -> str | None:
         """``redis_url`` with its password (if any) replaced by ``***``."""
         return None if self.redis_url is None else _mask_url(self.redis_url)
@@ -439,8 +577,17 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
     for err in errors:
         name = ".".join(str(part) for part in err.get("loc", ())) or "config"
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        cause = err.get("ctx", {}).get("error")
+        if not err.get("loc") and isinstance(cause, ConfigurationError):
+            # A check across fields: its input is the whole config, secrets included.
+            field = field or cause.field
+            lines.append(str(cause))
+            continue
         value = err.get("input")
         if name == "redis_url" and isinstance(value, str):
             value = _mask_url(value)
+        if name.split(".")[0] in _SECRET_FIELDS:
+            lines.append(f"{name}: {msg}")  # never quote a secret
+            continue
         lines.append(f"{name}: {msg} (got {value!r})")
     return ConfigurationError("invalid CacheConfig: " + "; ".join(lines), field=field)

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import _connection, _telemetry
+from . import _connection, _signing, _telemetry
 from ._breaker import BreakerState, CircuitBreaker
 from .config import CacheConfig
 from .errors import (
@@ -191,6 +191,14 @@ class RedisCache:
         self._prune_due: set[str] = set()
         self._prune_at: dict[str, int] = {}
         self._prune_wakeup = anyio.Event()
+        keys = config.signing_keys()
+        self._signing_key = keys[0] if keys else None
+
+    def _signed(self, channel: str, message: bytes) -> bytes:
+        """``message`` with its HMAC appended when ``bus_signing_keys`` is set."""
+        if self._signing_key is None:
+            return message
+        return _signing.sign(message, channel, self._signing_key)
 
     @property
     def client(self) -> _connection.L2Client:
@@ -306,6 +314,16 @@ class RedisCache:
         if not isinstance(payload, bytes):  # only with decode_responses=True clients
             self._rejected += 1
             self.log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason="not bytes")
+            return None
+        if len(payload) > self.config.max_value_size:
+            # Not written by a well-configured instance: someone else wrote it, or this
+            # instance's limit is lower than the writer's. Decoding it could cost a lot.
+            self._rejected += 1
+            self.log.warning(
+                "l2_payload_rejected",
+                key_prefix=_key_prefix(key),
+                reason=f"{len(payload)} bytes, over max_value_size={self.config.max_value_size}",
+            )
             return None
         try:
             return self.serializer.deserialize_entry(payload)
@@ -449,6 +467,8 @@ class RedisCache:
         """
         name = redis_key(self.namespace, key)
         px = _ttl_ms(ttl)
+        if notify is not None:
+            notify = self._signed(self.config.channel, notify)
 
         async def call() -> Any:
             if notify is None and not tags:
@@ -679,6 +699,8 @@ class RedisCache:
         """
         validate_key(key)
         name = redis_key(self.namespace, key)
+        if notify is not None:
+            notify = self._signed(self.config.channel, notify)
 
         async def call() -> Any:
             if notify is None:
@@ -712,9 +734,13 @@ class RedisCache:
     async def publish(self, channel: str, message: bytes) -> int:
         """PUBLISH ``message`` on ``channel``; return how many subscribers received it.
 
+        With ``bus_signing_keys``, the message is signed first (as are the ``notify``
+        messages of `set_payload` and `delete`).
+
         Raises:
             BackendError: Redis failed, timed out, or the breaker is open.
         """
+        message = self._signed(channel, message)
         receivers = await self._call(self._publish_command, lambda: self._publish(channel, message))
         self.published += 1
         return receivers
@@ -869,6 +895,7 @@ def _client_from_config(config: CacheConfig) -> _connection.L2Client:
         "socket_keepalive": True,
         "client_name": f"coherent_cache:{config.namespace}",
         **config.credentials(),
+        **config.tls_options(),
     }
     if config.redis_mode != "standalone":
         return _connection.build_client(config, options)

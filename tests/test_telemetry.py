@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from pydantic import SecretStr
 
 from coherent_cache import CacheConfig, CacheManager, CacheTier, InvalidKeyError
 from coherent_cache._telemetry import (
@@ -461,12 +462,18 @@ class TestSecrets:
         tracer_provider: TracerProvider,
         exporter: InMemorySpanExporter,
     ) -> None:
-        """Right password, wrong password (containing it), server down: "s3cret" appears
-        in no log line, stats, health, repr or span attribute."""
+        """Right password, wrong password (containing it), server down: "s3cret" (in the
+        password and the bus signing key) appears in no log line, stats, health, repr or
+        span attribute."""
         port = {"right": auth_server.port, "wrong": auth_server.port, "down": free_port()}[case]
         password = "s3cret-but-wrong" if case == "wrong" else "s3cret"
         url = f"redis://:{password}@127.0.0.1:{port}/0"
-        config = CacheConfig(redis_url=url, namespace=namespace, connect_timeout=0.5)
+        config = CacheConfig(
+            redis_url=url,
+            namespace=namespace,
+            connect_timeout=0.5,
+            bus_signing_keys=(SecretStr("s3cret-bus-signing-key"),),
+        )
         seen: list[str] = []
         with structlog.testing.capture_logs() as logs:
             cache = CacheManager(config, tracer_provider=tracer_provider)
