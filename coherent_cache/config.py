@@ -577,11 +577,14 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
     for err in errors:
         name = ".".join(str(part) for part in err.get("loc", ())) or "config"
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        cause = err.get("ctx", {}).get("error")
-        if not err.get("loc") and isinstance(cause, ConfigurationError):
+        if not err.get("loc"):
             # A check across fields: its input is the whole config, secrets included.
-            field = field or cause.field
-            lines.append(str(cause))
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, ConfigurationError):
+                field = field or cause.field
+                lines.append(str(cause))
+            else:
+                lines.append(msg)
             continue
         value = err.get("input")
         if name == "redis_url" and isinstance(value, str):

@@ -430,3 +430,29 @@ class TestSizeLimits:
     def test_key_limit_documented(self) -> None:
         """docs/security.md states the key limit that validate_key enforces."""
         assert re.search(r"1024 bytes", SECURITY_DOC)
+
+
+class TestSecretsInErrors:
+    """ConfigurationError messages never quote a secret, whatever check fails."""
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"sentinel_master": "m"},  # a check across fields (its input: the whole config)
+            {"ssl_cert_reqs": "none"},  # TLS option on a redis:// URL
+            {"redis_password": SecretStr("pw-field-s3cret")},  # password in URL and field
+            {"namespace": "a:b"},  # a plain field error next to the secrets
+            {"bus_signing_keys": "s3cret-but-too-short"[:12]},
+        ],
+    )
+    def test_no_secret_in_message(self, fields: dict[str, Any]) -> None:
+        """Secrets in the URL, redis_password, ssl_password and bus_signing_keys stay out of
+        the message of any ConfigurationError."""
+        base: dict[str, Any] = {
+            "redis_url": "redis://:url-s3cret@127.0.0.1:6379/0",
+            "bus_signing_keys": (SecretStr("signing-s3cret-0123456789"),),
+        }
+        with pytest.raises(ConfigurationError) as info:
+            CacheConfig(**{**base, **fields})
+        assert "s3cret" not in str(info.value)
+        assert "s3cret" not in repr(info.value.args)
