@@ -233,16 +233,19 @@ class ClusterBusEndpoint(BusEndpoint):
         primaries: list[tuple[str, int]] = []
         replicas: list[tuple[str, int]] = []
         owner = None
-        for entry in reply if isinstance(reply, list) else ():
-            start, end, *nodes = entry
-            for index, node in enumerate(nodes):
-                raw_host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
-                address = (raw_host if raw_host and raw_host != "?" else asked, int(node[1]))
-                group = primaries if index == 0 else replicas
-                if address not in group:
-                    group.append(address)
-                if index == 0 and int(start) <= self.slot <= int(end):
-                    owner = address
+        try:
+            for entry in reply:
+                start, end, *nodes = entry
+                for index, node in enumerate(nodes):
+                    raw_host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+                    address = (raw_host if raw_host and raw_host != "?" else asked, int(node[1]))
+                    group = primaries if index == 0 else replicas
+                    if address not in group:
+                        group.append(address)
+                    if index == 0 and int(start) <= self.slot <= int(end):
+                        owner = address
+        except (TypeError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise redis_errors.InvalidResponse(f"unexpected CLUSTER SLOTS reply: {exc}") from None
         known = [*primaries, *replicas]
         if self._seed not in known:
             known.append(self._seed)

@@ -216,7 +216,7 @@ class RedisCache:
         try:
             with anyio.fail_after(self.config.connect_timeout + self._timeout):
                 await self._client.ping()
-        except (TimeoutError, redis_errors.RedisError, OSError) as exc:
+        except (TimeoutError, redis_errors.RedisError, *_UNAVAILABLE) as exc:
             self._errors += 1
             self.connected = False
             self._breaker.trip()

@@ -26,7 +26,11 @@ MODES = [
     pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
     pytest.param("sentinel", id="sentinel", marks=pytest.mark.sentinel),
 ]
-FAST = {"bus_health_check_interval": 0.2, "operation_timeout": 0.3, "connect_timeout": 0.5}
+FAST: dict[str, Any] = {
+    "bus_health_check_interval": 0.2,
+    "operation_timeout": 0.3,
+    "connect_timeout": 0.5,
+}
 """Timeouts that notice a lost node within a second (tests only)."""
 
 
