@@ -89,7 +89,8 @@ def make_sentinel(config: CacheConfig) -> Sentinel:
         **config.sentinel_credentials(),
     }
     if config.redis_url is not None and config.redis_url.startswith("rediss:"):
-        sentinel_kwargs["ssl"] = True
+        # A rediss:// deployment talks TLS to its sentinels too, with the same settings.
+        sentinel_kwargs.update(ssl=True, **config.tls_options())
     return Sentinel(  # type: ignore[no-untyped-call]
         [parse_address(address) for address in config.sentinel_addresses],
         sentinel_kwargs=sentinel_kwargs,
