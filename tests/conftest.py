@@ -149,3 +149,11 @@ async def eventually(
     except TimeoutError:
         wanted = "a true value" if expect is _TRUTHY else repr(expect)
         raise AssertionError(f"waited {within}s for {wanted}, last saw {last!r}") from None
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which kind of TLS endpoint the TLS tests ran against (tests/tls.py)."""
+    from .tls import ENDPOINTS
+
+    for kind in dict.fromkeys(ENDPOINTS):
+        terminalreporter.write_line(f"TLS tests ran against: {kind}")
