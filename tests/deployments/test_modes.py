@@ -7,6 +7,7 @@ coherence is checked between two OS processes (`tests.worker`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,11 +15,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from coherent_cache import CacheManager, CacheTier, InvalidationPublisher
+from coherent_cache import CacheConfig, CacheManager, CacheTier, InvalidationPublisher
 
 from ..conftest import eventually
 from ..multiproc import MISSING, Worker
 from .conftest import FAST, Target
+from .harness import ValkeyCluster, command
 
 Factory = Callable[..., Any]
 KEYS = [f"user:{i}" for i in range(40)]  # spread over many slots (and every primary)
@@ -222,3 +224,61 @@ class TestCoherenceAcrossProcesses:
         for worker in (a, b):
             assert None is not await worker.call("wait_gone", key="pub:1", within=5)
             assert MISSING == await worker.call("get", key="pub:1")
+
+
+OPERATIONS_DOC = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+
+
+def cluster_acl_line(namespace: str, password: str) -> list[str]:
+    """The cluster ACL line of docs/operations.md, for ``namespace`` and ``password``."""
+    lines = [
+        line
+        for line in OPERATIONS_DOC.splitlines()
+        if line.startswith("ACL SETUSER myapp ") and "+spublish" in line
+    ]
+    assert 1 == len(lines), "docs/operations.md must show the cluster ACL line once"
+    return [
+        part.replace(">app-password", ">" + password)
+        for part in lines[0].replace("myapp", namespace).split()
+    ]
+
+
+@pytest.mark.cluster
+class TestClusterAcl:
+    async def test_library_works_under_the_documented_cluster_user(
+        self, valkey_cluster: ValkeyCluster, namespace: str
+    ) -> None:
+        """With the documented least-privilege user on every node, reads, writes, tags,
+        the lock, pattern clears and the sharded bus all work, and no node refused a
+        command (every ACL LOG stays empty)."""
+        password = "app-s3cret-pw"
+        for node in valkey_cluster.nodes:
+            assert command(node.port, *cluster_acl_line(namespace, password)) == b"+OK\r\n"
+            assert command(node.port, "ACL", "LOG", "RESET") == b"+OK\r\n"
+        url = f"redis://{namespace}:{password}@127.0.0.1:{valkey_cluster.nodes[0].port}"
+        config = CacheConfig(
+            redis_mode="cluster", redis_url=url, namespace=namespace, lock_lease=1.0, **FAST
+        )
+        try:
+            async with CacheManager(config) as a, CacheManager(config) as b:
+                assert "healthy" == (await a.health())["status"]
+                for key in KEYS[:10]:
+                    assert await a.set(key, 1, ttl=60, tags=["t"])
+                assert 1 == await b.get(KEYS[0])
+                await a.set(KEYS[0], 2)
+                await eventually(lambda: b.l1.peek(KEYS[0], "gone"), expect="gone")
+
+                async def load() -> str:
+                    return "loaded"
+
+                assert "loaded" == await a.get_or_set("locked", load, lock=True)
+                assert 10 == await a.invalidate_tags("t")
+                await a.set("p:1", 1)
+                assert 1 == await a.clear_pattern("p:*")
+                assert 1 <= await a.clear()
+            assert [b"*0\r\n"] * len(valkey_cluster.nodes) == [
+                command(node.port, "ACL", "LOG") for node in valkey_cluster.nodes
+            ]
+        finally:
+            for node in valkey_cluster.nodes:
+                command(node.port, "ACL", "DELUSER", namespace)
