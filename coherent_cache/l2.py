@@ -164,6 +164,11 @@ class RedisCache:
         self._client = client if client is not None else _client_from_config(config)
         self._timeout = config.operation_timeout
         self._cluster = isinstance(self._client, RedisCluster)
+        # RedisCluster's per-node pools raise MaxConnectionsError when full instead of
+        # waiting (which would count as an outage and open the breaker): callers beyond
+        # max_connections wait here instead, within the operation deadline, as they do
+        # for a connection of the standalone BlockingConnectionPool.
+        self._slots = anyio.Semaphore(config.max_connections) if self._cluster else None
         # In a cluster, PUBLISH cannot ride in a pipeline (the pipeline sends to several
         # nodes at once, so the message could overtake the write it announces): it goes
         # out once the write has returned. Sharded mode publishes on the channel's slot.
@@ -265,7 +270,11 @@ class RedisCache:
         started = time.perf_counter_ns()
         try:
             with anyio.fail_after(self._timeout):
-                result = await func()
+                if self._slots is None:
+                    result = await func()
+                else:
+                    async with self._slots:
+                        result = await func()
         except TimeoutError as exc:
             self._timeouts += 1
             self._record_failure(op, exc, probe)

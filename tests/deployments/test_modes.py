@@ -164,6 +164,31 @@ class TestCore:
         assert len(KEYS) == result.written
         assert KEYS == [await reader.get(key, CacheTier.L2) for key in KEYS]
 
+    async def test_burst_beyond_the_pool_waits_instead_of_failing(
+        self, make_manager: Factory
+    ) -> None:
+        """300 concurrent L2 reads with max_connections=4 all succeed: callers wait for a
+        connection (within the operation deadline) instead of failing and opening the
+        breaker (RedisCluster's per-node pools raise when full; the cache waits)."""
+        cache: CacheManager = await make_manager(operation_timeout=5.0, max_connections=4)
+        for key in KEYS:
+            await cache.set(key, key, ttl=60)
+        found: list[Any] = []
+
+        async def read(key: str) -> None:
+            found.append(await cache.get(key, CacheTier.L2))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(300):
+                tg.start_soon(read, KEYS[i % len(KEYS)])
+        stats = (await cache.get_stats())["l2_cache"]
+        assert (300, 0, 0, "closed") == (
+            sum(1 for value in found if value in KEYS),
+            stats["errors"],
+            stats["short_circuited"],
+            stats["breaker"],
+        )
+
     async def test_health_and_stats(self, make_manager: Factory) -> None:
         """A started manager is healthy, connected, subscribed."""
         cache: CacheManager = await make_manager()
