@@ -207,7 +207,8 @@ class CacheConfig(BaseModel):
     connect_timeout: float = Field(default=1.0, gt=0)
     """Deadline in seconds to open a Redis connection (and of ``start()``'s first PING)."""
     max_connections: int = Field(default=64, ge=1)
-    """Size of the Redis connection pool of each instance."""
+    """Size of the Redis connection pool of each instance (in cluster mode: of each node's
+    pool, and at most this many calls in flight; more wait within ``operation_timeout``)."""
     circuit_breaker_threshold: int = Field(default=3, ge=1)
     """Consecutive failed Redis calls that open the circuit breaker."""
     circuit_breaker_cooldown: float = Field(default=5.0, gt=0, le=60)
