@@ -91,6 +91,21 @@ else
 end
 return redis.call('SCARD', KEYS[1])
 """
+# Taking the lock is idempotent per token: a retry after a timed-out attempt that did
+# reach the server finds its own token and holds the lock, instead of waiting out a lease
+# that nobody renews.
+_LOCK_ACQUIRE: Final = """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
 _LOCK_RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -116,6 +131,11 @@ _UNAVAILABLE: Final = (
     redis_errors.TryAgainError,
     OSError,
 )
+
+
+def _lease_ms(lease: float) -> int:
+    """A lock lease in whole milliseconds, at least 1."""
+    return max(1, math.ceil(lease * 1000))
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -605,23 +625,25 @@ class RedisCache:
     # -- cross-instance lease lock -----------------------------------------------------------
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
-        """Take the lease lock of ``key`` for ``lease`` seconds if nobody holds it.
+        """Take the lease lock of ``key`` for ``lease`` seconds if nobody else holds it.
+
+        Idempotent per ``token``: if an earlier attempt with the same token reached the
+        server (its reply timed out), this one finds the token and holds the lock.
 
         Raises:
             BackendError: Redis failed.
         """
         name = redis_lock_key(self.namespace, key)
         result = await self._call(
-            "SET NX", lambda: self._client.set(name, token, nx=True, px=_ttl_ms(lease))
+            "LOCK", lambda: self._client.eval(_LOCK_ACQUIRE, 1, name, token, _lease_ms(lease))
         )
         return bool(result)
 
     async def renew_lock(self, key: str, token: str, lease: float) -> bool:
         """Extend our lease of ``key``'s lock; ``False`` if it is no longer ours."""
         name = redis_lock_key(self.namespace, key)
-        lease_ms = max(1, math.ceil(lease * 1000))
         result = await self._call(
-            "RENEW", lambda: self._client.eval(_LOCK_RENEW, 1, name, token, lease_ms)
+            "RENEW", lambda: self._client.eval(_LOCK_RENEW, 1, name, token, _lease_ms(lease))
         )
         return bool(result)
 

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from . import _telemetry
 from . import decorators as _decorators
+from ._breaker import BreakerState
 from ._supervisor import Supervisor, TaskInfo
 from ._telemetry import LatencyStats, Telemetry
 from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
@@ -588,9 +589,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
           loader runs in the manager's task group, so a cancelled caller does not cancel it
           for the others.
         - **lock=True** (``None``: off): the loader also runs at most once across instances,
-          under a Redis lease lock (``SET NX PX`` with a random token, renewed while the
-          loader runs, released by compare-and-delete). Other instances poll for the value
-          for up to ``lock_timeout`` seconds, then load anyway.
+          under a Redis lease lock (set-if-absent with a random token, in Lua so a retry
+          after a timed-out reply finds its own token; renewed while the loader runs,
+          released by compare-and-delete). Other instances poll for the value for up to
+          ``lock_timeout`` seconds, then load anyway. A timed-out lock call is retried
+          while the circuit breaker is closed; once it opens, the loader runs unlocked.
         - **stale_ttl**: after ``ttl``, the entry is kept ``stale_ttl`` seconds more. A stale
           hit returns the stale value at once and refreshes it in the background
           (stale-while-revalidate); with ``loader_timeout``, the caller waits up to that
@@ -785,7 +788,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             try:
                 acquired = await l2.try_lock(key, token, cfg.lock_lease)
             except BackendError:
-                return await self._call_and_store(key, loader, opts, fill)  # no Redis, no lock
+                if l2.breaker_state is not BreakerState.CLOSED or self._timer() >= deadline:
+                    return await self._call_and_store(key, loader, opts, fill)  # no Redis, no lock
+                # One slow reply is not an outage: try again (taking the lock is idempotent
+                # per token) until the breaker says Redis is down or lock_timeout passes.
+                acquired = False
             if acquired:
                 break
             found = await self._cache.get_entry(key, opts.tier)

@@ -14,6 +14,10 @@ from coherent_cache.l2 import TAG_PRUNE_MIN
 
 from .conftest import FakeClock, ManagerFactory, eventually
 
+# Lock tests check the lock, not timeouts: a loaded 2-core machine can stall a reply past
+# the 0.5 s default, which opens the breaker and (by design) runs loaders unlocked.
+LOCK_TEST_TIMEOUT = 3.0
+
 
 class Loader:
     """A loader that counts its calls and can be held until released."""
@@ -340,8 +344,10 @@ async def load_many(
 class TestLockInProcess:
     async def test_lock_with_two_managers_loads_once(self, make_manager: ManagerFactory) -> None:
         """Two instances (one process) with lock=True share one loader call for a cold key."""
-        a = await make_manager()
-        b = await make_manager()
+        # The lock's semantics, not Redis timeouts: a CPU-starved run must not open the
+        # breaker (which runs loaders unlocked on purpose).
+        a = await make_manager(operation_timeout=LOCK_TEST_TIMEOUT)
+        b = await make_manager(operation_timeout=LOCK_TEST_TIMEOUT)
         calls = 0
 
         async def slow() -> str:

@@ -203,3 +203,28 @@ class TestGlobAgreesWithRedis:
             assert redis_side == {k for k in keys if match(k)}, pattern
             checked += 1
         assert checked > 100
+
+
+class TestLeaseLock:
+    async def test_taking_the_lock_is_idempotent_per_token(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """A retry with the same token (after a reply that timed out) holds the lock; another
+        token does not, and only the holder's token releases it."""
+        assert await l2.try_lock("k", "mine", 5.0)
+        assert await l2.try_lock("k", "mine", 5.0)
+        assert not await l2.try_lock("k", "theirs", 5.0)
+        assert b"mine" == await raw_redis.get(f"{namespace}#lock:k")
+        assert 0 < await raw_redis.pttl(f"{namespace}#lock:k") <= 5000
+        assert not await l2.unlock("k", "theirs")
+        assert await l2.unlock("k", "mine")
+        assert await l2.try_lock("k", "theirs", 5.0)
+
+    async def test_renew_extends_only_our_own_lease(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """renew_lock pushes our lease out and refuses a token that does not hold it."""
+        assert await l2.try_lock("r", "mine", 0.5)
+        assert await l2.renew_lock("r", "mine", 30.0)
+        assert 5000 < await raw_redis.pttl(f"{namespace}#lock:r")
+        assert not await l2.renew_lock("r", "theirs", 30.0)

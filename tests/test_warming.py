@@ -131,7 +131,10 @@ class TestLargeWarm:
         """100,000 streamed items land in L2 in ceil(n / batch_size) pipelined round trips,
         and the first memory_cache_size of them in L1."""
         n, batch_size = 100_000, 500
-        cache = await make_manager(redis_url=private_server.url, memory_cache_size=1000)
+        # Batching is the point, not timeouts: a loaded machine may take over 0.5 s per batch.
+        cache = await make_manager(
+            redis_url=private_server.url, memory_cache_size=1000, operation_timeout=5.0
+        )
         round_trips = count_calls(cache, monkeypatch, "SET*")
 
         result = await cache.warm_cache(numbered(n), batch_size, ttl=600)

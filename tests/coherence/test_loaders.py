@@ -15,12 +15,13 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def workers(redis_url: str, namespace: str) -> AsyncIterator[list[Worker]]:
-    """Three cache instances, each in its own process, on one server and namespace."""
-    async with (
-        Worker(redis_url=redis_url, namespace=namespace) as a,
-        Worker(redis_url=redis_url, namespace=namespace) as b,
-        Worker(redis_url=redis_url, namespace=namespace) as c,
-    ):
+    """Three cache instances, each in its own process, on one server and namespace.
+
+    A generous operation_timeout: these tests check loader semantics, and a CPU-starved run
+    must not open the breaker (which, by design, runs loaders without the lock).
+    """
+    fields = {"redis_url": redis_url, "namespace": namespace, "operation_timeout": 3.0}
+    async with Worker(**fields) as a, Worker(**fields) as b, Worker(**fields) as c:
         yield [a, b, c]
 
 
