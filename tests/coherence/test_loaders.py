@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -20,7 +21,11 @@ async def workers(redis_url: str, namespace: str) -> AsyncIterator[list[Worker]]
     A generous operation_timeout: these tests check loader semantics, and a CPU-starved run
     must not open the breaker (which, by design, runs loaders without the lock).
     """
-    fields = {"redis_url": redis_url, "namespace": namespace, "operation_timeout": 3.0}
+    fields: dict[str, Any] = {
+        "redis_url": redis_url,
+        "namespace": namespace,
+        "operation_timeout": 3.0,
+    }
     async with Worker(**fields) as a, Worker(**fields) as b, Worker(**fields) as c:
         yield [a, b, c]
 
