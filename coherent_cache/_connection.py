@@ -119,6 +119,8 @@ class BusEndpoint:
     """Push messages that end the subscription (the server unsubscribed us)."""
     attempts_per_connect: int = 1
     """How many connection deadlines one attempt may need (for the subscribe deadline)."""
+    check_interval: float | None = None
+    """Seconds between `moved_to` checks while subscribed; ``None``: never."""
 
     def __init__(self, config: CacheConfig, pool: ConnectionPool) -> None:
         self.config = config
@@ -158,6 +160,10 @@ class BusEndpoint:
     def failed(self) -> None:
         """The last attempt or subscription failed: the next attempt may try elsewhere."""
 
+    async def moved_to(self) -> str | None:
+        """Where the subscription should be now, if not on `address` (else ``None``)."""
+        return None
+
     async def aclose(self) -> None:
         """Close whatever the endpoint holds besides the subscriber connection."""
 
@@ -174,10 +180,23 @@ class SentinelBusEndpoint(BusEndpoint):
     def __init__(self, config: CacheConfig, pool: ConnectionPool) -> None:
         super().__init__(config, pool)
         self._sentinel = make_sentinel(config)
+        # A graceful failover (SENTINEL FAILOVER) demotes the old primary without closing
+        # its connections: its subscribers keep receiving through replication, but only
+        # while its replication link holds. So the bus also asks the sentinels every few
+        # seconds and moves to the new primary.
+        self.check_interval = max(1.0, 5 * config.bus_health_check_interval)
 
     async def connect(self) -> AbstractConnection:
         host, port = await self._sentinel.discover_master(self.config.sentinel_master or "")
         return await self._connected(str(host), int(port))
+
+    async def moved_to(self) -> str | None:
+        try:
+            host, port = await self._sentinel.discover_master(self.config.sentinel_master or "")
+        except (redis_errors.RedisError, OSError):
+            return None  # sentinels unreachable: the subscription itself is still fine
+        address = f"{host}:{port}"
+        return None if address == self.address else address
 
     async def aclose(self) -> None:
         await self._sentinel.aclose()

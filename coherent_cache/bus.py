@@ -493,7 +493,13 @@ class InvalidationBus:
         deadline = interval + cfg.operation_timeout
         self._last_seen = self._timer()
         ping_sent: float | None = None
+        check_every = self._endpoint.check_interval
+        next_check = None if check_every is None else time.monotonic() + check_every
         while True:
+            if next_check is not None and check_every is not None:
+                if time.monotonic() >= next_check:
+                    await self._check_endpoint()
+                    next_check = time.monotonic() + check_every
             now = self._timer()
             if ping_sent is None:
                 wait = self._last_seen + interval - now
@@ -510,6 +516,8 @@ class InvalidationBus:
                 wait = ping_sent + deadline - now
                 if wait <= 0:
                     raise BusConnectionLost(f"no reply to PING within {deadline:.2f}s")
+            if next_check is not None:
+                wait = min(wait, max(0.0, next_check - time.monotonic()))
             reply = await conn.read_response(timeout=wait)
             if reply is None:
                 continue
@@ -519,6 +527,19 @@ class InvalidationBus:
                 if self._on_alive is not None:
                     self._on_alive()
             self._handle(reply)
+
+    async def _check_endpoint(self) -> None:
+        """Ask the deployment whether this is still the node to listen on (Sentinel: the
+        current primary); end the subscription if not. A check that fails or takes longer
+        than ``operation_timeout`` changes nothing.
+
+        Raises:
+            BusConnectionLost: the node is no longer the right one (a failover happened).
+        """
+        with anyio.move_on_after(self.config.operation_timeout):
+            moved_to = await self._endpoint.moved_to()
+            if moved_to is not None:
+                raise BusConnectionLost(f"the primary moved to {moved_to}")
 
     def _handle(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 2:

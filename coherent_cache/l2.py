@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from . import _connection, _signing, _telemetry
@@ -555,6 +556,39 @@ class RedisCache:
                     continue
                 self._prune_at[tag] = max(TAG_PRUNE_MIN, 2 * size)
                 self.log.info("tag_index_pruned", tag=tag, pruned=pruned, size=size)
+
+    async def run_primary_watch(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Sentinel mode: follow a failover even while pooled connections stay open.
+
+        redis-py asks the sentinels for the primary only when it opens a connection. A
+        graceful failover (``SENTINEL FAILOVER``) leaves the old primary answering, and it
+        takes writes until the sentinels demote it, seconds later; meanwhile other
+        instances use the new one. So every few seconds (five bus health-check intervals,
+        at least one second) this asks the sentinels and, when the primary changed,
+        closes the idle pooled connections to the old one (in-use ones are dropped on
+        release). Error handling: a failed or slow query (``operation_timeout``) is
+        skipped until the next round.
+        """
+        task_status.started()
+        pool = self._client.connection_pool if isinstance(self._client, Redis) else None
+        if not isinstance(pool, SentinelConnectionPool):
+            await anyio.sleep_forever()
+            return
+        interval = max(1.0, 5 * self.config.bus_health_check_interval)
+        while True:
+            await anyio.sleep(interval)
+            before = pool.master_address
+            try:
+                with anyio.fail_after(self._timeout):
+                    now = await pool.get_master_address()  # type: ignore[no-untyped-call]
+            except (TimeoutError, redis_errors.RedisError, OSError):
+                continue
+            if before is not None and now != before:
+                self.log.warning(
+                    "l2_primary_changed", old=f"{before[0]}:{before[1]}", new=f"{now[0]}:{now[1]}"
+                )
 
     async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
         """Remove every entry indexed under any of ``tags``, and the indexes; return how many.

@@ -355,6 +355,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     connected = await self.l2.connect()
                 if self.l2 is not None:
                     supervisor.start_soon("tag_pruner", self.l2.run_tag_pruner)
+                    if cfg.redis_mode == "sentinel":
+                        supervisor.start_soon("primary_watch", self.l2.run_primary_watch)
                 if self.bus is not None:
                     # Until the first subscription is confirmed, invalidations could be
                     # missed: L1 entries are bounded like during a bus loss.
