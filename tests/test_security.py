@@ -21,6 +21,7 @@ import anyio
 import orjson
 import pytest
 import structlog
+from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import SecretStr
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -361,6 +362,34 @@ class TestSignedBus:
         assert KEY_A not in output
         await eventually(lambda: b.l1.get("k2") is None)
         assert 0 == b.stats()["bus"]["unauthenticated"]
+
+    async def test_watch_verifies_signatures(
+        self, raw_redis: Redis, redis_url: str, namespace: str
+    ) -> None:
+        """`coherent-cache watch` with the key shows an unsigned message as invalid
+        (reason "unsigned") and a signed one as valid, without printing the key."""
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("COHERENT_CACHE_")},
+            "COHERENT_CACHE_BUS_SIGNING_KEYS": KEY_A,
+        }
+        command = [sys.executable, "-m", "coherent_cache.cli", "watch", "--redis-url",
+                   redis_url, "--namespace", namespace, "--count", "2"]  # fmt: skip
+        channel = f"{namespace}:invalidate"
+        body = b'{"v":1,"op":"delete","keys":["k"]}'
+        async with await anyio.open_process(command, env=env) as process:
+            assert process.stdout is not None and process.stderr is not None
+            stderr = BufferedByteReceiveStream(process.stderr)
+            with anyio.fail_after(20):
+                assert b"watching" in await stderr.receive_until(b"\n", 1 << 16)
+                await raw_redis.publish(channel, body)
+                await raw_redis.publish(channel, _sign_independently(body, channel, KEY_A))
+                assert 0 == await process.wait()
+                out = b"".join([chunk async for chunk in process.stdout])
+        lines = [orjson.loads(line) for line in out.splitlines()]
+        assert [(False, "unsigned"), (True, None)] == [
+            (line["valid"], line.get("reason")) for line in lines
+        ]
+        assert KEY_A.encode() not in out
 
     async def test_max_age_drops_replays(
         self, make_manager: ManagerFactory, raw_redis: Redis
