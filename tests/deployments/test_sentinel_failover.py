@@ -104,7 +104,7 @@ async def test_primary_killed_under_load(deployment: SentinelDeployment, namespa
         # Coherent on the new primary: A's writes land there and reach B's L1.
         for i, key in enumerate(KEYS):
             assert True is await a.call("set", key=key, value=20_000 + i)
-            assert 20_000 + i == await b.call("get", key=key)
+            await eventually(functools.partial(b.call, "get", key=key), expect=20_000 + i)
         await a.call("delete", key=KEYS[0])
         assert None is not await b.call("wait_gone", key=KEYS[0], within=5)
         assert MISSING == await b.call("get", key=KEYS[0])
