@@ -27,10 +27,14 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture(scope="module")
-def tls(certs: Certificates) -> Iterator[TlsEndpoints]:
-    """Two TLS endpoints: server certificate only, and client certificate required."""
-    endpoints = TlsEndpoints(certs)
+@pytest.fixture(scope="module", params=["endpoint", "proxy"])
+def tls(certs: Certificates, request: pytest.FixtureRequest) -> Iterator[TlsEndpoints]:
+    """Two TLS endpoints: server certificate only, and client certificate required.
+
+    ``endpoint``: a TLS-capable server if one is found, else the proxy; ``proxy``: the
+    proxy in any case, so the fallback a fresh machine relies on is tested everywhere.
+    """
+    endpoints = TlsEndpoints(certs, proxy=request.param == "proxy")
     try:
         endpoints.start()
         yield endpoints

@@ -223,8 +223,9 @@ class TlsEndpoints:
     """Two TLS endpoints on 127.0.0.1 over one plain server's data: ``port`` (server
     certificate only) and ``mtls_port`` (client certificate required)."""
 
-    def __init__(self, certs: Certificates) -> None:
+    def __init__(self, certs: Certificates, *, proxy: bool = False) -> None:
         self.certs = certs
+        self.force_proxy = proxy
         self.kind = ""
         self._servers: list[RedisServer] = []
         self._proxies: list[TlsProxy] = []
@@ -234,7 +235,7 @@ class TlsEndpoints:
     def start(self) -> TlsEndpoints:
         required = os.environ.get(ENV_REQUIRE_SERVER, "") not in ("", "0")
         errors: list[str] = []
-        for binary in tls_server_candidates():
+        for binary in [] if self.force_proxy else tls_server_candidates():
             try:
                 self._start_servers(binary)
             except RuntimeError as exc:
@@ -248,7 +249,7 @@ class TlsEndpoints:
             self.kind = f"real server-side TLS: {binary} {version}"
             ENDPOINTS.append(self.kind)
             return self
-        if required:
+        if required and not self.force_proxy:
             raise RuntimeError(
                 f"{ENV_REQUIRE_SERVER} is set but no TLS-capable server was found "
                 f"(tried {[str(p) for p in tls_server_candidates()] or 'nothing on PATH'}; "
@@ -261,10 +262,8 @@ class TlsEndpoints:
             TlsProxy(self.certs, backend.port, client_certs=True).start(),
         ]
         self.port, self.mtls_port = (proxy.port for proxy in self._proxies)
-        self.kind = (
-            f"TLS-terminating proxy (tests/tls.py) in front of {backend.binary} "
-            "(no TLS-capable server binary found)"
-        )
+        why = "the proxy itself under test" if self.force_proxy else "no TLS-capable server"
+        self.kind = f"TLS-terminating proxy (tests/tls.py) in front of {backend.binary} ({why})"
         ENDPOINTS.append(self.kind)
         return self
 
