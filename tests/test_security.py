@@ -139,7 +139,9 @@ class TestLeastPrivilegeAcl:
             assert await l2.set_many({"m:1": 1, "m:2": 2}, ttl=60)
             assert {"m:1": 1, "m:2": 2} == await l2.get_many(["m:1", "m:2", "m:3"])
             assert await l2.exists("m:1")
-            assert (1, pytest.approx(60, abs=5)) == await l2.get_with_ttl("m:1")
+            found = await l2.get_with_ttl("m:1")
+            assert found is not None and 1 == found[0]
+            assert found[1] is not None and 50 < found[1] <= 60
             await l2.delete_many(["page:1"])
             assert 1 == await l2.prune_tag("pages")
             assert 1 == await a.invalidate_tags("pages")
