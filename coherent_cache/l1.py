@@ -1,10 +1,12 @@
-"""InMemoryCache, the per-instance L1 over cachetools, and the L1 actor with its mailbox."""
+"""InMemoryCache, the per-instance L1 (OrderedDict stores, cachetools LFU), and the L1 actor."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
 
@@ -13,7 +15,7 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from cachetools import Cache, FIFOCache, LFUCache, LRUCache, TLRUCache
+from cachetools import Cache, LFUCache
 
 from .config import CacheStrategy
 from .errors import InvalidTTLError
@@ -54,7 +56,7 @@ class L1Stats(TypedDict):
 MEMORY_SAMPLE: Final = 32
 """Entries measured by `InMemoryCache.memory_estimate`."""
 _ENTRY_OVERHEAD: Final = 200
-"""Bytes of cachetools' bookkeeping per entry (dict slots, size and order links), roughly."""
+"""Bytes of bookkeeping per entry (dict slots, order links, expiry heap item), roughly."""
 _SIZE_BUDGET: Final = 256
 """Objects visited per sampled value: deeper or larger values are under-estimated."""
 
@@ -90,16 +92,9 @@ class _Entry:
         self.tags = tags
 
 
-class _LRU(LRUCache[str, _Entry]):
-    evictions = 0
-
-    def popitem(self) -> tuple[str, _Entry]:
-        item = super().popitem()
-        self.evictions += 1
-        return item
-
-
 class _LFU(LFUCache[str, _Entry]):
+    """LFU bookkeeping: cachetools' O(1) frequency lists (its ``get`` counts a use)."""
+
     evictions = 0
 
     def popitem(self) -> tuple[str, _Entry]:
@@ -107,27 +102,103 @@ class _LFU(LFUCache[str, _Entry]):
         self.evictions += 1
         return item
 
+    def put(self, key: str, entry: _Entry, _now: float) -> None:
+        self[key] = entry
 
-class _FIFO(FIFOCache[str, _Entry]):
-    evictions = 0
+    def peek_entry(self, key: str) -> _Entry | None:
+        try:
+            # Cache.__getitem__ skips LFUCache's frequency bookkeeping.
+            entry: _Entry = Cache.__getitem__(self, key)
+        except KeyError:
+            return None
+        return entry
 
-    def popitem(self) -> tuple[str, _Entry]:
-        item = super().popitem()
-        self.evictions += 1
-        return item
+    def iter_keys(self) -> Iterator[str]:
+        return Cache.__iter__(self)
+
+    def expire(self, now: float) -> int:
+        dead = [k for k, e in list(self.items()) if e.expires <= now]
+        for key in dead:
+            self.pop(key, None)
+        return len(dead)
 
 
-class _TLRU(TLRUCache[str, _Entry]):
-    evictions = 0
+@final
+class _Ordered:
+    """LRU, FIFO and TLRU bookkeeping over one ``OrderedDict``, oldest (or least recent) first.
 
-    def popitem(self) -> tuple[str, _Entry]:
-        item = super().popitem()
-        self.evictions += 1
-        return item
+    Entries carry their own expiry, so a read is a C-level ``OrderedDict.get`` plus, for
+    the recency policies, a ``move_to_end`` (cachetools' ``TLRUCache.get`` costs about
+    1.4 µs of Python-level calls for the same). ``by_expiry`` (the TTL strategy, a TLRU)
+    keeps a heap of expiry times so that expired entries are dropped before any live one
+    is evicted, and on every insert, as cachetools' ``TLRUCache`` does.
+    """
+
+    __slots__ = ("by_expiry", "data", "evictions", "heap", "maxsize", "seq")
+
+    def __init__(self, maxsize: int, *, by_expiry: bool) -> None:
+        self.data: OrderedDict[str, _Entry] = OrderedDict()
+        self.maxsize = maxsize
+        self.by_expiry = by_expiry
+        self.evictions = 0
+        # (expires, seq, key, entry); an item whose entry is no longer data[key] is dead.
+        self.heap: list[tuple[float, int, str, _Entry]] = []
+        self.seq = itertools.count()
+
+    def put(self, key: str, entry: _Entry, now: float) -> None:
+        data = self.data
+        heap = self.heap
+        if self.by_expiry and heap and heap[0][0] <= now:
+            self.expire(now)
+        if key in data:
+            data[key] = entry
+            data.move_to_end(key)  # a write is a use (LRU); FIFO re-queues an overwrite
+        else:
+            while len(data) >= self.maxsize:
+                data.popitem(last=False)
+                self.evictions += 1
+            data[key] = entry
+        if self.by_expiry and entry.expires != _INF:
+            heapq.heappush(heap, (entry.expires, next(self.seq), key, entry))
+            if len(heap) > 2 * len(data) + 64:  # dead items of overwritten / deleted keys
+                self.heap = [item for item in heap if data.get(item[2]) is item[3]]
+                heapq.heapify(self.heap)
+
+    def expire(self, now: float) -> int:
+        """Drop every entry expired at ``now``; return how many."""
+        data = self.data
+        removed = 0
+        if self.by_expiry:
+            heap = self.heap
+            while heap and heap[0][0] <= now:
+                _expires, _seq, key, entry = heapq.heappop(heap)
+                if data.get(key) is entry:
+                    del data[key]
+                    removed += 1
+            return removed
+        dead = [k for k, e in data.items() if e.expires <= now]
+        for key in dead:
+            del data[key]
+        return len(dead)
+
+    def peek_entry(self, key: str) -> _Entry | None:
+        return self.data.get(key)
+
+    def iter_keys(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        return self.data.pop(key, default)
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.heap.clear()
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
-def _entry_expiry(_key: str, entry: _Entry, _now: float) -> float:
-    return entry.expires
+_INF: Final = float("inf")
 
 
 def _is_positive_int(value: object) -> bool:
@@ -168,10 +239,12 @@ class InMemoryCache:
     __slots__ = (
         "_data",
         "_distrust_since",
+        "_get",
         "_hits",
         "_max_stale",
         "_misses",
         "_timer",
+        "_touch",
         "maxsize",
         "strategy",
         "ttl",
@@ -196,15 +269,18 @@ class InMemoryCache:
         # While set, an entry is served only until max(stored, _distrust_since) + _max_stale.
         self._distrust_since: float | None = None
         self._max_stale = 0.0
-        self._data: _LRU | _LFU | _FIFO | _TLRU
-        if self.strategy is CacheStrategy.TTL:
-            self._data = _TLRU(maxsize, ttu=_entry_expiry, timer=timer)
-        elif self.strategy is CacheStrategy.LRU:
-            self._data = _LRU(maxsize)
-        elif self.strategy is CacheStrategy.LFU:
+        self._data: _Ordered | _LFU
+        # The read path: _get finds an entry (LFU: counting a use), _touch marks it used.
+        self._touch: Callable[[str], None] | None = None
+        if self.strategy is CacheStrategy.LFU:
             self._data = _LFU(maxsize)
+            self._get: Callable[[str], _Entry | None] = self._data.get
         else:
-            self._data = _FIFO(maxsize)
+            ordered = _Ordered(maxsize, by_expiry=self.strategy is CacheStrategy.TTL)
+            self._data = ordered
+            self._get = ordered.data.get
+            if self.strategy is not CacheStrategy.FIFO:
+                self._touch = ordered.data.move_to_end
 
     def _lifetime(self, ttl: float | None) -> float:
         if ttl is None:
@@ -213,7 +289,7 @@ class InMemoryCache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """Return the live value of ``key``, or ``default`` (counts a hit or a miss)."""
-        entry = self._data.get(key)
+        entry = self._get(key)
         if entry is not None:
             now = self._timer()
             if entry.fresh > now and (
@@ -221,6 +297,8 @@ class InMemoryCache:
                 or max(entry.stored, self._distrust_since) + self._max_stale > now
             ):
                 self._hits += 1
+                if self._touch is not None:
+                    self._touch(key)
                 return entry.value
             if entry.expires <= now:
                 self._data.pop(key, None)
@@ -232,7 +310,7 @@ class InMemoryCache:
 
         Not counted in the hit/miss statistics (the caller counts what it serves).
         """
-        entry = self._data.get(key)
+        entry = self._get(key)
         if entry is None:
             return None
         now = self._timer()
@@ -242,14 +320,14 @@ class InMemoryCache:
         ):
             self._data.pop(key, None)
             return None
+        if self._touch is not None:
+            self._touch(key)
         return entry.value, entry.fresh > now
 
     def peek(self, key: str, default: Any = None) -> Any:
         """Like `get`, but without counting or touching the eviction order."""
-        try:
-            # Cache.__getitem__ skips the subclasses' recency / frequency bookkeeping.
-            entry: _Entry = Cache.__getitem__(self._data, key)
-        except KeyError:
+        entry = self._data.peek_entry(key)
+        if entry is None:
             return default
         now = self._timer()
         if entry.fresh <= now or (
@@ -279,7 +357,7 @@ class InMemoryCache:
         lifetime = self._lifetime(check_ttl(ttl))
         now = self._timer()
         expires = now + (lifetime if not stale_for else self._lifetime(lifetime + stale_for))
-        self._data[key] = _Entry(value, expires, now, now + lifetime, tags)
+        self._data.put(key, _Entry(value, expires, now, now + lifetime, tags), now)
         return True
 
     def distrust(self, since: float, max_stale: float) -> None:
@@ -311,7 +389,7 @@ class InMemoryCache:
         match = compile_pattern(pattern)
         now = self._timer()
         removed = 0
-        for key in [k for k in Cache.__iter__(self._data) if match(k)]:  # snapshot first
+        for key in [k for k in self._data.iter_keys() if match(k)]:  # snapshot first
             entry = self._data.pop(key, None)
             if entry is not None and entry.expires > now:
                 removed += 1
@@ -322,15 +400,14 @@ class InMemoryCache:
     ) -> None:
         """Store an entry that is already stale, for ``stale_for`` seconds (capped)."""
         now = self._timer()
-        self._data[key] = _Entry(value, now + self._lifetime(stale_for), now, now, tags)
+        self._data.put(key, _Entry(value, now + self._lifetime(stale_for), now, now, tags), now)
 
     def tagged(self, keys: Iterable[str], tags: frozenset[str]) -> list[str]:
         """Those of ``keys`` whose entries carry any of ``tags``."""
         found = []
         for key in keys:
-            try:
-                entry: _Entry = Cache.__getitem__(self._data, key)
-            except KeyError:
+            entry = self._data.peek_entry(key)
+            if entry is None:
                 continue
             if entry.tags and not tags.isdisjoint(entry.tags):
                 found.append(key)
@@ -350,20 +427,15 @@ class InMemoryCache:
 
     def expire(self) -> int:
         """Drop every expired entry now (they are otherwise dropped lazily); return how many."""
-        if isinstance(self._data, _TLRU):
-            return len(self._data.expire())
-        now = self._timer()
-        dead = [k for k, e in list(self._data.items()) if e.expires <= now]
-        for key in dead:
-            self._data.pop(key, None)
-        return len(dead)
+        return self._data.expire(self._timer())
 
     def keys(self) -> Iterator[str]:
         """Iterate over a snapshot of the keys held (expired ones may still be listed)."""
-        # Cache.__iter__ walks the plain dict, skipping TLRUCache's per-key expiry checks.
-        return iter(list(Cache.__iter__(self._data)))
+        return iter(list(self._data.iter_keys()))
 
     def __len__(self) -> int:
+        if self.strategy is CacheStrategy.TTL:
+            self._data.expire(self._timer())  # as cachetools' TLRUCache counted live entries
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
@@ -387,10 +459,9 @@ class InMemoryCache:
             return 0
         total = 0
         measured = 0
-        for key in itertools.islice(Cache.__iter__(self._data), sample):
-            try:
-                entry: _Entry = Cache.__getitem__(self._data, key)
-            except KeyError:  # pragma: no cover - single-threaded
+        for key in itertools.islice(self._data.iter_keys(), sample):
+            entry = self._data.peek_entry(key)
+            if entry is None:  # pragma: no cover - single-threaded
                 continue
             total += (
                 sys.getsizeof(key)
@@ -408,7 +479,7 @@ class InMemoryCache:
             "hits": self._hits,
             "misses": self._misses,
             "hit_rate": self._hits / total if total else 0.0,
-            "size": len(self._data),
+            "size": len(self),
             "maxsize": self.maxsize,
             "evictions": self._data.evictions,
             "strategy": self.strategy.value,

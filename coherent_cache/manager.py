@@ -501,7 +501,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         tel.countdown -= 1
         if tel.countdown <= 0 and tel.recheck():
             return await self._get_observed(key, tier, default)
-        return await self._cache.get(key, tier, default=default)
+        cache = self._cache
+        if tier is not CacheTier.L2:
+            value = cache.l1_get(key)
+            if value is not MISSING:
+                return value
+        return await cache.get_after_l1_miss(key, tier, default)
 
     async def _get_observed(self, key: str, tier: CacheTier, default: Any) -> Any:
         """`get` with a ``cache.get`` span and a duration record (a provider is set)."""

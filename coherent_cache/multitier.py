@@ -147,27 +147,51 @@ class MultiTierCache:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
-        """Return the value of ``key`` from the tiers asked for, or ``default``."""
-        validate_key(key)
-        if tier is CacheTier.L2:
-            value = _MISSING if self.l2 is None else await self.l2.get(key, _MISSING)
-        else:
+    def l1_get(self, key: str) -> Any:
+        """The fresh L1 value of ``key``, counted as a hit, or `MISSING` (not counted yet).
+
+        The hot path of `get` (and `CacheManager.get`): no coroutine, no validation before
+        the lookup. Only valid keys are ever stored, so an invalid key cannot hit; it is
+        validated on the miss path (`get_after_l1_miss`), or here if it is not hashable.
+        """
+        try:
             if self._hits & 63:  # L1_LATENCY_SAMPLE - 1, literal: this is the hot path
                 value = self.l1.get(key, _MISSING)
             else:
                 started = time.perf_counter_ns()
                 value = self.l1.get(key, _MISSING)
                 self.l1_latency.record(time.perf_counter_ns() - started)
-            if value is _MISSING and tier is CacheTier.BOTH and self.l2 is not None:
-                found = await self._fill_from_l2(key)
-                if found is not None and found[1]:
-                    value = found[0]
+        except TypeError:  # an unhashable key
+            validate_key(key)
+            raise
+        if value is not _MISSING:
+            self._hits += 1
+        return value
+
+    async def get_after_l1_miss(self, key: str, tier: CacheTier, default: Any) -> Any:
+        """`get` after `l1_get` returned `MISSING` (or without it, for ``tier=L2``)."""
+        validate_key(key)
+        value = _MISSING
+        if tier is CacheTier.L2:
+            if self.l2 is not None:
+                value = await self.l2.get(key, _MISSING)
+        elif tier is CacheTier.BOTH and self.l2 is not None:
+            found = await self._fill_from_l2(key)
+            if found is not None and found[1]:
+                value = found[0]
         if value is _MISSING:
             self._misses += 1
             return default
         self._hits += 1
         return value
+
+    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
+        """Return the value of ``key`` from the tiers asked for, or ``default``."""
+        if tier is not CacheTier.L2:
+            value = self.l1_get(key)
+            if value is not _MISSING:
+                return value
+        return await self.get_after_l1_miss(key, tier, default)
 
     async def lookup(self, key: str, tier: CacheTier = CacheTier.BOTH) -> tuple[Any, str | None]:
         """Like `get`, but return ``(value, tier that answered)``; ``(MISSING, None)`` on a miss.
