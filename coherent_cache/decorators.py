@@ -51,10 +51,14 @@ from .keys import (
     validate_tag,
 )
 from .l1 import check_ttl
+from .multitier import MISSING as _MISSING
 from .types import TTL, USE_DEFAULT
 
 if TYPE_CHECKING:
     from .manager import CacheManager
+
+_NOT_LOOKED: Final[Any] = object()
+"""`CacheManager._l1_hit_untraced`: L1 was not consulted (traced or not running)."""
 
 __all__ = [
     "AUTO_EXCLUDED_TYPES",
@@ -287,6 +291,81 @@ class _Template:
         return validate_pattern(text) if self.escape else validate_tag(text)
 
 
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class _KeyPlan:
+    """The key of a plain positional call, without binding (made at decoration time).
+
+    For a function whose parameters are all positional (no ``*args``, ``**kwargs`` or
+    keyword-only ones), called positionally with ``str``, ``int`` or ``float`` values: the
+    key is the prefix and the kept arguments' ``str`` joined, exactly what the general
+    path (`_CachedSpec.key_and_arguments`) builds for them. Anything else (keywords,
+    other types, a key to hash, non-ASCII) returns ``None`` and takes the general path.
+    """
+
+    count: int
+    required: int
+    defaults: tuple[Any, ...]
+    keep: tuple[int, ...]
+    prefix: str
+    separator: str
+    max_length: int
+
+    @classmethod
+    def of(
+        cls, sig: _Signature, exclude: frozenset[str], keys: CacheKeyGenerator
+    ) -> _KeyPlan | None:
+        params = list(sig.sig.parameters.values())
+        if keys.prefix is None or any(
+            p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
+        ):
+            return None
+        defaults = tuple(p.default for p in params if p.default is not p.empty)
+        if any(p.default is p.empty for p in params[len(params) - len(defaults) :]):
+            return None  # pragma: no cover - Python forbids a default before a non-default
+        return cls(
+            count=len(params),
+            required=len(params) - len(defaults),
+            defaults=defaults,
+            keep=tuple(i for i, p in enumerate(params) if p.name not in exclude),
+            prefix=keys.prefix,
+            separator=keys.separator,
+            max_length=keys.max_length,
+        )
+
+    def key(self, args: tuple[Any, ...]) -> str | None:
+        """The key of a positional call with these arguments, or ``None`` (general path)."""
+        n = len(args)
+        if n != self.count:
+            if not self.required <= n < self.count:
+                return None
+            args = (*args, *self.defaults[n - self.required :])
+        keep = self.keep
+        if len(keep) == 1:  # the common case, without a list and a join
+            body = args[keep[0]]
+            kind = type(body)
+            if kind is not str:
+                if kind is not int and kind is not float:
+                    return None
+                body = str(body)
+        else:
+            parts: list[str] = []
+            for i in keep:
+                value = args[i]
+                kind = type(value)
+                if kind is str:
+                    parts.append(value)
+                elif kind is int or kind is float:
+                    parts.append(str(value))
+                else:
+                    return None
+            body = self.separator.join(parts)
+        key = f"{self.prefix}{self.separator}{body}" if body else self.prefix
+        if len(key) > self.max_length or not key.isascii():
+            return None  # hashed or checked byte by byte: the general path does it
+        return key
+
+
 def _template_arguments(sig: _Signature, arguments: dict[str, Any]) -> Mapping[str, Any]:
     """Bound arguments plus the entries of ``**kwargs``, for filling templates."""
     if sig.var_keyword is None:
@@ -315,6 +394,8 @@ class _CachedSpec:
     stale_ttl: float | None
     loader_timeout: float | None
     lock: bool | None
+    plan: _KeyPlan | None
+    """The fast key of plain positional calls (``None``: every call takes the general path)."""
 
     def key_and_arguments(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -364,10 +445,13 @@ class _CachedSpec:
                 key=value,
             ) from exc
 
-    def tag_values(self, arguments: dict[str, Any] | None) -> tuple[str, ...]:
+    def tag_values(
+        self, arguments: dict[str, Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[str, ...]:
         if not self.tags:
             return ()
-        assert arguments is not None
+        if arguments is None:  # the key came from the plan: bind now (a miss)
+            arguments = self.sig.bind(args, kwargs)
         values = _template_arguments(self.sig, arguments)
         return tuple(tag.render(values) for tag in self.tags)
 
@@ -422,10 +506,28 @@ class CachedFunction(Generic[P, R]):
         """Return the cached result for these arguments, or run the function and cache it."""
         spec = self._spec
         full = (*self._bound, *args) if self._bound else args
-        key, arguments = spec.key_and_arguments(full, kwargs)
-        tags = spec.tag_values(arguments)
+        key = spec.plan.key(full) if spec.plan is not None and not kwargs else None
+        arguments = None
+        if key is None:
+            key, arguments = spec.key_and_arguments(full, kwargs)
+        manager = spec.manager
+        looked = False
+        if spec.tier is not CacheTier.L2:
+            # The hit path: no tags, no loader, no get_or_set coroutine.
+            hit = manager._l1_hit_untraced(key)
+            if hit is not _NOT_LOOKED:
+                if hit is not _MISSING:
+                    return hit
+                looked = True
+        tags = spec.tag_values(arguments, full, kwargs)
         loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
-        return await spec.manager.get_or_set(
+        if looked:  # L1 missed, untraced: get_or_set after its own L1 fast path
+            value, _outcome = await manager._get_or_set(
+                key, loader, spec.ttl, spec.tier, tags, spec.lock, spec.stale_ttl,
+                spec.loader_timeout, spec.cache_none, spec.should_cache, spec.ttl_jitter,
+            )  # fmt: skip
+            return value
+        return await manager.get_or_set(
             key,
             loader,
             spec.ttl,
@@ -518,15 +620,17 @@ class CachedDecorator:
         tags = tuple(_Template(t, sig, what="tag", escape=False) for t in opts["tags"])
         # A hashed key is prefix + ":" + 32 hex digits; let long prefixes still fit.
         max_length = min(MAX_KEY_LENGTH, max(200, len(prefix.encode()) + 1 + 32))
+        keys = CacheKeyGenerator(prefix, max_length=max_length)
+        key_builder = opts["key_builder"]
         spec = _CachedSpec(
             manager=self._manager,
             func=inner,
             kind=kind,
             is_async=_is_async(inner),
             sig=sig,
-            keys=CacheKeyGenerator(prefix, max_length=max_length),
+            keys=keys,
             exclude=exclude,
-            key_builder=opts["key_builder"],
+            key_builder=key_builder,
             tags=tags,
             ttl=opts["ttl"],
             tier=opts["tier"],
@@ -536,6 +640,7 @@ class CachedDecorator:
             stale_ttl=opts["stale_ttl"],
             loader_timeout=opts["loader_timeout"],
             lock=opts["lock"],
+            plan=_KeyPlan.of(sig, exclude, keys) if key_builder is None else None,
         )
         return CachedFunction(spec)
 

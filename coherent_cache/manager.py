@@ -647,6 +647,26 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         )  # fmt: skip
         return value
 
+    def _l1_hit_untraced(self, key: str) -> Any:
+        """The untraced fast path of `get_or_set`, for decorated calls.
+
+        Returns the fresh L1 value of ``key`` (a loader hit), `MISSING` after an L1 miss
+        (counted: continue with `_get_or_set`), or ``decorators._NOT_LOOKED`` when the
+        manager is traced or not running (continue with `get_or_set`).
+        """
+        if self._state is not _State.RUNNING:
+            return _decorators._NOT_LOOKED
+        tel = self._telemetry
+        if tel.active:
+            return _decorators._NOT_LOOKED
+        tel.countdown -= 1  # Telemetry.poll() inlined
+        if tel.countdown <= 0 and tel.recheck():
+            return _decorators._NOT_LOOKED
+        hit = self._cache.l1_hit(key)
+        if hit is not MISSING:
+            self._loads["hits"] += 1
+        return hit
+
     async def _get_or_set(
         self,
         key: str,

@@ -206,6 +206,40 @@ class TestKeys:
         await get_profile(view="full", user_id=1)
         assert 1 == calls.count
 
+    @pytest.mark.parametrize(
+        "args",
+        [
+            (7,),
+            ("a:b", 2, "c"),
+            ("",),
+            ("", ""),
+            (-0.0, 1e100, 3),
+            (float("nan"),),
+            (True, None),
+            ("é",),
+            ("x" * 300,),
+            (7, 2**70),
+            (b"\x01",),
+        ],
+        ids=repr,
+    )
+    async def test_calls_use_the_cache_key_of_their_arguments(
+        self, make_manager: ManagerFactory, args: tuple[Any, ...]
+    ) -> None:
+        """A call stores under cache_key(...) whatever its argument types (fast or general
+        key path), defaults applied, so a second call hits."""
+        cache = await make_manager()
+        calls = Calls()
+
+        @cache.cached(ttl=60, key_prefix="mixed")
+        async def f(a: Any, b: Any = 2, c: Any = "c") -> list[Any]:
+            calls.record(a, b, c)
+            return [calls.count]
+
+        key = f.cache_key(*args)
+        assert [1] == await f(*args)
+        assert ([1], [1], 1) == (await cache.get(key, CacheTier.L2), await f(*args), calls.count)
+
     async def test_keyword_order_does_not_matter(self, make_manager: ManagerFactory) -> None:
         """Keyword arguments in any order give the same key, for named and **kwargs alike."""
         cache = await make_manager()
