@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -228,3 +229,85 @@ class TestLeaseLock:
         assert await l2.renew_lock("r", "mine", 30.0)
         assert 5000 < await raw_redis.pttl(f"{namespace}#lock:r")
         assert not await l2.renew_lock("r", "theirs", 30.0)
+
+
+class TestAutoPipelining:
+    """Concurrent reads share pipelines; each caller keeps its own result and error."""
+
+    async def test_concurrent_reads_are_coalesced_and_correct(self, l2: RedisCache) -> None:
+        """100 tasks reading at once get their own values through a few pipelines."""
+        for i in range(100):
+            assert await l2.set(f"k{i}", {"i": i}, 60)
+        before = l2._reads.pipelines
+        results: dict[int, object] = {}
+
+        async def read(i: int) -> None:
+            results[i] = await l2.get(f"k{i}")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(read, i)
+        assert {i: {"i": i} for i in range(100)} == results
+        pipelines = l2._reads.pipelines - before
+        assert 1 <= pipelines <= 10  # not 100 round trips
+
+    async def test_one_bad_reply_fails_only_its_caller(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """A WRONGTYPE reply in a batch is a miss for its caller; the others still hit."""
+        for i in range(20):
+            if i != 7:
+                await l2.set(f"k{i}", i, 60)
+        await raw_redis.rpush(f"{namespace}:k7", "not a string")  # GET answers WRONGTYPE
+        before = l2.stats()["errors"]
+        results: dict[int, object] = {}
+
+        async def read(i: int) -> None:
+            results[i] = await l2.get(f"k{i}", "default")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(read, i)
+        assert {i: ("default" if i == 7 else i) for i in range(20)} == results
+        assert 1 == l2.stats()["errors"] - before
+        assert "closed" == l2.stats()["breaker"]
+
+    async def test_read_through_of_many_keys_at_once(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """GET + PTTL reads batched together keep each key's value and remaining TTL."""
+        for i in range(50):
+            await l2.set(f"t{i}", i, 10 + i)
+        found: dict[int, tuple[object, float | None] | None] = {}
+
+        async def read(i: int) -> None:
+            found[i] = await l2.get_with_ttl(f"t{i}")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(read, i)
+        for i in range(50):
+            entry = found[i]
+            assert entry is not None
+            value, ttl = entry
+            assert value == i
+            assert ttl is not None and 9 < ttl <= 10 + i
+
+    async def test_thousand_concurrent_readers_without_error(
+        self, redis_url: str, namespace: str
+    ) -> None:
+        """1,000 concurrent reads on a 20-connection pool: no error, every value right."""
+        config = CacheConfig(redis_url=redis_url, namespace=namespace, max_connections=20)
+        async with RedisCache(config) as l2:
+            await l2.set("shared", "v", 60)
+            errors_before = l2.stats()["errors"]
+            results: list[object] = []
+
+            async def read() -> None:
+                results.append(await l2.get("shared"))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(1000):
+                        tg.start_soon(read)
+            assert (["v"] * 1000, 0) == (results, l2.stats()["errors"] - errors_before)

@@ -189,6 +189,27 @@ class TestCore:
             stats["breaker"],
         )
 
+    async def test_concurrent_reads_are_auto_pipelined(
+        self, make_manager: Factory, raw: Redis | RedisCluster, namespace: str
+    ) -> None:
+        """100 concurrent L2 reads over many slots share pipelines; a WRONGTYPE reply is a
+        miss for its own caller only."""
+        cache = await make_manager()
+        for i in range(100):
+            if i != 7:
+                assert await cache.set(f"k{i}", i, 60)
+        await raw.rpush(f"{namespace}:k7", "not a string")
+        results: dict[int, object] = {}
+
+        async def read(i: int) -> None:
+            results[i] = await cache.get(f"k{i}", CacheTier.L2, default="miss")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(read, i)
+        assert {i: ("miss" if i == 7 else i) for i in range(100)} == results
+        assert cache.l2 is not None and cache.l2._reads.pipelines >= 1
+
     async def test_health_and_stats(self, make_manager: Factory) -> None:
         """A started manager is healthy, connected, subscribed."""
         cache: CacheManager = await make_manager()

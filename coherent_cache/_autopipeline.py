@@ -1,0 +1,169 @@
+"""Auto-pipelining of L2 reads: GETs issued while another read is in flight share a round trip.
+
+Like ioredis' ``enableAutoPipelining``: a read issued while the batcher is idle goes out at
+once, alone (a sequential caller pays nothing extra); reads issued while one is in flight
+are queued, and the queue is sent at the next event-loop turn as one
+``pipeline(transaction=False)`` (one connection, one write, the replies read in order).
+So 100 tasks reading at once cost two or three round trips instead of 100 connection
+checkouts, and at most ``max_batches`` pooled connections serve any number of readers.
+
+Each caller keeps its own deadline (the `RedisCache` call timeout around its wait) and its
+own outcome: an error reply (``WRONGTYPE``...) fails only the caller whose key it was; a
+lost connection or a batch timeout fails the callers of that batch, each with its own
+exception object. A caller that gave up is skipped when the replies arrive. Works with
+``redis.asyncio.Redis`` and ``RedisCluster`` alike (both pipeline without a transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final, final
+
+from redis import exceptions as redis_errors
+
+__all__ = ()
+
+GET: Final = 0
+GET_PTTL: Final = 1
+
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """A fresh exception per caller (one object raised in many tasks mixes tracebacks)."""
+    if isinstance(exc, TimeoutError):
+        return TimeoutError("auto-pipelined batch timed out")
+    if isinstance(exc, redis_errors.RedisError | OSError):
+        try:
+            return type(exc)(*exc.args)
+        except Exception:  # pragma: no cover - an exception class with another signature
+            pass
+    return redis_errors.ConnectionError(f"auto-pipelined batch failed: {exc!r}")
+
+
+@final
+class ReadBatcher:
+    """Coalesces concurrent ``GET`` (and ``GET`` + ``PTTL``) reads into pipelines.
+
+    Args:
+        client: the ``redis.asyncio`` client (standalone or cluster).
+        timeout: deadline of one batch's round trip.
+        max_batches: batches in flight at once (each holds one pooled connection).
+        max_batch: most reads in one pipeline.
+    """
+
+    __slots__ = (
+        "_batches",
+        "_client",
+        "_direct",
+        "_queue",
+        "_scheduled",
+        "_tasks",
+        "_timeout",
+        "batched",
+        "max_batch",
+        "max_batches",
+        "pipelines",
+    )
+
+    def __init__(
+        self, client: Any, *, timeout: float, max_batches: int = 4, max_batch: int = 512
+    ) -> None:
+        self._client = client
+        self._timeout = timeout
+        self.max_batches = max_batches
+        self.max_batch = max_batch
+        self._queue: list[tuple[str, int, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches = 0
+        self._direct = 0
+        self.pipelines = 0
+        """Pipelines sent (statistics for benchmarks and tests)."""
+        self.batched = 0
+        """Reads sent inside a pipeline rather than alone."""
+
+    async def get(self, name: str) -> Any:
+        """``GET name``: the payload or ``None``."""
+        if self._direct or self._batches or self._queue:
+            return await self._enqueue(name, GET)
+        self._direct += 1
+        try:
+            return await self._client.get(name)
+        finally:
+            self._direct -= 1
+
+    async def get_with_pttl(self, name: str) -> tuple[Any, Any]:
+        """``GET name`` and ``PTTL name`` in one round trip: ``(payload, pttl)``."""
+        if self._direct or self._batches or self._queue:
+            result: tuple[Any, Any] = await self._enqueue(name, GET_PTTL)
+            return result
+        self._direct += 1
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.get(name)
+                _ = pipe.pttl(name)
+                payload, pttl = await pipe.execute()
+                return payload, pttl
+        finally:
+            self._direct -= 1
+
+    def _enqueue(self, name: str, kind: int) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((name, kind, future))
+        if not self._scheduled:
+            # Flushed at the next turn: every read issued in this turn joins the batch.
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._queue and self._batches < self.max_batches:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            live = [item for item in batch if not item[2].done()]
+            if live:
+                self._batches += 1
+                task = loop.create_task(self._run(live))
+                self._tasks.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[str, int, asyncio.Future[Any]]]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for name, kind, _future in batch:
+                        _ = pipe.get(name)
+                        if kind == GET_PTTL:
+                            _ = pipe.pttl(name)
+                    replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _name, _kind, future in batch:
+                if not future.done():
+                    future.set_exception(_copy_error(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._batches -= 1
+            self.pipelines += 1
+            self.batched += len(batch)
+            if self._queue and not self._scheduled:
+                self._flush()
+        i = 0
+        for _name, kind, future in batch:
+            if kind == GET_PTTL:
+                reply: Any = (replies[i], replies[i + 1])
+                error = next((r for r in reply if isinstance(r, Exception)), None)
+                i += 2
+            else:
+                reply = replies[i]
+                error = reply if isinstance(reply, Exception) else None
+                i += 1
+            if future.done():
+                continue  # its caller gave up (timeout or cancellation)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
