@@ -695,6 +695,14 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         )
         if loader_timeout is not None:
             check_ttl(loader_timeout)
+        if tier is not CacheTier.L2:
+            flight = self._flights.get(key)
+            if flight is not None and not flight.fill.stale and self.l1.get_entry(key) is None:
+                # A load of this key is under way and L1 holds nothing: join it without an
+                # L2 read (its first caller read L2 just before starting it).
+                self._cache.count_miss()
+                self._loads["misses"] += 1
+                return cast("R", await flight.result()), "miss"
         found = await self._cache.get_entry(key, tier)
         if found is not None:
             value, fresh = found
@@ -809,8 +817,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Load under the cross-instance lease lock (see `get_or_set`)."""
         cfg = self.config
         token = secrets.token_hex(16)
-        deadline = self._timer() + cfg.lock_timeout
-        delay = 0.005
+        started = self._timer()
+        deadline = started + cfg.lock_timeout
         while True:
             try:
                 acquired = await l2.try_lock(key, token, cfg.lock_lease)
@@ -826,11 +834,15 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             if found is not None and found[1]:
                 self._loads["lock_waits"] += 1
                 return found[0]
-            if self._timer() >= deadline:
+            now = self._timer()
+            if now >= deadline:
                 self.log.warning("lock_wait_timeout", key_prefix=key.split(":", 1)[0])
                 return await self._call_and_store(key, loader, opts, fill)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            # Poll again after a twentieth of the time waited so far (1 ms to 100 ms): the
+            # value is seen at most ~5 % after the holder stored it (doubling delays made a
+            # 50 ms load look like 75 ms in the other processes), and a long wait settles
+            # at 10 polls a second.
+            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew_lease, l2, key, token)

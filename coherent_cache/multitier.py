@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -21,6 +22,8 @@ from .types import TTL, USE_DEFAULT
 __all__ = ["MISSING", "MultiTierCache", "TierStats"]
 
 _MISSING: Final[Any] = object()
+_RETRY: Final[Any] = object()
+"""A shared L2 read whose first caller was cancelled: each joiner reads for itself."""
 L1_LATENCY_SAMPLE: Final = 64
 """`get` times one L1 lookup in 64 (when the hit count is a multiple of 64): timing every
 one (two clock reads and a bucket increment) would add about a tenth to an L1 hit."""
@@ -99,6 +102,8 @@ class MultiTierCache:
         self.default_ttl = default_ttl
         self.namespace = namespace
         self._fills: dict[str, list[FillToken]] = {}
+        # L2 read-throughs in flight: key -> (its fill token, the future of its result).
+        self._reads: dict[str, tuple[FillToken, asyncio.Future[Any]]] = {}
         self.l1_latency = _telemetry.LatencyHistogram()
         """Durations of L1 lookups by `get` (one in 64 is timed, `L1_LATENCY_SAMPLE`)."""
         self._hits = 0
@@ -229,6 +234,10 @@ class MultiTierCache:
             self._hits += 1
         return value
 
+    def count_miss(self) -> None:
+        """Count a miss in the totals (a `get_or_set` caller that joined a load in flight)."""
+        self._misses += 1
+
     async def get_entry(
         self, key: str, tier: CacheTier = CacheTier.BOTH
     ) -> tuple[Any, bool] | None:
@@ -279,13 +288,33 @@ class MultiTierCache:
                 del self._fills[key]
 
     async def _fill_from_l2(self, key: str) -> tuple[Any, bool] | None:
-        """Read ``key`` from L2 and copy it into L1 unless the read was made stale."""
-        assert self.l2 is not None
+        """Read ``key`` from L2 and copy it into L1 unless the read was made stale.
+
+        Concurrent misses of one key share one read (single-flight of the L2 look-up):
+        a caller joins a read in flight unless an invalidation made it stale, since such
+        a read may predate a write whose result the caller must see.
+        """
+        shared = self._reads.get(key)
+        if shared is not None and not shared[0].stale:
+            found = await asyncio.shield(shared[1])
+            if found is not _RETRY:
+                return found  # type: ignore[no-any-return]
         fill = self.begin_fill(key)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._reads[key] = (fill, answer)
+        found = _RETRY  # if this caller is cancelled, the joiners read for themselves
         try:
-            found = await self.l2.get_entry_with_ttl(key)
+            found = await self._read_and_install(key, fill)
+            return found
         finally:
             self.end_fill(key, fill)
+            answer.set_result(found)
+            if self._reads.get(key, (None, None))[1] is answer:
+                del self._reads[key]
+
+    async def _read_and_install(self, key: str, fill: FillToken) -> tuple[Any, bool] | None:
+        assert self.l2 is not None
+        found = await self.l2.get_entry_with_ttl(key)
         if found is None:
             return None
         entry, remaining = found

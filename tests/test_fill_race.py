@@ -181,3 +181,55 @@ class TestOwnInvalidationFence:
         assert "old" == result["read"]  # read before the UNLINK: a valid answer then
         assert 1 == result["removed"]
         assert None is reader.l1.peek("user:1")
+
+
+class TestSharedRead:
+    """Concurrent misses of one key share one L2 read, unless it may predate a write."""
+
+    async def test_concurrent_misses_share_one_l2_read(
+        self, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """50 tasks missing L1 on one key at once: one L2 read, every task gets the value."""
+        reader, writer = pair
+        await writer.set("k", {"v": 1}, ttl=60)
+        assert reader.l2 is not None
+        hits_before = reader.l2.stats()["hits"]
+        results: list[Any] = []
+
+        async def read() -> None:
+            results.append(await reader.get("k"))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(read)
+        assert [{"v": 1}] * 50 == results
+        assert 1 == reader.l2.stats()["hits"] - hits_before
+
+    async def test_a_read_made_stale_is_not_joined(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """A get that starts after an invalidation does not take the answer of an L2 read
+        that started before it (that read may carry the value the write replaced)."""
+        reader, writer = pair
+        await writer.set("k", "v1", ttl=60)
+        await warm_pool(reader)
+        result: dict[str, Any] = {}
+
+        async def first() -> None:
+            result["first"] = await reader.get("k")
+
+        async def second() -> None:
+            result["second"] = await reader.get("k")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                proxy.hold()
+                tg.start_soon(first)
+                await proxy.wait_reply_held()  # the server answered v1; the reply is held
+                await reader.delete("k", CacheTier.L1)  # makes the read in flight stale
+                await writer.set("k", "v2", ttl=60)
+                tg.start_soon(second)  # must read L2 again, not join the first read
+                await wait_all_tasks_blocked()
+                proxy.release()
+        assert ("v1", "v2") == (result["first"], result["second"])
