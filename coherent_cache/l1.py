@@ -92,18 +92,122 @@ class _Entry:
         self.tags = tags
 
 
+def literal_head(pattern: str) -> str:
+    """The literal text a Redis glob ``pattern`` starts with (escapes resolved)."""
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, None)
+            if nxt is None:
+                break
+            out.append(nxt)
+        elif ch in "*?[":
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@final
+class _SegmentIndex:
+    """Keys by their first segment (up to and including the first ``:``).
+
+    A pattern whose literal head contains a ``:`` (``user:*``, ``user:42:*``) can only
+    match keys of the head's first segment, so a pattern clear visits that bucket instead
+    of every key: O(matches) for the common ``prefix:*`` clears of a large L1. Keys
+    without a ``:`` are not indexed (no such pattern can match them).
+    """
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, set[str]] = {}
+
+    def add(self, key: str) -> None:
+        i = key.find(":")
+        if i >= 0:
+            segment = key[: i + 1]
+            bucket = self.buckets.get(segment)
+            if bucket is None:
+                self.buckets[segment] = {key}
+            else:
+                bucket.add(key)
+
+    def discard(self, key: str) -> None:
+        i = key.find(":")
+        if i >= 0:
+            segment = key[: i + 1]
+            bucket = self.buckets.get(segment)
+            if bucket is not None:
+                bucket.discard(key)
+                if not bucket:
+                    del self.buckets[segment]
+
+    def discard_many(self, keys: list[str]) -> None:
+        """`discard` each key; one set operation when they share a segment (a prefix clear)."""
+        if not keys:
+            return
+        first = keys[0]
+        i = first.find(":")
+        if i >= 0:
+            segment = first[: i + 1]
+            if all(key.startswith(segment) for key in keys):
+                bucket = self.buckets.get(segment)
+                if bucket is not None:
+                    bucket.difference_update(keys)
+                    if not bucket:
+                        del self.buckets[segment]
+                return
+        for key in keys:
+            self.discard(key)
+
+    def candidates(self, pattern: str) -> list[str] | None:
+        """The keys ``pattern`` may match, or ``None`` when it may match any key."""
+        head = literal_head(pattern)
+        i = head.find(":")
+        if i < 0:
+            return None
+        return list(self.buckets.get(head[: i + 1], ()))
+
+    def clear(self) -> None:
+        self.buckets.clear()
+
+
 class _LFU(LFUCache[str, _Entry]):
     """LFU bookkeeping: cachetools' O(1) frequency lists (its ``get`` counts a use)."""
 
     evictions = 0
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.index = _SegmentIndex()
 
     def popitem(self) -> tuple[str, _Entry]:
         item = super().popitem()
         self.evictions += 1
         return item
 
+    def __delitem__(self, key: str) -> None:  # pop and popitem come through here
+        super().__delitem__(key)
+        self.index.discard(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.index.clear()
+
+    def pop_many(self, keys: list[str]) -> list[_Entry]:
+        """Remove ``keys``; return the entries that were held."""
+        found = [entry for entry in (self.peek_entry(key) for key in keys) if entry is not None]
+        for key in keys:
+            self.pop(key, None)
+        return found
+
     def put(self, key: str, entry: _Entry, _now: float) -> None:
+        new = key not in self
         self[key] = entry
+        if new:
+            self.index.add(key)
 
     def peek_entry(self, key: str) -> _Entry | None:
         try:
@@ -134,10 +238,11 @@ class _Ordered:
     is evicted, and on every insert, as cachetools' ``TLRUCache`` does.
     """
 
-    __slots__ = ("by_expiry", "data", "evictions", "heap", "maxsize", "seq")
+    __slots__ = ("by_expiry", "data", "evictions", "heap", "index", "maxsize", "seq")
 
     def __init__(self, maxsize: int, *, by_expiry: bool) -> None:
         self.data: OrderedDict[str, _Entry] = OrderedDict()
+        self.index = _SegmentIndex()
         self.maxsize = maxsize
         self.by_expiry = by_expiry
         self.evictions = 0
@@ -155,9 +260,10 @@ class _Ordered:
             data.move_to_end(key)  # a write is a use (LRU); FIFO re-queues an overwrite
         else:
             while len(data) >= self.maxsize:
-                data.popitem(last=False)
+                self.index.discard(data.popitem(last=False)[0])
                 self.evictions += 1
             data[key] = entry
+            self.index.add(key)
         if self.by_expiry and entry.expires != _INF:
             heapq.heappush(heap, (entry.expires, next(self.seq), key, entry))
             if len(heap) > 2 * len(data) + 64:  # dead items of overwritten / deleted keys
@@ -174,11 +280,13 @@ class _Ordered:
                 _expires, _seq, key, entry = heapq.heappop(heap)
                 if data.get(key) is entry:
                     del data[key]
+                    self.index.discard(key)
                     removed += 1
             return removed
         dead = [k for k, e in data.items() if e.expires <= now]
         for key in dead:
             del data[key]
+            self.index.discard(key)
         return len(dead)
 
     def peek_entry(self, key: str) -> _Entry | None:
@@ -188,11 +296,23 @@ class _Ordered:
         return iter(self.data)
 
     def pop(self, key: str, default: Any = None) -> Any:
-        return self.data.pop(key, default)
+        entry = self.data.pop(key, _MISSING)
+        if entry is _MISSING:
+            return default
+        self.index.discard(key)
+        return entry
+
+    def pop_many(self, keys: list[str]) -> list[_Entry]:
+        """Remove ``keys``; return the entries that were held."""
+        pop = self.data.pop
+        found = [entry for entry in (pop(key, None) for key in keys) if entry is not None]
+        self.index.discard_many(keys)
+        return found
 
     def clear(self) -> None:
         self.data.clear()
         self.heap.clear()
+        self.index.clear()
 
     def __len__(self) -> int:
         return len(self.data)
@@ -387,13 +507,18 @@ class InMemoryCache:
     def delete_pattern(self, pattern: str) -> int:
         """Remove every key matching the Redis glob ``pattern``; return how many were live."""
         match = compile_pattern(pattern)
+        return self.delete_keys([k for k in self.pattern_candidates(pattern) if match(k)])
+
+    def delete_keys(self, keys: list[str]) -> int:
+        """Remove ``keys``; return how many live entries were removed."""
         now = self._timer()
-        removed = 0
-        for key in [k for k in self._data.iter_keys() if match(k)]:  # snapshot first
-            entry = self._data.pop(key, None)
-            if entry is not None and entry.expires > now:
-                removed += 1
-        return removed
+        return sum(entry.expires > now for entry in self._data.pop_many(keys))
+
+    def pattern_candidates(self, pattern: str) -> list[str]:
+        """A snapshot of the keys ``pattern`` may match: the bucket of its first segment
+        when its literal head has one (``user:*``), else every key."""
+        found = self._data.index.candidates(pattern)
+        return list(self._data.iter_keys()) if found is None else found
 
     def set_stale(
         self, key: str, value: Any, stale_for: float, *, tags: tuple[str, ...] = ()
@@ -639,7 +764,7 @@ class L1Actor:
         owner = self._owner
         owner.stale_fills_matching(pattern)
         match = compile_pattern(pattern)
-        keys = list(owner.l1.keys())
+        keys = owner.l1.pattern_candidates(pattern)
         for start in range(0, len(keys), PATTERN_CHUNK):
             for key in keys[start : start + PATTERN_CHUNK]:
                 if match(key):

@@ -9,12 +9,14 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final, TypedDict, final
 
+import anyio.lowlevel
+
 from . import _telemetry
 from .bus import BusMessage
 from .config import CacheTier
 from .errors import BackendError
 from .keys import compile_pattern, validate_key, validate_pattern, validate_tags
-from .l1 import InMemoryCache, L1Stats, check_ttl
+from .l1 import PATTERN_CHUNK, InMemoryCache, L1Stats, check_ttl
 from .l2 import L2Stats, RedisCache
 from .serializer import CacheSerializer, now_ms
 from .types import TTL, USE_DEFAULT
@@ -133,6 +135,26 @@ class MultiTierCache:
         """Drop L1 keys matching ``pattern`` and make matching in-flight fills stale."""
         self.stale_fills_matching(pattern)
         return self.l1.delete_pattern(pattern)
+
+    async def _clear_local_pattern(self, pattern: str) -> int:
+        """`invalidate_local_pattern` in steps of `PATTERN_CHUNK` keys, yielding between them.
+
+        Only the keys of the pattern's first segment are visited (``user:*``: the ``user:``
+        keys, `InMemoryCache.pattern_candidates`), and a large match (half of a million
+        entries) does not hold the event loop for seconds. Removing more from L1 than a
+        concurrent write put there is always safe (L1 is a copy); fills that raced with
+        the clear are dropped by the pass made after L2 was cleared.
+        """
+        self.stale_fills_matching(pattern)
+        match = compile_pattern(pattern)
+        keys = self.l1.pattern_candidates(pattern)
+        removed = 0
+        for start in range(0, len(keys), PATTERN_CHUNK):
+            if start:
+                await anyio.lowlevel.checkpoint()
+            chunk = keys[start : start + PATTERN_CHUNK]
+            removed += self.l1.delete_keys([k for k in chunk if match(k)])
+        return removed
 
     def stale_fills_matching(self, pattern: str) -> None:
         """Make every in-flight fill of a key matching ``pattern`` stale."""
@@ -456,13 +478,15 @@ class MultiTierCache:
             The number of L2 keys removed when L2 is involved, else the number of L1 keys.
         """
         validate_pattern(pattern)
-        removed = self.invalidate_local_pattern(pattern)
+        removed = await self._clear_local_pattern(pattern)
         if tier is CacheTier.L1 or self.l2 is None:
             return removed
         try:
             removed = await self.l2.clear_pattern(pattern)
-        finally:
-            self.invalidate_local_pattern(pattern)
+            await self._clear_local_pattern(pattern)
+        except BaseException:
+            self.invalidate_local_pattern(pattern)  # at once: no await while unwinding
+            raise
         await self._publish(
             BusMessage.clear_pattern(
                 pattern, origin=self.origin, traceparent=_telemetry.current_traceparent()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from coherent_cache import CacheStrategy, InMemoryCache, InvalidTTLError
+from coherent_cache.keys import compile_pattern
 
 from .conftest import FakeClock
 
@@ -350,6 +353,44 @@ class TestDeletePattern:
         fill(cache, "user:1", "user:2", "user:10", "user", "order:1")
         assert removed == cache.delete_pattern(pattern)
         assert left == sorted(cache.keys())
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_agrees_with_a_full_scan_after_any_history(
+        self, strategy: CacheStrategy, clock: FakeClock, seed: int
+    ) -> None:
+        """Whatever sets, overwrites, deletes, evictions, expiries and clears came before,
+        delete_pattern (which visits only the first segment's keys for ``a:*``-like
+        patterns) removes exactly the keys a full scan with the glob finds."""
+        rng = random.Random(seed)
+        cache = make(strategy, clock, maxsize=40)
+        keys = [f"{p}{i}" for p in ("a:", "a:b:", "ab:", "b:", "a", "a*:", "é:") for i in range(9)]
+        patterns = ["a:*", "a:b:*", "a:1", "a*", "*:1", "a?:*", "a\\*:*", "é:*", "[ab]:*", "b:*"]
+        for _ in range(400):
+            op = rng.random()
+            if op < 0.6:
+                cache.set(rng.choice(keys), 1, ttl=rng.choice([None, 1, 5]))
+            elif op < 0.8:
+                cache.delete(rng.choice(keys))
+            elif op < 0.95:
+                clock.tick(rng.choice([0.5, 2]))
+                if rng.random() < 0.3:
+                    cache.expire()
+            elif op < 0.97:
+                cache.clear()
+            else:
+                pattern = rng.choice(patterns)
+                match = compile_pattern(pattern)
+                expected = sorted(k for k in cache.keys() if not match(k))
+                cache.delete_pattern(pattern)
+                assert expected == sorted(cache.keys()), pattern
+            # The index holds exactly the keys held that have a segment (no leak).
+            indexed = set().union(*cache._data.index.buckets.values())
+            assert {k for k in cache.keys() if ":" in k} == indexed
+        for pattern in patterns:
+            match = compile_pattern(pattern)
+            expected = sorted(k for k in cache.keys() if not match(k))
+            cache.delete_pattern(pattern)
+            assert expected == sorted(cache.keys()), pattern
 
     def test_escaped_glob(self, strategy: CacheStrategy, clock: FakeClock) -> None:
         """An escaped '*' matches only a literal '*'."""
