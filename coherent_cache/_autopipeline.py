@@ -20,6 +20,7 @@ import asyncio
 from typing import Any, Final, final
 
 from redis import exceptions as redis_errors
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 __all__ = ()
 
@@ -53,7 +54,9 @@ class ReadBatcher:
     __slots__ = (
         "_batches",
         "_client",
+        "_conn",
         "_direct",
+        "_pool",
         "_queue",
         "_scheduled",
         "_tasks",
@@ -68,6 +71,18 @@ class ReadBatcher:
         self, client: Any, *, timeout: float, max_batches: int = 4, max_batch: int = 512
     ) -> None:
         self._client = client
+        # A read made alone uses a connection of its own, made by the client's pool (same
+        # address, credentials, TLS and timeouts) but never checked in or out: the
+        # BlockingConnectionPool checkout (a Condition and a timeout) and the client's
+        # command plumbing were a fifth of a sequential read. Reads made alone never
+        # overlap (see `get`), so one connection serves them all. RedisCluster has no
+        # single pool: there, as with Sentinel, a read made alone is a plain client call.
+        pool = getattr(client, "connection_pool", None)
+        # Sentinel: the pool re-resolves the primary and drops its connections on a
+        # failover; a connection of our own outside it read stale data in the failover test
+        # (tests/deployments/test_sentinel_failover.py), so reads made alone use the client.
+        self._pool: Any = None if isinstance(pool, SentinelConnectionPool) else pool
+        self._conn: Any = None
         self._timeout = timeout
         self.max_batches = max_batches
         self.max_batch = max_batch
@@ -87,7 +102,9 @@ class ReadBatcher:
             return await self._enqueue(name, GET)
         self._direct += 1
         try:
-            return await self._client.get(name)
+            if self._pool is None:
+                return await self._client.get(name)
+            return (await self._send_alone((("GET", name),)))[0]
         finally:
             self._direct -= 1
 
@@ -98,13 +115,63 @@ class ReadBatcher:
             return result
         self._direct += 1
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                _ = pipe.get(name)
-                _ = pipe.pttl(name)
-                payload, pttl = await pipe.execute()
-                return payload, pttl
+            if self._pool is None:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    _ = pipe.get(name)
+                    _ = pipe.pttl(name)
+                    payload, pttl = await pipe.execute()
+                    return payload, pttl
+            payload, pttl = await self._send_alone((("GET", name), ("PTTL", name)))
+            return payload, pttl
         finally:
             self._direct -= 1
+
+    async def _send_alone(self, commands: tuple[tuple[str, str], ...]) -> list[Any]:
+        """Send ``commands`` on the batcher's own connection, read every reply.
+
+        A connection the server closed while idle (a restart, an idle timeout) fails on
+        first use: the read is made once more on a fresh connection, as the client's
+        ``Retry(NoBackoff(), 1)`` does. redis-py disconnects the connection itself when a
+        send or read fails or is cancelled, so a half-read reply never stays behind.
+
+        Raises:
+            redis.exceptions.ResponseError: the first error reply (the others are read).
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._pool.make_connection()
+        replies: list[Any] = []
+        for attempt in (0, 1):
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands))
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except redis_errors.ResponseError as exc:  # the connection is in step
+                        replies.append(exc)
+                break
+            except redis_errors.ConnectionError:
+                await conn.disconnect()
+                if attempt:
+                    raise
+        for reply in replies:
+            if isinstance(reply, redis_errors.ResponseError):
+                raise reply
+        return replies
+
+    async def connect(self) -> None:
+        """Open the connection of reads made alone now (nothing to do in a cluster)."""
+        if self._pool is not None:
+            if self._conn is None:
+                self._conn = self._pool.make_connection()
+            await self._conn.connect()
+
+    async def aclose(self) -> None:
+        """Close the batcher's own connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
 
     def _enqueue(self, name: str, kind: int) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

@@ -246,6 +246,7 @@ class RedisCache:
         try:
             with anyio.fail_after(self.config.connect_timeout + self._timeout):
                 await self._client.ping()
+                await self._reads.connect()  # the first read does not pay a handshake
         except (TimeoutError, redis_errors.RedisError, *_UNAVAILABLE) as exc:
             self._errors += 1
             self.connected = False
@@ -264,6 +265,8 @@ class RedisCache:
     async def aclose(self) -> None:
         """Close the connection pool (unless the client was passed in)."""
         self.connected = False
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
+            await self._reads.aclose()
         if self._owns_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
                 await _connection.close_client(self._client)

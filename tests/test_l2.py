@@ -234,6 +234,13 @@ class TestLeaseLock:
 class TestAutoPipelining:
     """Concurrent reads share pipelines; each caller keeps its own result and error."""
 
+    @pytest.fixture
+    async def l2(self, redis_url: str, namespace: str) -> AsyncIterator[RedisCache]:
+        """A RedisCache whose timeout a loaded machine does not reach (no outage here)."""
+        config = CacheConfig(redis_url=redis_url, namespace=namespace, operation_timeout=5.0)
+        async with RedisCache(config) as cache:
+            yield cache
+
     async def test_concurrent_reads_are_coalesced_and_correct(self, l2: RedisCache) -> None:
         """100 tasks reading at once get their own values through a few pipelines."""
         for i in range(100):
@@ -297,7 +304,9 @@ class TestAutoPipelining:
         self, redis_url: str, namespace: str
     ) -> None:
         """1,000 concurrent reads on a 20-connection pool: no error, every value right."""
-        config = CacheConfig(redis_url=redis_url, namespace=namespace, max_connections=20)
+        config = CacheConfig(
+            redis_url=redis_url, namespace=namespace, max_connections=20, operation_timeout=5.0
+        )
         async with RedisCache(config) as l2:
             await l2.set("shared", "v", 60)
             errors_before = l2.stats()["errors"]
@@ -311,3 +320,16 @@ class TestAutoPipelining:
                     for _ in range(1000):
                         tg.start_soon(read)
             assert (["v"] * 1000, 0) == (results, l2.stats()["errors"] - errors_before)
+
+    async def test_read_alone_survives_a_connection_the_server_closed(
+        self, l2: RedisCache, raw_redis: Redis
+    ) -> None:
+        """A read made alone after the server closed every client connection (a restart,
+        an idle timeout) retries once on a fresh connection: a hit, no error counted."""
+        await l2.set("k", "v", 60)
+        assert "v" == await l2.get("k")
+        errors = l2.stats()["errors"]
+        # Every connection but the killer's own (CLIENT KILL skips the caller by default).
+        await raw_redis.client_kill_filter(_type="normal", skipme=True)
+        assert ("v", "v") == (await l2.get("k"), await l2.get("k"))
+        assert (errors, "closed") == (l2.stats()["errors"], l2.stats()["breaker"])
