@@ -332,6 +332,11 @@ class CacheConfig(BaseModel):
                 f"got {'no URL' if scheme is None else scheme + '://'}",
                 field=tls_set[0],
             )
+        if self.bus_signature_max_age is not None and not self.bus_signing_keys:
+            raise ConfigurationError(
+                "bus_signature_max_age needs bus_signing_keys (an unsigned ts proves nothing)",
+                field="bus_signature_max_age",
+            )
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise ConfigurationError(
                 "ssl_keyfile needs ssl_certfile (the certificate of that key)",

@@ -424,6 +424,12 @@ class TestSignedBus:
         await raw_redis.publish(channel, _sign_independently(orjson.dumps(fresh), channel, KEY_A))
         await eventually(lambda: b.l1.get("k") is None)
 
+    def test_max_age_needs_keys(self) -> None:
+        """bus_signature_max_age without bus_signing_keys is a configuration error."""
+        with pytest.raises(ConfigurationError) as info:
+            CacheConfig(bus_signature_max_age=30)
+        assert "bus_signature_max_age" == info.value.field
+
     def test_short_key_rejected_without_quoting_it(self) -> None:
         """A signing key under 16 bytes is a ConfigurationError that does not quote it."""
         with pytest.raises(ConfigurationError) as info:
