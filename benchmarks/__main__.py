@@ -72,14 +72,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     docs.add_argument("--docs", action="store_true", help="update docs/ even in a quick run")
     docs.add_argument("--no-docs", action="store_true", help="leave docs/ alone")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rewrite the Markdown, plot and docs block from the last "
+        "results JSON (suite.json, or suite-quick.json with --quick)",
+    )
     args = parser.parse_args(argv)
     parts = args.only.split(",") if args.only else list(ALL_PARTS)
     unknown = set(parts) - set(ALL_PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}")
     args.parts = parts
-    args.rounds = args.rounds or (5 if args.quick else 11)
-    args.batch_s = (args.batch_ms or (15 if args.quick else 60)) / 1000
+    args.rounds = args.rounds or (5 if args.quick else 15)
+    args.batch_s = (args.batch_ms or (15 if args.quick else 80)) / 1000
     return args
 
 
@@ -130,7 +136,7 @@ async def run_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
         done("micro")
     if "stampede" in args.parts:
         log("stampede rows")
-        records += await stampede.measure(url, rounds=2 if args.quick else 7, progress=log)
+        records += await stampede.measure(url, rounds=2 if args.quick else 9, progress=log)
         done("stampede")
     if "invalidation" in args.parts:
         log("invalidation row")
@@ -148,7 +154,7 @@ async def run_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
         done("scaling")
     if "codecs" in args.parts:
         log("serialisation and compression")
-        extra["codecs"] = extras.codecs(budget_s=0.01 if args.quick else 0.05)
+        extra["codecs"] = extras.codecs(budget_s=0.01 if args.quick else 0.15)
         done("codecs")
     errors += [
         f"{r['row']} {r['system']} {r['variant']}: {r['failure']}"
@@ -174,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)  # peers' redis close() aliases
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.disable(logging.ERROR)  # aiocache logs every failed call with its traceback
+    stem = "suite-quick" if args.quick else "suite"
+    out: Path = args.output_dir
+    if args.render:
+        doc = orjson.loads((out / f"{stem}.json").read_bytes())
+        doc["targets"] = report.targets(doc["records"])
+        return write(doc, args, out, stem)
     started = time.monotonic()
     with ExitStack() as stack:
         url = args.redis_url
@@ -209,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         **outcome,
     }
     doc["targets"] = report.targets(doc["records"])
-    doc = round_floats(doc)
-    out: Path = args.output_dir
+    return write(round_floats(doc), args, out, stem)
+
+
+def write(doc: dict[str, Any], args: argparse.Namespace, out: Path, stem: str) -> int:
+    """Write the JSON, Markdown, plot and docs block; print the report; the exit status."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = "suite-quick" if args.quick else "suite"
     update = (args.docs or not args.quick) and not args.no_docs
     png = PNG if update else out / f"{stem}.png"
     drew = report.plot(doc, png)

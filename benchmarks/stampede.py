@@ -37,15 +37,16 @@ ROWS: Final = {
 class Worker:
     """One worker process; every wait is bounded."""
 
-    def __init__(self, args: dict[str, Any]) -> None:
+    def __init__(self, args: dict[str, Any], module: str = "benchmarks._stampede_worker") -> None:
         self.args = args
+        self.module = module
         self.process: Process | None = None
         self.reader: BufferedByteReceiveStream | None = None
         self.systems: list[str] = []
 
     async def start(self) -> None:
         self.process = await anyio.open_process(
-            [sys.executable, "-m", "benchmarks._stampede_worker", orjson.dumps(self.args).decode()],
+            [sys.executable, "-m", self.module, orjson.dumps(self.args).decode()],
             cwd=ROOT,
             stderr=None,
         )
@@ -53,7 +54,7 @@ class Worker:
         self.reader = BufferedByteReceiveStream(self.process.stdout)
         with anyio.fail_after(60):
             hello = await self.read()
-        self.systems = hello["systems"]
+        self.systems = hello.get("systems", [])
 
     async def read(self) -> dict[str, Any]:
         assert self.reader is not None
