@@ -34,6 +34,7 @@ import secrets
 import sys
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
@@ -122,40 +123,54 @@ async def run_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     durations: dict[str, float] = {}
-    clock = time.monotonic()
 
-    def done(part: str) -> None:
-        nonlocal clock
-        now = time.monotonic()
-        durations[part] = round(now - clock, 1)
-        clock = now
+    async def part(name: str, title: str, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one part; a failure is recorded and the other parts still run."""
+        if name not in args.parts:
+            return None
+        log(title)
+        started = time.monotonic()
+        try:
+            return await work()
+        except Exception as exc:
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            log(f"{name} failed: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            durations[name] = round(time.monotonic() - started, 1)
 
-    if "micro" in args.parts:
-        log("per-operation rows")
-        records += await run_micro(url, args, errors)
-        done("micro")
-    if "stampede" in args.parts:
-        log("stampede rows")
-        records += await stampede.measure(url, rounds=2 if args.quick else 9, progress=log)
-        done("stampede")
-    if "invalidation" in args.parts:
-        log("invalidation row")
-        trials, warmup = (60, 10) if args.quick else (300, 30)
-        records += await invalidation.measure(url, trials=trials, warmup=warmup)
-        done("invalidation")
-    if "memory" in args.parts:
-        log("L1 memory per entry")
-        extra["memory"] = await extras.memory(5_000 if args.quick else 20_000)
-        done("memory")
-    if "scaling" in args.parts:
-        log("L1 cost by size")
-        sizes = extras.SIZES_QUICK if args.quick else extras.SIZES_FULL
-        extra["scaling"] = await extras.scaling(sizes, repeats=3 if args.quick else 5)
-        done("scaling")
-    if "codecs" in args.parts:
-        log("serialisation and compression")
-        extra["codecs"] = extras.codecs(budget_s=0.01 if args.quick else 0.15)
-        done("codecs")
+    quick = args.quick
+    trials, warmup = (40, 5) if quick else (300, 30)
+    sizes = extras.SIZES_QUICK if quick else extras.SIZES_FULL
+
+    async def codecs() -> Any:
+        return extras.codecs(budget_s=0.01 if quick else 0.15)
+
+    records += await part("micro", "per-operation rows", lambda: run_micro(url, args, errors)) or []
+    records += (
+        await part(
+            "stampede",
+            "stampede rows",
+            lambda: stampede.measure(url, rounds=2 if quick else 9, progress=log),
+        )
+        or []
+    )
+    records += (
+        await part(
+            "invalidation",
+            "invalidation row",
+            lambda: invalidation.measure(url, trials=trials, warmup=warmup),
+        )
+        or []
+    )
+    extra["memory"] = await part(
+        "memory", "L1 memory per entry", lambda: extras.memory(5_000 if quick else 20_000)
+    )
+    extra["scaling"] = await part(
+        "scaling", "L1 cost by size", lambda: extras.scaling(sizes, repeats=3 if quick else 5)
+    )
+    extra["codecs"] = await part("codecs", "serialisation and compression", codecs)
+    extra = {k: v for k, v in extra.items() if v is not None}
     errors += [
         f"{r['row']} {r['system']} {r['variant']}: {r['failure']}"
         for r in records

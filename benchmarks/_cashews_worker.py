@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 import warnings
@@ -40,7 +41,7 @@ async def main(args: dict[str, Any]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
     def say(doc: dict[str, Any]) -> None:
-        print(orjson.dumps(doc).decode(), flush=True)
+        print(orjson.dumps(doc).decode(), file=PROTOCOL, flush=True)
 
     say({"ready": True})
     try:
@@ -76,6 +77,12 @@ async def main(args: dict[str, Any]) -> None:
     finally:
         await asyncio.wait_for(backend.close(), 10)
 
+
+# The protocol owns the real stdout; anything else printed (a library's log line) goes to
+# stderr, so it cannot corrupt a reply.
+PROTOCOL = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 
 if __name__ == "__main__":
     warnings.simplefilter("ignore", DeprecationWarning)

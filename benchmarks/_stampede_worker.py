@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 import warnings
@@ -189,7 +190,11 @@ async def main(args: dict[str, Any]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     async with AsyncExitStack() as stack:
         systems = await setup(stack, args["url"], args["token"])
-        print(orjson.dumps({"ready": True, "systems": list(systems)}).decode(), flush=True)
+        print(
+            orjson.dumps({"ready": True, "systems": list(systems)}).decode(),
+            file=PROTOCOL,
+            flush=True,
+        )
         while line := await reader.readline():
             cmd = orjson.loads(line)
             if cmd["op"] == "exit":
@@ -200,8 +205,14 @@ async def main(args: dict[str, Any]) -> None:
             except Exception as exc:
                 reply = {"calls": None, "errors": cmd["callers"], "end": time.monotonic()}
                 reply["first_error"] = repr(exc)[:300]
-            print(orjson.dumps(reply).decode(), flush=True)
+            print(orjson.dumps(reply).decode(), file=PROTOCOL, flush=True)
 
+
+# The protocol owns the real stdout; anything else printed (a library's log line) goes to
+# stderr, so it cannot corrupt a reply.
+PROTOCOL = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 
 if __name__ == "__main__":
     warnings.simplefilter("ignore", DeprecationWarning)

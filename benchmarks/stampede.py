@@ -57,10 +57,14 @@ class Worker:
         self.systems = hello.get("systems", [])
 
     async def read(self) -> dict[str, Any]:
+        """The next protocol line (a JSON object); other output (a log line) goes to stderr."""
         assert self.reader is not None
-        line = await self.reader.receive_until(b"\n", 1 << 20)
-        doc: dict[str, Any] = orjson.loads(line)
-        return doc
+        while True:
+            line = await self.reader.receive_until(b"\n", 1 << 20)
+            if line.startswith(b"{"):
+                doc: dict[str, Any] = orjson.loads(line)
+                return doc
+            sys.stderr.write(f"[worker] {line.decode(errors='replace')}\n")
 
     async def send(self, cmd: dict[str, Any]) -> None:
         assert self.process is not None and self.process.stdin is not None
