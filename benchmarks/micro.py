@@ -130,19 +130,27 @@ def sequential(op: Callable[[Any], Awaitable[Any]], arg: Any) -> Runner:
     return run
 
 
-def concurrent(
-    op: Callable[[Any], Awaitable[Any]], args: Sequence[Any], expected: Any = VALUE
-) -> Runner:
-    """``n`` waves of ``len(args)`` tasks, each awaiting ``op(arg)``; counts wrong results."""
+class concurrent:
+    """``n`` waves of ``len(args)`` tasks, each awaiting ``op(arg)``; counts wrong results
+    and keeps the first few errors (``samples``) for the report."""
 
-    async def run(n: int) -> int:
+    def __init__(
+        self, op: Callable[[Any], Awaitable[Any]], args: Sequence[Any], expected: Any = VALUE
+    ) -> None:
+        self.op = op
+        self.args = args
+        self.expected = expected
+        self.samples: list[str] = []
+
+    async def __call__(self, n: int) -> int:
         errors = 0
         for _ in range(n):
-            results = await asyncio.gather(*[op(a) for a in args], return_exceptions=True)
-            errors += sum(1 for r in results if r != expected)
+            results = await asyncio.gather(*[self.op(a) for a in self.args], return_exceptions=True)
+            wrong = [r for r in results if r != self.expected]
+            errors += len(wrong)
+            for r in wrong[: max(0, 3 - len(self.samples))]:
+                self.samples.append(repr(r)[:200])
         return errors
-
-    return run
 
 
 def key_names(n: int) -> list[str]:
@@ -443,6 +451,7 @@ def summarize(subjects: list[Subject], series: dict[str, Series]) -> list[dict[s
                 "units_per_batch": s.units,
                 "ops_per_unit": subject.ops_per_unit,
                 "failure": s.failure,
+                "error_samples": list(getattr(subject.run, "samples", [])),
                 "note": subject.note,
                 "rounds_us": [round(x, 4) for x in s.us_per_op],
             }

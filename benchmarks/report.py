@@ -290,8 +290,17 @@ def markdown(doc: dict[str, Any], *, png: str | None) -> str:
         "",
         *detail_table(doc),
         "",
-        *extras_tables(doc),
     ]
+    seen = [r for r in doc["records"] if r.get("error_samples") or r.get("first_error")]
+    if seen:
+        lines += ["What the errors were (first samples):", ""]
+        lines += [
+            f"- {r['row']} {r['system']} {r['variant']}: "
+            + "; ".join(f"`{e}`" for e in (r.get("error_samples") or [r.get("first_error")]))
+            for r in seen
+        ]
+        lines.append("")
+    lines += [*extras_tables(doc)]
     if doc.get("errors"):
         lines += ["Problems in this run:", "", *(f"- {e}" for e in doc["errors"]), ""]
     return "\n".join(lines).rstrip() + "\n"
