@@ -5,10 +5,18 @@ from __future__ import annotations
 import enum
 import random
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import final
+from typing import Final, final
 
 __all__ = ()
+
+RATE_WINDOW: Final = 20
+"""Calls remembered for the failure-rate trip."""
+FAILURE_RATE: Final = 0.5
+"""The breaker also opens once this share of the last `RATE_WINDOW` calls failed (with at
+least `RATE_WINDOW` calls seen), so a flapping server that answers every other call is not
+hammered forever by a consecutive-failure count that keeps being reset."""
 
 
 class BreakerState(enum.StrEnum):
@@ -19,7 +27,8 @@ class BreakerState(enum.StrEnum):
 
 @final
 class CircuitBreaker:
-    """Closed → open after ``threshold`` consecutive failures → half-open probe after a cooldown.
+    """Closed → open after ``threshold`` consecutive failures, or when ``failure_rate`` of
+    the last ``rate_window`` calls failed → half-open probe after a cooldown.
 
     The cooldown starts at ``initial_cooldown`` and doubles (with ±20 % jitter, so replicas
     do not probe in step) on every failed probe, up to ``max_cooldown``. One success closes
@@ -33,9 +42,11 @@ class CircuitBreaker:
         "_cooldown",
         "_failures",
         "_open_until",
+        "_outcomes",
         "_probing",
         "_random",
         "_timer",
+        "failure_rate",
         "initial_cooldown",
         "max_cooldown",
         "opened",
@@ -51,8 +62,12 @@ class CircuitBreaker:
         initial_cooldown: float = 0.1,
         timer: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        failure_rate: float = FAILURE_RATE,
+        rate_window: int = RATE_WINDOW,
     ) -> None:
         self.threshold = threshold
+        self.failure_rate = failure_rate
+        self._outcomes: deque[bool] = deque(maxlen=rate_window)
         self.max_cooldown = max_cooldown
         self.initial_cooldown = min(initial_cooldown, max_cooldown)
         self.state = BreakerState.CLOSED
@@ -83,7 +98,9 @@ class CircuitBreaker:
         if probe:
             self._probing = False
         if self.state is BreakerState.CLOSED:
+            self._outcomes.append(True)
             return False
+        self._outcomes.clear()
         self.state = BreakerState.CLOSED
         self._probing = False
         self._cooldown = self.initial_cooldown
@@ -103,10 +120,17 @@ class CircuitBreaker:
         if self.state is not BreakerState.CLOSED:
             return False
         self._failures += 1
-        if self._failures < self.threshold:
+        self._outcomes.append(False)
+        if self._failures < self.threshold and not self._rate_exceeded():
             return False
         self.trip(self._cooldown)
         return True
+
+    def _rate_exceeded(self) -> bool:
+        outcomes = self._outcomes
+        if len(outcomes) < (outcomes.maxlen or 0):
+            return False
+        return outcomes.count(False) >= self.failure_rate * len(outcomes)
 
     def trip(self, cooldown: float | None = None) -> None:
         """Open the breaker now, for ``cooldown`` seconds (default: the current cooldown)."""

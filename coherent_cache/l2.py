@@ -68,6 +68,9 @@ class L2Stats(TypedDict):
     timeouts: int
     rejected_payloads: int
     short_circuited: int
+    dropped_writes: int
+    """Writes, deletes and clears that did not reach Redis (outage, timeout, open
+    breaker). They are not queued or retried: see docs/reliability.md."""
     breaker: str
     url: str | None
 
@@ -155,6 +158,12 @@ class RedisCache:
     fast (as misses) until a probe after a cooldown (at most ``circuit_breaker_cooldown``)
     succeeds. redis-py reconnects by itself; nothing needs restarting.
 
+    Pending writes: none. A write, delete or clear that fails is dropped, counted in
+    ``dropped_writes`` and logged; it is never queued or retried, so it can never land
+    after (and overwrite) a newer value. A failed write's L1 copy lives at most
+    ``max_stale_on_bus_loss`` (see `MultiTierCache`). One caveat no client can remove: a
+    command the server had already received when its reply timed out may still be applied.
+
     Args:
         config: the settings; ``redis_url`` must not be ``None``.
         client: a ready ``redis.asyncio.Redis`` (or ``RedisCluster``) to use instead of one
@@ -212,6 +221,7 @@ class RedisCache:
         self._timeouts = 0
         self._rejected = 0
         self._short_circuited = 0
+        self._dropped_writes = 0
         self.published = 0
         """Bus messages PUBLISHed successfully through this client."""
         self.latency = _telemetry.LatencyHistogram()
@@ -525,6 +535,7 @@ class RedisCache:
         try:
             result = await self._call("SET", call)
         except BackendError:
+            self._dropped_writes += 1
             return False
         if notify is not None:
             self.published += 1
@@ -595,7 +606,8 @@ class RedisCache:
     async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
         """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
 
-        Reads each tag's index with ``SSCAN`` and ``UNLINK``s its members in batches, each
+        Reads each tag's index with ``SSCAN``, ``SREM``s the members seen from the index
+        and ``UNLINK``s their entries, in batches (a key indexed concurrently stays indexed), each
         call under ``operation_timeout``. An outage midway is logged; the count so far is
         returned.
         """
@@ -607,12 +619,17 @@ class RedisCache:
                 while True:
                     cursor, members = await self._sscan(index, cursor, batch)
                     if members:
-                        names = self._member_keys(members)
-                        removed += await self._unlink(names)
+                        # SREM exactly the members seen, then UNLINK them; never the whole
+                        # index. A writer does SET, then SADD: whatever the interleaving,
+                        # a key written concurrently is either deleted or still indexed
+                        # (an UNLINK of the index orphaned such keys; the fault suite
+                        # caught that race). Redis deletes the set once it is empty.
+                        await self._srem(index, members)
+                        removed += await self._unlink(self._member_keys(members))
                     if cursor == 0:
                         break
-                await self._unlink([index])
         except BackendError as exc:
+            self._dropped_writes += 1
             self.log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
         return removed
 
@@ -722,6 +739,7 @@ class RedisCache:
         try:
             await self._call("SET*", write)
         except BackendError:
+            self._dropped_writes += 1
             return False
         return True
 
@@ -753,6 +771,7 @@ class RedisCache:
         try:
             await self._call("SET*", write)
         except BackendError:
+            self._dropped_writes += 1
             if raise_errors:
                 raise
             return False
@@ -785,6 +804,7 @@ class RedisCache:
         try:
             count = await self._call("UNLINK", call)
         except BackendError:
+            self._dropped_writes += 1
             return False
         if notify is not None:
             self.published += 1
@@ -831,6 +851,7 @@ class RedisCache:
         try:
             count = await self._call("UNLINK", lambda: self._client.unlink(*names))
         except BackendError:
+            self._dropped_writes += 1
             if raise_errors:
                 raise
             return 0
@@ -857,6 +878,7 @@ class RedisCache:
                     if cursor == 0:
                         break
         except BackendError as exc:
+            self._dropped_writes += 1
             if raise_errors:
                 raise
             self.log.warning(
@@ -941,6 +963,7 @@ class RedisCache:
             "timeouts": self._timeouts,
             "rejected_payloads": self._rejected,
             "short_circuited": self._short_circuited,
+            "dropped_writes": self._dropped_writes,
             "breaker": self._breaker.state.value,
             "url": self.config.redacted_url(),
         }

@@ -565,6 +565,7 @@ class MultiTierCache:
                 "timeouts": 0,
                 "rejected_payloads": 0,
                 "short_circuited": 0,
+                "dropped_writes": 0,
                 "breaker": "closed",
                 "url": None,
             }

@@ -1,4 +1,11 @@
-"""A TCP proxy on 127.0.0.1 that can hold the server's replies, to force interleavings."""
+"""A TCP proxy on 127.0.0.1 between cache instances and a server, to inject network faults.
+
+It forwards bytes both ways and can: hold the server's replies (`hold`/`release`, to force
+interleavings or stall clients), cut every connection and refuse new ones (`block`, a
+partition), half-close connections (`half_close`: the client reads EOF while its own
+writes still reach the server), and do any of these to the subscriber connections only
+(those that sent ``SUBSCRIBE``), so the invalidation bus can be lost while L2 works.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,22 @@ import asyncio
 import contextlib
 from types import TracebackType
 from typing import Self
+
+
+class _Link:
+    """One proxied connection: the client side, the server side, and what it is."""
+
+    __slots__ = ("client", "subscriber", "upstream")
+
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.subscriber = False
+
+    def close(self) -> None:
+        for writer in (self.client, self.upstream):
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                writer.close()
 
 
 class HoldingProxy:
@@ -22,30 +45,66 @@ class HoldingProxy:
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._hold_subscribers = True
+        self._hold_commands = True
         self.held_bytes = 0
         self._reply_held = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._links: set[_Link] = set()
         self._blocked = False
+        self._subscribers_blocked = False
+        self.accepted = 0
+        """Connections accepted so far (refused ones included)."""
 
     @property
     def url(self) -> str:
         """Redis URL pointing at the proxy."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def open_connections(self) -> int:
+        """Connections currently proxied."""
+        return len(self._links)
+
     def block(self) -> None:
         """Cut every open connection and refuse new ones until `unblock` (a partition)."""
         self._blocked = True
-        for writer in list(self._writers):
-            writer.close()
+        for link in list(self._links):
+            link.close()
 
     def unblock(self) -> None:
         """Accept connections again."""
         self._blocked = False
 
-    def hold(self) -> None:
-        """Keep replies from reaching clients until `release`."""
+    def block_subscribers(self) -> None:
+        """Cut the subscriber connections, and any that sends SUBSCRIBE, until unblocked."""
+        self._subscribers_blocked = True
+        for link in list(self._links):
+            if link.subscriber:
+                link.close()
+
+    def unblock_subscribers(self) -> None:
+        """Let SUBSCRIBE through again."""
+        self._subscribers_blocked = False
+
+    def half_close(self) -> None:
+        """Send EOF to every client (server→client direction closed) and stop forwarding
+        replies; the clients' writes still reach the server until they close."""
+        for link in list(self._links):
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                if link.client.can_write_eof():
+                    link.client.write_eof()
+
+    def hold(self, *, subscribers: bool = True, subscribers_only: bool = False) -> None:
+        """Keep replies from reaching clients until `release`.
+
+        ``subscribers=False``: the subscriber connections keep flowing (only command
+        replies are held). ``subscribers_only=True``: only subscribers are held (a slow
+        subscriber: the proxy stops reading from the server for them).
+        """
         self.held_bytes = 0
+        self._hold_subscribers = subscribers
+        self._hold_commands = not subscribers_only
         self._reply_held.clear()
         self._flowing.clear()
 
@@ -71,8 +130,8 @@ class HoldingProxy:
         self.release()
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
-            writer.close()
+        for link in list(self._links):
+            link.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -80,33 +139,47 @@ class HoldingProxy:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         if self._blocked:
             writer.close()
             return
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers.update((writer, up_writer))
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()  # the server is down: the client sees the connection reset
+            return
+        link = _Link(writer, up_writer)
+        self._links.add(link)
         for coro in (
-            self._pump(reader, up_writer, hold=False),
-            self._pump(up_reader, writer, hold=True),
+            self._pump(reader, link, upstream=True),
+            self._pump(up_reader, link, upstream=False),
         ):
             task = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, hold: bool
-    ) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, link: _Link, *, upstream: bool) -> None:
+        """Copy one direction: client→server when ``upstream``, else server→client."""
+        writer = link.upstream if upstream else link.client
         try:
             while data := await reader.read(65536):
-                if hold and not self._flowing.is_set():
+                if upstream:
+                    if b"SUBSCRIBE" in data.upper():
+                        link.subscriber = True
+                        if self._subscribers_blocked:
+                            break
+                elif not self._flowing.is_set() and (
+                    self._hold_subscribers if link.subscriber else self._hold_commands
+                ):
                     self.held_bytes += len(data)
                     self._reply_held.set()
                     await self._flowing.wait()
+                if not upstream and link.client.is_closing():
+                    break
                 writer.write(data)
                 await writer.drain()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, RuntimeError):
             pass
         finally:
-            with contextlib.suppress(ConnectionError, OSError):
-                writer.close()
-            self._writers.discard(writer)
+            link.close()
+            self._links.discard(link)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from coherent_cache._breaker import BreakerState, CircuitBreaker
+from coherent_cache._breaker import RATE_WINDOW, BreakerState, CircuitBreaker
 
 from .conftest import FakeClock
 
@@ -209,3 +209,39 @@ class TestTrip:
         breaker.success()
         fail(breaker, 3)
         assert 2 == breaker.opened
+
+
+class TestFailureRate:
+    """A flapping server (failures interleaved with successes) opens the breaker too."""
+
+    def test_alternating_failures_open_after_a_full_window(self, clock: FakeClock) -> None:
+        """Every other call failing never reaches 3 consecutive failures, yet opens it
+        once the last RATE_WINDOW calls are half failures."""
+        breaker = make(clock)
+        opened = []
+        for _ in range(RATE_WINDOW // 2):
+            breaker.success()
+            opened.append(breaker.failure())
+        assert [False] * (RATE_WINDOW // 2 - 1) + [True] == opened
+        assert BreakerState.OPEN is breaker.state
+
+    def test_rare_failures_keep_it_closed(self, clock: FakeClock) -> None:
+        """One failure in four stays under the rate: the breaker stays closed."""
+        breaker = make(clock)
+        for _ in range(4 * RATE_WINDOW):
+            for _ in range(3):
+                breaker.success()
+            assert False is breaker.failure()
+        assert BreakerState.CLOSED is breaker.state
+
+    def test_window_restarts_after_closing(self, clock: FakeClock) -> None:
+        """Outcomes from before an outage do not count after the breaker closed again."""
+        breaker = make(clock)
+        for _ in range(RATE_WINDOW // 2):
+            breaker.success()
+            breaker.failure()
+        clock.tick(100)
+        assert True is breaker.allow()
+        assert True is breaker.success(probe=True)
+        assert False is breaker.failure()  # one failure after closing: far below the rate
+        assert BreakerState.CLOSED is breaker.state

@@ -89,7 +89,42 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
                 return {"value": None}
             await anyio.lowlevel.checkpoint()
         return {"value": time.monotonic()}
+    if op == "run_load":
+        # The fault suite's bounded mixed workload; the log goes to a file, not the pipe.
+        from tests.faults.load import run_load
+
+        result = await run_load(cache, cmd["args"])
+        log = result.pop("log")  # type: ignore[misc]
+        await anyio.Path(cmd["log_path"]).write_bytes(
+            b"".join(orjson.dumps(entry) + b"\n" for entry in log)
+        )
+        return {"value": result}
+    if op == "wait_recovered":
+        # Wait until L2 answered and the bus resubscribed `recoveries` times; say when.
+        bus = cache.bus
+        assert bus is not None and cache.l2 is not None
+        recovered = int(cmd.get("recoveries", 1))
+        l2_at = bus_at = None
+        with anyio.fail_after(float(cmd.get("within", 10))):
+            while l2_at is None or bus_at is None:
+                now = time.monotonic()
+                if l2_at is None and (cache.l2.connected or await cache.l2.ping()):
+                    l2_at = now
+                if bus_at is None and bus.connected and bus.stats()["recoveries"] >= recovered:
+                    bus_at = now
+                await anyio.sleep(0.005)
+        return {"value": {"l2_at": l2_at, "bus_at": bus_at}}
+    if op == "rss":
+        return {"value": _rss_bytes()}
     raise ValueError(f"unknown op {op!r}")
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size, from /proc/self/status."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _tracer_provider(spans_file: str | None) -> Any:
@@ -108,6 +143,9 @@ def _tracer_provider(spans_file: str | None) -> Any:
 
 async def main(fields: dict[str, Any]) -> None:
     """Start a manager and serve commands until stdin closes or an ``exit`` command."""
+    from tests.faults.disable import apply_from_env
+
+    apply_from_env()  # fault-suite checks only: COHERENT_CACHE_TEST_DISABLE
     stdin = anyio.wrap_file(sys.stdin)
     provider = _tracer_provider(fields.pop("_spans_file", None))
     async with CacheManager(CacheConfig(**fields), tracer_provider=provider) as cache:
