@@ -3,7 +3,7 @@
 ``COHERENT_CACHE_TEST_DISABLE=breaker|bus_flush|fill_guard`` (comma-separated for several)
 is read by ``tests/faults/conftest.py`` (the pytest process) and by ``tests/worker.py``
 (worker processes inherit the environment). Each mechanism is patched at class level,
-before any manager is built. ``scripts/check_fault_teeth.sh`` runs the fault suite once
+before any manager is built. ``.ci/fault-teeth`` runs the fault suite once
 per mechanism and expects failures. Never set it outside those checks.
 """
 

@@ -7,12 +7,13 @@ passed. Writes happen only in the first ``write_phase`` seconds of every ``cycle
 is read-only, so a stale L1 copy left by a missed invalidation survives, unrefreshed, long
 enough for `tests.faults.checker` to see it.
 
-With ``owners``/``owned``, process ``p < owners`` also writes keys ``o<p>:0..owned-1``,
+With ``owners``/``owned``, process ``p < owners`` also writes keys ``own<p>:0..owned-1``,
 which only it writes and every process reads.
 
 Every value written is ``{"w": "<proc>-<n>"}`` (a set) or ``{"w": "<proc>-L<n>"}`` (a loader
 result), unique across processes, so each read names the write it saw. One log entry per
-operation: ``p`` process, ``t`` task, ``op``, ``k`` key/pattern/tag, ``w`` version written or
+operation (keys and patterns start with ``prefix``): ``p`` process, ``t`` task,
+``op``, ``k`` key/pattern/tag, ``w`` version written or
 read, ``s``/``e`` `time.monotonic` at start and end (CLOCK_MONOTONIC is system-wide on
 Linux), ``ok`` what a set returned, and ``u`` (uncertain): whether this process counted an
 L2 failure while the operation ran, so the operation may not have reached Redis. An
@@ -51,6 +52,7 @@ class LoadArgs(TypedDict, total=False):
     loader_delay: float
     owners: int
     owned: int
+    prefix: str
 
 
 class LoadResult(TypedDict):
@@ -66,9 +68,9 @@ class LoadResult(TypedDict):
 def tag_of(key: str) -> str | None:
     """The tag every write of ``key`` carries (so invalidate_tags has a known reach).
 
-    Owned keys (``o<p>:<i>``) carry none: nothing but the owner's writes may touch them.
+    Owned keys (``[prefix]own<p>:<i>``) carry none: only their owner's writes touch them.
     """
-    if key.startswith("o"):
+    if "own" in key:
         return None
     return TAGS[sum(key.encode()) % len(TAGS)]
 
@@ -95,18 +97,21 @@ def _version(value: Any) -> str | None:
 async def run_load(cache: CacheManager, args: LoadArgs) -> LoadResult:
     """Run the workload described in the module docstring; never raises for cache errors."""
     proc = int(args.get("proc", 0))
-    keys = list(args.get("keys") or [f"k:{i}" for i in range(8)])
-    patterns = list(args.get("patterns") or ["k:*", "k:[0-3]", "k:[4-7]", "k:?"])
+    prefix = str(args.get("prefix", ""))
+    keys = list(args.get("keys") or [f"{prefix}k:{i}" for i in range(8)])
+    patterns = list(
+        args.get("patterns") or [f"{prefix}{p}" for p in ("k:*", "k:[0-3]", "k:[4-7]", "k:?")]
+    )
     duration = float(args.get("duration", 3.0))
     cycle = float(args.get("cycle", 1.0))
     write_phase = float(args.get("write_phase", 0.3))
     loader_delay = float(args.get("loader_delay", 0.005))
     seed = int(args.get("seed", 0))
-    # Owned keys: ``o<p>:<i>`` is written only by process p and read by every process, so
-    # another instance's L1 copy of it is refreshed by nothing but the bus.
+    # Owned keys: ``own<p>:<i>`` is written only by process p and read by every process,
+    # so another instance's L1 copy of it is refreshed by nothing but the bus.
     owners, owned = int(args.get("owners", 0)), int(args.get("owned", 0))
-    own_keys = [f"o{proc}:{i}" for i in range(owned)] if proc < owners else []
-    read_keys = keys + [f"o{p}:{i}" for p in range(owners) for i in range(owned)]
+    own_keys = [f"{prefix}own{proc}:{i}" for i in range(owned)] if proc < owners else []
+    read_keys = keys + [f"{prefix}own{p}:{i}" for p in range(owners) for i in range(owned)]
     write_keys = keys + own_keys
     counter = itertools.count(1)
     log: list[dict[str, Any]] = []
