@@ -211,7 +211,8 @@ class CacheConfig(BaseModel):
     """Size of the Redis connection pool of each instance (in cluster mode: of each node's
     pool, and at most this many calls in flight; more wait within ``operation_timeout``)."""
     circuit_breaker_threshold: int = Field(default=3, ge=1)
-    """Consecutive failed Redis calls that open the circuit breaker."""
+    """Consecutive failed Redis calls that open the circuit breaker (it also opens when half
+    of the last 20 calls failed)."""
     circuit_breaker_cooldown: float = Field(default=5.0, gt=0, le=60)
     """Longest wait in seconds before an open breaker lets a probe call through."""
 

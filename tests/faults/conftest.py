@@ -112,6 +112,17 @@ class LoadRun:
         """The stale-read check of `tests.faults.checker`."""
         return check(self.ops, own_bound=own, remote_bound=remote)
 
+    def l2_back(self, proc: int, moment: float) -> float | None:
+        """Seconds from ``moment`` until ``proc`` completed a write that surely reached
+        Redis (no L2 failure counted meanwhile): when L2 was in use again."""
+        ends = [
+            op["e"]
+            for op in self.ops
+            if op["p"] == proc and op["s"] >= moment and not op["u"]
+            and op["op"] in ("set", "delete") and op.get("ok", True)
+        ]  # fmt: skip
+        return max(0.0, min(ends) - moment) if ends else None
+
     def since(self, moment: float) -> list[dict[str, Any]]:
         """Operations that started at or after ``moment`` (time.monotonic)."""
         return [op for op in self.ops if op["s"] >= moment]
