@@ -77,6 +77,7 @@ class TestSubscriberPartitioned:
                     cut_at.append(time.monotonic())
                     await anyio.sleep(CUT)
                     proxy.unblock_subscribers()
+                    cut_at.append(time.time())
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(fault)
@@ -89,6 +90,8 @@ class TestSubscriberPartitioned:
                     assert stats["l2_cache"]["errors"] == 0  # only the bus was cut
                     times = await worker.call("wait_recovered", recoveries=1)
                     assert times["bus_at"] is not None
+                    recovered_at = (await worker.call("stats"))["bus"]["last_recovery_at"]
+                    record_recovery("bus_partition_5s", bus=recovered_at - cut_at[1])
                 # During the cut the instances kept using L2: writes there were certain.
                 during = [
                     op
@@ -113,6 +116,7 @@ class TestSlowSubscriber:
                     workers(2, [srv.url, proxy.url], namespace) as procs,
                 ):
                     channel = f"{namespace}:invalidate"
+                    released: list[float] = []
                     flood = orjson.dumps(
                         {"v": 1, "op": "delete", "keys": [f"absent:{i}" for i in range(2000)]}
                     )
@@ -124,6 +128,7 @@ class TestSlowSubscriber:
                             await admin.publish(channel, flood)
                         await anyio.sleep(1.5)
                         proxy.release()
+                        released.append(time.time())
 
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(fault)
@@ -135,5 +140,9 @@ class TestSlowSubscriber:
                     assert times["bus_at"] is not None
                     stats = await procs[1].call("stats")
                     assert stats["bus"]["losses"] >= 1
+                    record_recovery(
+                        "slow_subscriber_cut",
+                        bus=stats["bus"]["last_recovery_at"] - released[0],
+                    )
             finally:
                 await admin.aclose()

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from coherent_cache import CacheManager
 
 from ..conftest import ManagerFactory, eventually
-from .conftest import fault_fields
+from .conftest import fault_fields, record_recovery
 
 ROOT = Path(__file__).resolve().parents[2]
 CYCLES = 200
@@ -48,6 +48,7 @@ def test_stop_returns_quickly_without_warnings(mode: str) -> None:
     assert 0 == done.returncode, done.stderr[-3000:]
     took = orjson.loads(done.stdout.strip().splitlines()[-1])["stop_seconds"]
     assert 2 == len(took) and max(took) < 2.0, took
+    record_recovery(f"stop_{mode}", stop=max(took))
     bad = [line for line in done.stderr.splitlines() if any(s in line for s in WARNING_SIGNS)]
     assert [] == bad, done.stderr[-3000:]
 
