@@ -108,9 +108,11 @@ class LoadRun:
         """Operations completed in all workers."""
         return sum(r["ops"] for r in self.results)
 
-    def check(self, *, own: float = OWN_BOUND, remote: float = REMOTE_BOUND) -> Report:
+    def check(
+        self, *, own: float = OWN_BOUND, remote: float = REMOTE_BOUND, tags_certain: bool = True
+    ) -> Report:
         """The stale-read check of `tests.faults.checker`."""
-        return check(self.ops, own_bound=own, remote_bound=remote)
+        return check(self.ops, own_bound=own, remote_bound=remote, tags_certain=tags_certain)
 
     def l2_back(self, proc: int, moment: float) -> float | None:
         """Seconds from ``moment`` until ``proc`` completed a write that surely reached
@@ -169,9 +171,15 @@ async def run_loads(
     return LoadRun(results, ops, started)
 
 
-def assert_sound(run: LoadRun, *, own: float = OWN_BOUND, remote: float = REMOTE_BOUND) -> Report:
+def assert_sound(
+    run: LoadRun,
+    *,
+    own: float = OWN_BOUND,
+    remote: float = REMOTE_BOUND,
+    tags_certain: bool = True,
+) -> Report:
     """No exception reached a caller, every answer was a written value, the bound held."""
-    report = run.check(own=own, remote=remote)
+    report = run.check(own=own, remote=remote, tags_certain=tags_certain)
     detail = f"{run.total} ops; {report.summary()}"
     print(detail)
     assert [] == run.errors, detail

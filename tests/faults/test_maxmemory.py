@@ -36,7 +36,9 @@ class TestMaxmemory:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(fill, admin, namespace, 1000)
                         run = await run_loads(procs, tmp_path, duration=3.0)
-                    assert_sound(run)
+                    # The server may evict a tag index before its members, so an
+                    # invalidate_tags may miss entries (docs/reliability.md).
+                    assert_sound(run, tags_certain=False)
                     assert int((await admin.info("stats"))["evicted_keys"]) > 0
                     for worker in procs:
                         stats = (await worker.call("stats"))["l2_cache"]
