@@ -15,11 +15,12 @@ returned more than ``bound(X, R)`` before R began: ``own_bound`` when X ran in R
 ``remote_bound`` otherwise (the bus latency, or when the bus was lost the
 ``max_stale_on_bus_loss`` bound plus detection).
 
-An invalidate_tags X gets ``remote_bound`` even in R's own process: in 2 of about 10
-five-minute fault-suite runs a read that began less than 3 ms after its own process's
-invalidate_tags returned still got the old value (root cause not found yet; see
-docs/reliability.md). With ``tags_certain=False`` (a server evicting keys, which may evict
-a tag index before its members) invalidate_tags constrains nothing.
+An invalidate_tags X gets ``remote_bound`` even in R's own process: a few times a read
+that began less than 3 ms after its own process's invalidate_tags returned still got the
+old value (likely a concurrent invalidate_tags of the same tag elsewhere, between its SREM
+and its UNLINK; see docs/reliability.md, "Known limits"). With ``tags_certain=False`` (a
+server evicting keys, which may evict a tag index before its members) invalidate_tags
+constrains nothing.
 """
 
 from __future__ import annotations
