@@ -624,14 +624,36 @@ class RedisCache:
                         # a key written concurrently is either deleted or still indexed
                         # (an UNLINK of the index orphaned such keys; the fault suite
                         # caught that race). Redis deletes the set once it is empty.
-                        await self._srem(index, members)
-                        removed += await self._unlink(self._member_keys(members))
+                        removed += await self._remove_members(index, members)
                     if cursor == 0:
                         break
         except BackendError as exc:
             self._dropped_writes += 1
             self.log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
         return removed
+
+    async def _remove_members(self, index: str, members: Sequence[bytes | str]) -> int:
+        """SREM ``members`` from ``index`` and UNLINK their entries; return entries removed.
+
+        Outside a cluster both run in one MULTI/EXEC, so a concurrent invalidate_tags of the
+        same tag (on another instance) never sees a member gone from the index while its
+        entry still exists, and then reads that entry back. In a cluster the index and the
+        entries live in different slots: SREM first, then UNLINK (a concurrent invalidation
+        of the same tag may return before the UNLINK lands; see docs/reliability.md).
+        """
+        names = self._member_keys(members)
+        if self._cluster:
+            await self._srem(index, members)
+            return await self._unlink(names)
+
+        async def srem_and_unlink() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                _ = pipe.srem(index, *members)
+                _ = pipe.unlink(*names)
+                return list(await pipe.execute())
+
+        replies = await self._call("SREM+UNLINK", srem_and_unlink)
+        return int(replies[1])
 
     def _member_keys(self, members: Sequence[bytes | str]) -> list[str]:
         """The Redis keys of a tag index's members (cache keys without the namespace)."""

@@ -333,3 +333,31 @@ class TestAutoPipelining:
         await raw_redis.client_kill_filter(_type="normal", skipme=True)
         assert ("v", "v") == (await l2.get("k"), await l2.get("k"))
         assert (errors, "closed") == (l2.stats()["errors"], l2.stats()["breaker"])
+
+
+class TestConcurrentTagInvalidation:
+    async def test_no_entry_outlives_either_of_two_concurrent_invalidations(
+        self, redis_url: str, namespace: str, raw_redis: Redis
+    ) -> None:
+        """Two instances invalidating one tag at once: when either call returns, no entry of
+        the tag is left in Redis (each batch's SREM and UNLINK are one transaction, so one
+        instance never sees a member gone from the index whose entry still exists)."""
+        config = CacheConfig(redis_url=redis_url, namespace=namespace, operation_timeout=5.0)
+        async with RedisCache(config) as a, RedisCache(config) as b:
+            for attempt in range(5):
+                names = [f"t{attempt}:{i}" for i in range(3000)]
+                assert await a.set_many({name: i for i, name in enumerate(names)}, 60)
+                async with raw_redis.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        _ = pipe.sadd(f"{namespace}#tag:shared", name)
+                    await pipe.execute()
+                left: list[int] = []
+
+                async def invalidate(cache: RedisCache, names: list[str], left: list[int]) -> None:
+                    await cache.invalidate_tags(["shared"], batch=50)
+                    left.append(await raw_redis.exists(*(f"{namespace}:{n}" for n in names)))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(invalidate, a, names, left)
+                    tg.start_soon(invalidate, b, names, left)
+                assert [0, 0] == left

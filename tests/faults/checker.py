@@ -15,10 +15,9 @@ returned more than ``bound(X, R)`` before R began: ``own_bound`` when X ran in R
 ``remote_bound`` otherwise (the bus latency, or when the bus was lost the
 ``max_stale_on_bus_loss`` bound plus detection).
 
-An invalidate_tags X gets ``remote_bound`` even in R's own process: a few times a read
-that began less than 3 ms after its own process's invalidate_tags returned still got the
-old value (likely a concurrent invalidate_tags of the same tag elsewhere, between its SREM
-and its UNLINK; see docs/reliability.md, "Known limits"). With ``tags_certain=False`` (a
+An invalidate_tags X in R's own process gets ``own_bound`` like any own invalidation (a
+concurrent invalidate_tags of the same tag elsewhere used to let it return one round trip
+early; each batch's SREM and UNLINK are now one transaction). With ``tags_certain=False`` (a
 server evicting keys, which may evict a tag index before its members) invalidate_tags
 constrains nothing.
 """
@@ -136,8 +135,7 @@ def check(
                 break
             if x.get("w") == version:
                 continue
-            own = x["p"] == read["p"] and x["op"] != "invalidate_tags"
-            bound = own_bound if own else remote_bound
+            bound = own_bound if x["p"] == read["p"] else remote_bound
             late = read["s"] - x["e"]
             if late > 0:
                 constrained = True
