@@ -45,7 +45,9 @@ from .keys import (
     MAX_KEY_LENGTH,
     CacheKeyGenerator,
     _encode_part,
+    encode_key_part,
     escape_glob,
+    escape_part,
     literal_of,
     validate_pattern,
     validate_tag,
@@ -224,8 +226,13 @@ class _PartFormatter(string.Formatter):
             raise InvalidKeyError(f"no value in this call ({exc!r})") from exc
 
     def format_field(self, value: Any, format_spec: str) -> str:
-        text = format(value, format_spec) if format_spec else _encode_part(value)
-        return escape_glob(text) if self.escape else text
+        if not self.escape:  # a tag
+            return format(value, format_spec) if format_spec else _encode_part(value)
+        # A pattern matches keys, whose str parts are escaped (`encode_key_part`).
+        text = format(value, format_spec) if format_spec else encode_key_part(value)
+        if format_spec and isinstance(value, str):
+            text = escape_part(text)
+        return escape_glob(text)
 
 
 @final
@@ -344,16 +351,21 @@ class _KeyPlan:
         if len(keep) == 1:  # the common case, without a list and a join
             body = args[keep[0]]
             kind = type(body)
-            if kind is not str:
-                if kind is not int and kind is not float:
-                    return None
+            if kind is str:
+                if "%" in body or "=" in body or ":" in body:
+                    return None  # escaped by the general path (`escape_part`)
+            elif kind is int or kind is float:
                 body = str(body)
+            else:
+                return None
         else:
             parts: list[str] = []
             for i in keep:
                 value = args[i]
                 kind = type(value)
                 if kind is str:
+                    if "%" in value or "=" in value or ":" in value:
+                        return None  # escaped by the general path (`escape_part`)
                     parts.append(value)
                 elif kind is int or kind is float:
                     parts.append(str(value))
@@ -412,7 +424,7 @@ class _CachedSpec:
             return key, arguments
         assert arguments is not None
         parts: list[str] = []
-        keyword_parts: list[str] = []
+        keyword_parts: list[tuple[str, str]] = []
         kinds = self.sig.kinds
         for name, value in arguments.items():
             if name in self.exclude:
@@ -424,17 +436,17 @@ class _CachedSpec:
                 )
             elif kind is inspect.Parameter.VAR_KEYWORD:
                 keyword_parts.extend(
-                    f"{extra}={self._encode(extra, value[extra])}"
+                    (extra, self._encode(extra, value[extra]))
                     for extra in sorted(value)
                     if extra not in self.exclude and not _is_context_type(type(value[extra]))
                 )
             elif not _is_context_type(type(value)):
                 parts.append(self._encode(name, value))
-        return self.keys.generate_key(*parts, *keyword_parts), arguments
+        return self.keys.key_of_parts(parts, keyword_parts), arguments
 
     def _encode(self, name: str, value: object) -> str:
         try:
-            return _encode_part(value)
+            return encode_key_part(value)
         except InvalidKeyError as exc:
             raise InvalidKeyError(
                 f"cannot build a cache key for {self.sig.name}(): parameter {name!r} is a "

@@ -22,7 +22,9 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "CacheKeyGenerator",
     "compile_pattern",
+    "encode_key_part",
     "escape_glob",
+    "escape_part",
     "literal_of",
     "redis_key",
     "validate_key",
@@ -225,6 +227,34 @@ def _glob_class(raw: bytes, start: int, pattern: str) -> tuple[int, bytes]:
     return i, (b"[^" if negate else b"[") + b"".join(items) + b"]"
 
 
+def escape_part(text: str, separator: str = ":") -> str:
+    """Percent-escape ``%``, ``=`` and the separator's first character in a str key part.
+
+    Parts are joined with the separator and keyword parts are ``name=value``, so without
+    this ``f("a:b", "c")`` and ``f("a", "b:c")`` would share a key. Strings without those
+    characters (the common case) are returned unchanged, so keys stay readable. Only str
+    arguments are escaped: encodings of other types (dates, JSON) keep their ``:``.
+    """
+    lead = separator[0]
+    if "%" not in text and "=" not in text and lead not in text:
+        return text
+    text = text.replace("%", "%25").replace("=", "%3D")
+    if lead not in "%=":
+        text = text.replace(lead, "".join(f"%{b:02X}" for b in lead.encode()))
+    return text
+
+
+def encode_key_part(value: object, separator: str = ":") -> str:
+    """One argument as a key part: str escaped (`escape_part`), anything else encoded.
+
+    Raises:
+        InvalidKeyError: the value has no deterministic encoding.
+    """
+    if isinstance(value, str):
+        return escape_part(value, separator)
+    return _encode_part(value)
+
+
 def _encode_part(value: object) -> str:
     """Encode one key part canonically; raise `InvalidKeyError` for values without one."""
     if isinstance(value, str):
@@ -315,9 +345,16 @@ class CacheKeyGenerator:
         self.max_length = max_length
 
     def _body(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-        parts = [_encode_part(a) for a in args]
-        parts.extend(f"{name}={_encode_part(kwargs[name])}" for name in sorted(kwargs))
-        return self.separator.join(parts)
+        sep = self.separator
+        parts = [encode_key_part(a, sep) for a in args]
+        parts.extend(f"{name}={encode_key_part(kwargs[name], sep)}" for name in sorted(kwargs))
+        return sep.join(parts)
+
+    def key_of_parts(self, parts: list[str], keyword: list[tuple[str, str]]) -> str:
+        """`generate_key` of parts already encoded by `encode_key_part` (and sorted
+        ``(name, encoded)`` keyword pairs)."""
+        joined = [*parts, *(f"{name}={text}" for name, text in keyword)]
+        return self._finish(self.separator.join(joined))
 
     def _join(self, body: str) -> str:
         if self.prefix is None:
@@ -334,7 +371,9 @@ class CacheKeyGenerator:
         Raises:
             InvalidKeyError: an argument has no deterministic encoding, or no part was given.
         """
-        body = self._body(args, kwargs)
+        return self._finish(self._body(args, kwargs))
+
+    def _finish(self, body: str) -> str:
         key = self._join(body)
         if not key:
             raise InvalidKeyError("generate_key needs at least one part or a prefix")
@@ -355,8 +394,9 @@ class CacheKeyGenerator:
         Raises:
             InvalidKeyError: a placeholder has no value, or the result is not a valid pattern.
         """
-        enc_args = [escape_glob(_encode_part(a)) for a in args]
-        enc_kwargs = {k: escape_glob(_encode_part(v)) for k, v in kwargs.items()}
+        sep = self.separator
+        enc_args = [escape_glob(encode_key_part(a, sep)) for a in args]
+        enc_kwargs = {k: escape_glob(encode_key_part(v, sep)) for k, v in kwargs.items()}
         try:
             filled = pattern.format(*enc_args, **enc_kwargs)
         except (IndexError, KeyError) as exc:

@@ -749,6 +749,35 @@ class TestCacheInvalidate:
             _local(cache, "user:bob"),
         ]
 
+    async def test_separator_in_string_arguments_never_shares_a_key(
+        self, make_manager: ManagerFactory
+    ) -> None:
+        """f("a:b", "c") and f("a", "b:c") are different entries (str parts are escaped), and
+        cache_invalidate templated with "a:b" clears exactly f("a:b", ...)."""
+        cache = await make_manager()
+        calls = Calls()
+
+        @cache.cached(ttl=60, key_prefix="pair")
+        async def pair(x: str, y: str) -> str:
+            calls.record(x, y)
+            return f"{x}|{y}"
+
+        @cache.cache_invalidate("pair:{x}:*")
+        async def forget(x: str) -> None:
+            return None
+
+        tuples = [("a:b", "c"), ("a", "b:c"), ("a=b", "c"), ("a%3Ab", "c"), ("a", "b")]
+        keys = [pair.cache_key(*t) for t in tuples]
+        assert len(set(keys)) == len(tuples)
+        assert "pair:a%3Ab:c" == keys[0]  # readable, escaped only where needed
+        assert "pair:a:b" == keys[4]
+        for t in tuples:
+            assert f"{t[0]}|{t[1]}" == await pair(*t)
+            assert f"{t[0]}|{t[1]}" == await pair(*t)  # a hit of its own entry
+        assert len(tuples) == calls.count
+        await forget("a:b")
+        assert [MISSING, "a|b:c", "a=b|c", "a%3Ab|c", "a|b"] == [_local(cache, key) for key in keys]
+
     async def test_wildcard_pattern_clears_all(
         self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str
     ) -> None:

@@ -82,6 +82,32 @@ def determinism_args() -> str:
 
 
 class TestGenerateKey:
+    def test_string_parts_are_escaped_so_parts_never_run_together(self) -> None:
+        """The separator, '=' and '%' inside str arguments are percent-escaped; other
+        types keep their readable encoding."""
+        gen = CacheKeyGenerator("f")
+        keys = {
+            gen.generate_key("a:b", "c"),
+            gen.generate_key("a", "b:c"),
+            gen.generate_key("a=1"),
+            gen.generate_key(a="1"),
+            gen.generate_key("a%3D1"),
+        }
+        assert 5 == len(keys)
+        assert "f:a%3Ab:c" == gen.generate_key("a:b", "c")
+        assert "f:user:42" == gen.generate_key("user", 42)
+        assert "f:2024-01-02T03:04:05" == gen.generate_key(datetime.datetime(2024, 1, 2, 3, 4, 5))
+        assert "f|a:b|c" == CacheKeyGenerator("f", separator="|").generate_key("a:b", "c")
+        assert "f|a%7Cb" == CacheKeyGenerator("f", separator="|").generate_key("a|b")
+
+    def test_pattern_keys_escape_like_keys(self) -> None:
+        """A pattern filled with a str holding the separator matches that key only."""
+        gen = CacheKeyGenerator("f")
+        pattern = gen.generate_pattern_key("{}:*", "a:b")
+        match = compile_pattern(pattern)
+        assert match(gen.generate_key("a:b", "c"))
+        assert not match(gen.generate_key("a", "b:c"))
+
     """CacheKeyGenerator.generate_key builds readable, deterministic keys."""
 
     def test_documented_example(self) -> None:
