@@ -12,6 +12,8 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._backoff import backoff_delay
+
 __all__ = ()
 
 log = structlog.get_logger("coherent_cache")
@@ -115,8 +117,9 @@ class Supervisor:
                     self.log.error("task_failed", task=name, crashes=crashes)
                     return
                 info["state"] = TaskState.BACKOFF.value
-                delay = min(self._backoff_max, 0.1 * 2 ** min(crashes - 1, 16))
-                await anyio.sleep(delay * self._random.uniform(0.5, 1.0))
+                await anyio.sleep(
+                    backoff_delay(crashes - 1, base=0.1, cap=self._backoff_max, rng=self._random)
+                )
                 continue
             status.started()
             info["state"] = TaskState.STOPPED.value

@@ -24,6 +24,8 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from .keys import key_prefix
+
 __all__ = ()
 
 INSTRUMENTATION_NAME: Final = "coherent_cache"
@@ -147,11 +149,6 @@ def server_attributes(url: str | None) -> dict[str, AttributeValue]:
         found["server.address"] = parts.hostname
     found["server.port"] = port if port is not None else 6379
     return found
-
-
-def key_prefix(key: str) -> str:
-    """The first segment of a key (``user`` of ``user:42``), what traces show by default."""
-    return key.split(":", 1)[0]
 
 
 def current_traceparent() -> str | None:

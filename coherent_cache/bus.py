@@ -37,6 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _signing
+from ._backoff import backoff_delay
 from ._connection import bus_endpoint
 from .config import CacheConfig
 from .errors import (
@@ -377,8 +378,9 @@ class InvalidationBus:
         }
 
     def _backoff(self, attempt: int) -> float:
-        base = min(self.config.reconnect_backoff_max, 0.05 * 2 ** min(attempt, 16))
-        return float(base * self._random.uniform(0.5, 1.0))
+        return backoff_delay(
+            attempt, base=0.05, cap=self.config.reconnect_backoff_max, rng=self._random
+        )
 
     async def run(
         self,

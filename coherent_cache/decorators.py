@@ -52,9 +52,7 @@ from .keys import (
     validate_pattern,
     validate_tag,
 )
-from .l1 import check_ttl
-from .multitier import MISSING as _MISSING
-from .types import TTL, USE_DEFAULT
+from .types import MISSING, TTL, USE_DEFAULT, check_ttl
 
 if TYPE_CHECKING:
     from .manager import CacheManager
@@ -528,7 +526,7 @@ class CachedFunction(Generic[P, R]):
             # The hit path: no tags, no loader, no get_or_set coroutine.
             hit = manager._l1_hit_untraced(key)
             if hit is not _NOT_LOOKED:
-                if hit is not _MISSING:
+                if hit is not MISSING:
                     return hit
                 looked = True
         tags = spec.tag_values(arguments, full, kwargs)

@@ -112,6 +112,28 @@ def redis_lock_key(namespace: str, key: str) -> str:
     return f"{namespace}#lock:{key}"
 
 
+def literal_head(pattern: str) -> str:
+    """The literal text a Redis glob ``pattern`` starts with (escapes resolved)."""
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, None)
+            if nxt is None:
+                break
+            out.append(nxt)
+        elif ch in "*?[":
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def key_prefix(key: str) -> str:
+    """The first segment of a key (``user`` of ``user:42``): what logs and traces show of it."""
+    return key.split(":", 1)[0]
+
+
 def literal_of(pattern: str) -> str | None:
     """The one key ``pattern`` matches if it has no wildcard (only escapes), else ``None``.
 

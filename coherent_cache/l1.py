@@ -18,8 +18,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from cachetools import Cache, LFUCache
 
 from .config import CacheStrategy
-from .errors import InvalidTTLError
-from .keys import compile_pattern
+from .keys import compile_pattern, literal_head
+from .types import MISSING, check_ttl
 
 __all__ = [
     "ActorStats",
@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("coherent_cache")
-
-_MISSING: Final[Any] = object()
 
 
 class L1Stats(TypedDict):
@@ -90,23 +88,6 @@ class _Entry:
         self.stored = stored
         self.fresh = fresh
         self.tags = tags
-
-
-def literal_head(pattern: str) -> str:
-    """The literal text a Redis glob ``pattern`` starts with (escapes resolved)."""
-    out: list[str] = []
-    chars = iter(pattern)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, None)
-            if nxt is None:
-                break
-            out.append(nxt)
-        elif ch in "*?[":
-            break
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 @final
@@ -296,8 +277,8 @@ class _Ordered:
         return iter(self.data)
 
     def pop(self, key: str, default: Any = None) -> Any:
-        entry = self.data.pop(key, _MISSING)
-        if entry is _MISSING:
+        entry = self.data.pop(key, MISSING)
+        if entry is MISSING:
             return default
         self.index.discard(key)
         return entry
@@ -323,17 +304,6 @@ _INF: Final = float("inf")
 
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def check_ttl(ttl: object) -> float | None:
-    """Return ``ttl`` as seconds if it is ``None`` or a positive finite number, else raise."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < float("inf"):
-        raise InvalidTTLError(
-            f"ttl must be a positive number of seconds or None, got {ttl!r}", ttl=ttl
-        )
-    return float(ttl)
 
 
 @final
@@ -514,6 +484,24 @@ class InMemoryCache:
         now = self._timer()
         return sum(entry.expires > now for entry in self._data.pop_many(keys))
 
+    async def delete_pattern_chunked(self, pattern: str) -> int:
+        """`delete_pattern` in steps of `PATTERN_CHUNK` keys, yielding between them.
+
+        Only the keys of the pattern's first segment are visited (``user:*``: the ``user:``
+        keys, `pattern_candidates`), and a large match (half of a million entries) does not
+        hold the event loop for seconds. Removing more than a concurrent write put there is
+        always safe (L1 is a copy). Returns the number of entries removed.
+        """
+        match = compile_pattern(pattern)
+        keys = self.pattern_candidates(pattern)
+        removed = 0
+        for start in range(0, len(keys), PATTERN_CHUNK):
+            if start:
+                await anyio.lowlevel.checkpoint()
+            chunk = keys[start : start + PATTERN_CHUNK]
+            removed += self.delete_keys([k for k in chunk if match(k)])
+        return removed
+
     def pattern_candidates(self, pattern: str) -> list[str]:
         """A snapshot of the keys ``pattern`` may match: the bucket of its first segment
         when its literal head has one (``user:*``), else every key."""
@@ -564,7 +552,7 @@ class InMemoryCache:
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.peek(key, _MISSING) is not _MISSING
+        return isinstance(key, str) and self.peek(key, MISSING) is not MISSING
 
     @property
     def hits(self) -> int:
@@ -761,16 +749,8 @@ class L1Actor:
             self._applied += 1
 
     async def _clear_pattern(self, pattern: str) -> None:
-        owner = self._owner
-        owner.stale_fills_matching(pattern)
-        match = compile_pattern(pattern)
-        keys = owner.l1.pattern_candidates(pattern)
-        for start in range(0, len(keys), PATTERN_CHUNK):
-            for key in keys[start : start + PATTERN_CHUNK]:
-                if match(key):
-                    owner.invalidate_local(key)
-            if start + PATTERN_CHUNK < len(keys):
-                await anyio.lowlevel.checkpoint()
+        self._owner.stale_fills_matching(pattern)
+        await self._owner.l1.delete_pattern_chunked(pattern)
 
     async def aclose(self) -> None:
         """Close the mailbox; later commands flush L1 directly."""

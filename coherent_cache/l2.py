@@ -36,6 +36,7 @@ from .errors import (
 )
 from .keys import (
     escape_glob,
+    key_prefix,
     redis_key,
     redis_lock_key,
     redis_tag_key,
@@ -43,13 +44,13 @@ from .keys import (
     validate_pattern,
 )
 from .serializer import CacheSerializer, StoredEntry
+from .types import MISSING
 
 __all__ = ["L2Stats", "RedisCache"]
 
 log = structlog.get_logger("coherent_cache")
 
 T = TypeVar("T")
-_MISSING: Final[Any] = object()
 TAG_PRUNE_MIN: Final = 1000
 """A tag index is pruned of dead members once it holds more than this many (and twice as
 many as after its last pruning)."""
@@ -73,11 +74,6 @@ class L2Stats(TypedDict):
     breaker). They are not queued or retried: see docs/reliability.md."""
     breaker: str
     url: str | None
-
-
-def _key_prefix(key: str) -> str:
-    """What logs show of a key: its first segment, never the full key."""
-    return key.split(":", 1)[0]
 
 
 # Add a key to a tag index and keep the index alive as long as its longest-lived member:
@@ -185,13 +181,7 @@ class RedisCache:
             raise ValueError("RedisCache needs config.redis_url or a client")
         self.config = config
         self.namespace = config.namespace
-        self.serializer = serializer or CacheSerializer(
-            format=config.serialization_format,
-            compression=config.enable_compression,
-            threshold=config.compression_threshold,
-            algorithm=config.compression_algorithm,
-            max_size=config.max_value_size,
-        )
+        self.serializer = serializer or CacheSerializer.from_config(config)
         self._owns_client = client is None
         self._client = client if client is not None else _client_from_config(config)
         self._timeout = config.operation_timeout
@@ -362,7 +352,7 @@ class RedisCache:
     def _decode_entry(self, key: str, payload: bytes | str) -> StoredEntry | None:
         if not isinstance(payload, bytes):  # only with decode_responses=True clients
             self._rejected += 1
-            self.log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason="not bytes")
+            self.log.warning("l2_payload_rejected", key_prefix=key_prefix(key), reason="not bytes")
             return None
         if len(payload) > self.config.max_value_size:
             # Not written by a well-configured instance: someone else wrote it, or this
@@ -370,7 +360,7 @@ class RedisCache:
             self._rejected += 1
             self.log.warning(
                 "l2_payload_rejected",
-                key_prefix=_key_prefix(key),
+                key_prefix=key_prefix(key),
                 reason=f"{len(payload)} bytes, over max_value_size={self.config.max_value_size}",
             )
             return None
@@ -378,18 +368,18 @@ class RedisCache:
             return self.serializer.deserialize_entry(payload)
         except DeserializationError as exc:
             self._rejected += 1
-            self.log.warning("l2_payload_rejected", key_prefix=_key_prefix(key), reason=str(exc))
+            self.log.warning("l2_payload_rejected", key_prefix=key_prefix(key), reason=str(exc))
             return None
 
     def _decode(self, key: str, payload: bytes | str) -> Any:
-        """The value of a payload if it is valid and fresh, else _MISSING."""
+        """The value of a payload if it is valid and fresh, else MISSING."""
         entry = self._decode_entry(key, payload)
         if entry is None or not entry.is_fresh():
-            return _MISSING
+            return MISSING
         return entry.value
 
     def _count(self, value: Any) -> None:
-        if value is _MISSING:
+        if value is MISSING:
             self._misses += 1
         else:
             self._hits += 1
@@ -404,9 +394,9 @@ class RedisCache:
             payload = await self._call("GET", lambda: self._reads.get(name))
         except BackendError:
             return default
-        value = _MISSING if payload is None else self._decode(key, payload)
+        value = MISSING if payload is None else self._decode(key, payload)
         self._count(value)
-        return default if value is _MISSING else value
+        return default if value is MISSING else value
 
     async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
         """Return ``(value, remaining_ttl_seconds)`` of ``key`` in one round trip, or ``None``.
@@ -457,9 +447,9 @@ class RedisCache:
             return {}
         found: dict[str, Any] = {}
         for key, payload in zip(wanted, payloads, strict=True):
-            value = _MISSING if payload is None else self._decode(key, payload)
+            value = MISSING if payload is None else self._decode(key, payload)
             self._count(value)
-            if value is not _MISSING:
+            if value is not MISSING:
                 found[key] = value
         return found
 
@@ -905,7 +895,7 @@ class RedisCache:
                 raise
             self.log.warning(
                 "l2_clear_pattern_incomplete",
-                pattern_prefix=_key_prefix(pattern),
+                pattern_prefix=key_prefix(pattern),
                 removed=removed,
                 error=str(exc),
             )

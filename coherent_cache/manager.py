@@ -27,7 +27,7 @@ from ._telemetry import LatencyStats, Telemetry
 from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
 from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
-from .keys import validate_key, validate_tags
+from .keys import key_prefix, validate_key, validate_tags
 from .l1 import (
     ActorStats,
     FlushAll,
@@ -36,13 +36,12 @@ from .l1 import (
     InvalidatePattern,
     InvalidateTags,
     L1Actor,
-    check_ttl,
 )
 from .l2 import RedisCache
 from .monitoring import CacheMonitor
-from .multitier import MISSING, FillToken, MultiTierCache, TierStats
+from .multitier import FillToken, MultiTierCache, TierStats
 from .serializer import CacheSerializer
-from .types import TTL, USE_DEFAULT
+from .types import MISSING, TTL, USE_DEFAULT, check_ttl
 from .warming import (
     CacheWarmer,
     DataSource,
@@ -197,13 +196,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self.config = config if config is not None else CacheConfig.from_env()
         cfg = self.config
         self._state = _State.NEW
-        self.serializer = CacheSerializer(
-            format=cfg.serialization_format,
-            compression=cfg.enable_compression,
-            threshold=cfg.compression_threshold,
-            algorithm=cfg.compression_algorithm,
-            max_size=cfg.max_value_size,
-        )
+        self.serializer = CacheSerializer.from_config(cfg)
         self.l1 = InMemoryCache(
             cfg.memory_cache_size, cfg.memory_cache_ttl, cfg.memory_cache_strategy, timer=timer
         )
@@ -752,7 +745,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             self._loads["errors"] += 1
             self.log.warning(
                 "loader_failed",
-                key_prefix=key.split(":", 1)[0],
+                key_prefix=key_prefix(key),
                 error=type(exc).__name__,
                 detail=str(exc),
             )
@@ -836,7 +829,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 return found[0]
             now = self._timer()
             if now >= deadline:
-                self.log.warning("lock_wait_timeout", key_prefix=key.split(":", 1)[0])
+                self.log.warning("lock_wait_timeout", key_prefix=key_prefix(key))
                 return await self._call_and_store(key, loader, opts, fill)
             # Poll again after a twentieth of the time waited so far (1 ms to 100 ms): the
             # value is seen at most ~5 % after the holder stored it (doubling delays made a
@@ -865,7 +858,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             await anyio.sleep(lease / 3)
             try:
                 if not await l2.renew_lock(key, token, lease):
-                    self.log.warning("lock_lost", key_prefix=key.split(":", 1)[0])
+                    self.log.warning("lock_lost", key_prefix=key_prefix(key))
                     return
             except BackendError:
                 continue

@@ -9,28 +9,23 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final, TypedDict, final
 
-import anyio.lowlevel
-
 from . import _telemetry
 from .bus import BusMessage
 from .config import CacheTier
 from .errors import BackendError
 from .keys import compile_pattern, validate_key, validate_pattern, validate_tags
-from .l1 import PATTERN_CHUNK, InMemoryCache, L1Stats, check_ttl
+from .l1 import InMemoryCache, L1Stats
 from .l2 import L2Stats, RedisCache
 from .serializer import CacheSerializer, now_ms
-from .types import TTL, USE_DEFAULT
+from .types import MISSING, TTL, USE_DEFAULT, check_ttl
 
-__all__ = ["MISSING", "MultiTierCache", "TierStats"]
+__all__ = ["MultiTierCache", "TierStats"]
 
-_MISSING: Final[Any] = object()
 _RETRY: Final[Any] = object()
 """A shared L2 read whose first caller was cancelled: each joiner reads for itself."""
 L1_LATENCY_SAMPLE: Final = 64
 """`get` times one L1 lookup in 64 (when the hit count is a multiple of 64): timing every
 one (two clock reads and a bucket increment) would add about a tenth to an L1 hit."""
-MISSING: Final[Any] = _MISSING
-"""Returned by `MultiTierCache.l1_hit` when L1 holds no fresh value."""
 
 
 class TierStats(TypedDict):
@@ -137,24 +132,12 @@ class MultiTierCache:
         return self.l1.delete_pattern(pattern)
 
     async def _clear_local_pattern(self, pattern: str) -> int:
-        """`invalidate_local_pattern` in steps of `PATTERN_CHUNK` keys, yielding between them.
-
-        Only the keys of the pattern's first segment are visited (``user:*``: the ``user:``
-        keys, `InMemoryCache.pattern_candidates`), and a large match (half of a million
-        entries) does not hold the event loop for seconds. Removing more from L1 than a
-        concurrent write put there is always safe (L1 is a copy); fills that raced with
-        the clear are dropped by the pass made after L2 was cleared.
+        """Drop L1 keys matching ``pattern`` in chunks (`InMemoryCache.delete_pattern_chunked`)
+        and make matching in-flight fills stale; fills that raced with the clear are dropped
+        by the pass made after L2 was cleared.
         """
         self.stale_fills_matching(pattern)
-        match = compile_pattern(pattern)
-        keys = self.l1.pattern_candidates(pattern)
-        removed = 0
-        for start in range(0, len(keys), PATTERN_CHUNK):
-            if start:
-                await anyio.lowlevel.checkpoint()
-            chunk = keys[start : start + PATTERN_CHUNK]
-            removed += self.l1.delete_keys([k for k in chunk if match(k)])
-        return removed
+        return await self.l1.delete_pattern_chunked(pattern)
 
     def stale_fills_matching(self, pattern: str) -> None:
         """Make every in-flight fill of a key matching ``pattern`` stale."""
@@ -183,30 +166,30 @@ class MultiTierCache:
         """
         try:
             if self._hits & 63:  # L1_LATENCY_SAMPLE - 1, literal: this is the hot path
-                value = self.l1.get(key, _MISSING)
+                value = self.l1.get(key, MISSING)
             else:
                 started = time.perf_counter_ns()
-                value = self.l1.get(key, _MISSING)
+                value = self.l1.get(key, MISSING)
                 self.l1_latency.record(time.perf_counter_ns() - started)
         except TypeError:  # an unhashable key
             validate_key(key)
             raise
-        if value is not _MISSING:
+        if value is not MISSING:
             self._hits += 1
         return value
 
     async def get_after_l1_miss(self, key: str, tier: CacheTier, default: Any) -> Any:
         """`get` after `l1_get` returned `MISSING` (or without it, for ``tier=L2``)."""
         validate_key(key)
-        value = _MISSING
+        value = MISSING
         if tier is CacheTier.L2:
             if self.l2 is not None:
-                value = await self.l2.get(key, _MISSING)
+                value = await self.l2.get(key, MISSING)
         elif tier is CacheTier.BOTH and self.l2 is not None:
             found = await self._fill_from_l2(key)
             if found is not None and found[1]:
                 value = found[0]
-        if value is _MISSING:
+        if value is MISSING:
             self._misses += 1
             return default
         self._hits += 1
@@ -216,7 +199,7 @@ class MultiTierCache:
         """Return the value of ``key`` from the tiers asked for, or ``default``."""
         if tier is not CacheTier.L2:
             value = self.l1_get(key)
-            if value is not _MISSING:
+            if value is not MISSING:
                 return value
         return await self.get_after_l1_miss(key, tier, default)
 
@@ -227,32 +210,32 @@ class MultiTierCache:
         its own copy of this logic on purpose: building the tuple costs ~8 % of an L1 hit.
         """
         validate_key(key)
-        value = _MISSING
+        value = MISSING
         answered: str | None = None
         if tier is CacheTier.L2:
             if self.l2 is not None:
-                value = await self.l2.get(key, _MISSING)
+                value = await self.l2.get(key, MISSING)
                 answered = "l2"
         else:
             started = time.perf_counter_ns()
-            value = self.l1.get(key, _MISSING)
+            value = self.l1.get(key, MISSING)
             self.l1_latency.record(time.perf_counter_ns() - started)
             answered = "l1"
-            if value is _MISSING and tier is CacheTier.BOTH and self.l2 is not None:
+            if value is MISSING and tier is CacheTier.BOTH and self.l2 is not None:
                 answered = "l2"
                 found = await self._fill_from_l2(key)
                 if found is not None and found[1]:
                     value = found[0]
-        if value is _MISSING:
+        if value is MISSING:
             self._misses += 1
-            return _MISSING, None
+            return MISSING, None
         self._hits += 1
         return value, answered
 
     def l1_hit(self, key: str) -> Any:
         """The fresh L1 value of ``key`` or `MISSING`; counted like a get (no validation)."""
-        value = self.l1.get(key, _MISSING)
-        if value is not _MISSING:
+        value = self.l1.get(key, MISSING)
+        if value is not MISSING:
             self._hits += 1
         return value
 
@@ -399,7 +382,7 @@ class MultiTierCache:
         payload = self.serializer.pack(raw, key=key, fresh_until_ms=fresh_until, tags=tag_tuple)
         self._sets += 1
         self.invalidate_local(key, keep=own_fill)
-        decoded: Any = _MISSING
+        decoded: Any = MISSING
         if tier is not CacheTier.L2:
             decoded = self.serializer.loads(raw)
             self.l1.set(
@@ -425,7 +408,7 @@ class MultiTierCache:
         finally:
             # Fence: a fill that read L2 while the write was in flight may carry the
             # previous value; keep our own L1 entry, drop anything else.
-            if decoded is _MISSING or self.l1.peek(key, _MISSING) is not decoded:
+            if decoded is MISSING or self.l1.peek(key, MISSING) is not decoded:
                 self.invalidate_local(key, keep=own_fill)
             else:
                 self._stale_fills_of(key, own_fill)
@@ -452,7 +435,7 @@ class MultiTierCache:
         """
         validate_key(key)
         self._deletes += 1
-        existed = self.l1.peek(key, _MISSING) is not _MISSING
+        existed = self.l1.peek(key, MISSING) is not MISSING
         self.invalidate_local(key)
         if tier is CacheTier.L1 or self.l2 is None:
             return existed

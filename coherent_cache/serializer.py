@@ -21,11 +21,14 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import orjson
 
 from .errors import DeserializationError, SerializationError, ValueTooLargeError
+
+if TYPE_CHECKING:
+    from .config import CacheConfig
 
 __all__ = ["CacheSerializer", "StoredEntry"]
 
@@ -157,6 +160,17 @@ class CacheSerializer:
             self._compress = self._lz4.compress
         else:
             self._compress = _zlib_compress
+
+    @classmethod
+    def from_config(cls, config: CacheConfig) -> CacheSerializer:
+        """The serializer ``config`` describes (format, compression, ``max_value_size``)."""
+        return cls(
+            format=config.serialization_format,
+            compression=config.enable_compression,
+            threshold=config.compression_threshold,
+            algorithm=config.compression_algorithm,
+            max_size=config.max_value_size,
+        )
 
     def dumps(self, data: Any, *, key: str | None = None) -> bytes:
         """Encode ``data`` as JSON bytes, without header or compression.

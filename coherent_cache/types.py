@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
-__all__ = ["TTL", "USE_DEFAULT", "UseDefault"]
+from .errors import InvalidTTLError
+
+__all__ = ["MISSING", "TTL", "USE_DEFAULT", "UseDefault", "check_ttl"]
 
 
 class UseDefault(enum.Enum):
@@ -22,3 +24,25 @@ USE_DEFAULT: Final = UseDefault.USE_DEFAULT
 
 TTL: TypeAlias = float | Literal[UseDefault.USE_DEFAULT] | None
 """A TTL argument: seconds, ``None`` for no expiry, or `USE_DEFAULT` for ``default_ttl``."""
+
+
+class _Missing(enum.Enum):
+    MISSING = "MISSING"
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final[Any] = _Missing.MISSING
+"""The package's one "no value" sentinel (a cached value may be ``None``)."""
+
+
+def check_ttl(ttl: object) -> float | None:
+    """Return ``ttl`` as seconds if it is ``None`` or a positive finite number, else raise."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < float("inf"):
+        raise InvalidTTLError(
+            f"ttl must be a positive number of seconds or None, got {ttl!r}", ttl=ttl
+        )
+    return float(ttl)

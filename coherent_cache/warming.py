@@ -22,9 +22,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .config import CacheTier
 from .errors import BackendError, CacheClosedError, CacheError
-from .keys import validate_key
-from .l1 import check_ttl
-from .types import TTL, USE_DEFAULT
+from .keys import key_prefix, validate_key
+from .types import TTL, USE_DEFAULT, check_ttl
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -371,7 +370,7 @@ class CacheWarmer:
                 self.manager.log.warning(
                     "warm_item_skipped",
                     warmer=opts.name,
-                    key_prefix=shown.split(":", 1)[0],
+                    key_prefix=key_prefix(shown),
                     error=type(exc).__name__,
                 )
             return None
