@@ -55,9 +55,7 @@ def load_package(root: Path) -> dict[str, Module]:
         modules[name] = Module(name, path, ast.parse(source), len(source.splitlines()))
     for module in modules.values():
         for node in ast.walk(module.tree):
-            module.imports.update(
-                imported_modules(module.name, module.is_package, node, modules)
-            )
+            module.imports.update(imported_modules(module.name, module.is_package, node, modules))
         module.imports.discard(module.name)
     return modules
 
@@ -194,7 +192,7 @@ class TestPackageShape:
         self, package: dict[str, Module]
     ) -> None:
         """Collaborators get what they need when built; nobody reaches for ``obj._name``."""
-        found = [use for module in package.values() for use in foreign_private_uses(module, package)]
+        found = [use for m in package.values() for use in foreign_private_uses(m, package)]
         assert [] == found
 
     def test_the_manager_sits_on_top(self, package: dict[str, Module]) -> None:
