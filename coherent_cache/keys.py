@@ -66,7 +66,7 @@ def validate_tags(tags: Iterable[object]) -> tuple[str, ...]:
 def validate_pattern(pattern: object) -> str:
     """Return ``pattern`` if it is a usable Redis glob pattern, else raise `InvalidKeyError`."""
     text = _validate_slow(pattern, "pattern")
-    compile_pattern(text)  # raises on an unterminated [ or a trailing backslash
+    compile_pattern(text)  # raises on an unterminated [, a trailing \\ or an [a-é] range
     return text
 
 
@@ -170,7 +170,8 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     ``clear_pattern``.
 
     Raises:
-        InvalidKeyError: an unterminated ``[`` class or a trailing backslash.
+        InvalidKeyError: an unterminated ``[`` class, a trailing backslash, or a range whose
+            bounds are an ASCII and a non-ASCII byte (``[e-ü]``, see `_glob_class`).
     """
     if not _GLOB_SPECIAL.intersection(pattern):
         return pattern.__eq__
@@ -236,6 +237,14 @@ def _glob_class(raw: bytes, start: int, pattern: str) -> tuple[int, bytes]:
         elif i + 2 < n and raw[i + 1] == _DASH:
             # As in Redis, "a-]" is a range ending at "]", and reversed ranges are swapped.
             low, high = sorted((ch, raw[i + 2]))
+            if low < 0x80 <= high:
+                # The server compares range bounds as C char: signed on x86 ([e-ü] then
+                # matches "a"), unsigned on ARM. No answer is right on both: refuse.
+                raise InvalidKeyError(
+                    f"pattern {pattern!r} has a range from an ASCII to a non-ASCII byte "
+                    f"({raw[i : i + 3]!r}), which Redis matches differently by platform",
+                    key=pattern,
+                )
             items.append(_byte(low) + b"-" + _byte(high))
             i += 2
         else:

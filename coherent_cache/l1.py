@@ -372,6 +372,10 @@ class InMemoryCache:
             if self.strategy is not CacheStrategy.FIFO:
                 self._touch = ordered.data.move_to_end
 
+    def now(self) -> float:
+        """The current reading of the clock that this cache's TTLs count on."""
+        return self._timer()
+
     def _lifetime(self, ttl: float | None) -> float:
         if ttl is None:
             return float("inf") if self.ttl is None else self.ttl

@@ -319,17 +319,21 @@ class MultiTierCache:
 
     async def _read_and_install(self, key: str, fill: FillToken) -> tuple[Any, bool] | None:
         assert self.l2 is not None
+        sent = self.l1.now()
         found = await self.l2.get_entry_with_ttl(key)
         if found is None:
             return None
         entry, remaining = found
+        if remaining is not None:  # count it from the request: a slow reply must not stretch it
+            remaining -= self.l1.now() - sent
         fresh_for = entry.fresh_seconds()
         if not fill.stale and (remaining is None or remaining > 0):
             if fresh_for is None:
                 self.l1.set(key, entry.value, remaining, tags=entry.tags)
             elif remaining is not None and fresh_for > 0:
                 self.l1.set(
-                    key, entry.value, fresh_for, stale_for=max(0.0, remaining - fresh_for),
+                    key, entry.value, min(fresh_for, remaining),
+                    stale_for=max(0.0, remaining - fresh_for),
                     tags=entry.tags,
                 )  # fmt: skip
             elif remaining is not None:

@@ -400,6 +400,7 @@ class CacheWarmer:
         # stale item is neither installed in L1 nor allowed to disturb what L1 holds now.
         fills = [multi.begin_fill(key) for key, *_ in prepared]
         error: BackendError | None = None
+        sent = multi.l1.now()  # L2 TTLs count from the SETs: L1's count from before them
         try:
             await l2.set_payloads([(k, p, s) for k, p, s, _ in prepared], raise_errors=True)
         except BackendError as exc:
@@ -415,8 +416,9 @@ class CacheWarmer:
                 continue
             # Drop an older L1 copy and fence reads that fetched the previous L2 value.
             multi.invalidate_local(key)
-            if bound:
-                multi.l1.set(key, multi.serializer.loads(raw), seconds)
+            left = None if seconds is None else seconds - (multi.l1.now() - sent)
+            if bound and (left is None or left > 0):
+                multi.l1.set(key, multi.serializer.loads(raw), left)
                 tally.l1_written += 1
         if error is None:
             tally.written += len(prepared)

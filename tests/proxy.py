@@ -3,7 +3,8 @@
 It forwards bytes both ways and can: hold the server's replies (`hold`/`release`, to force
 interleavings or stall clients), cut every connection and refuse new ones (`block`, a
 partition), half-close connections (`half_close`: the client reads EOF while its own
-writes still reach the server), and do any of these to the subscriber connections only
+writes still reach the server), delay every reply by a fixed latency (`delay_replies`), and
+do any of these to the subscriber connections only
 (those that sent ``SUBSCRIBE``), so the invalidation bus can be lost while L2 works.
 """
 
@@ -18,12 +19,14 @@ from typing import Self
 class _Link:
     """One proxied connection: the client side, the server side, and what it is."""
 
-    __slots__ = ("client", "subscriber", "upstream")
+    __slots__ = ("client", "delayed", "subscriber", "upstream")
 
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
         self.subscriber = False
+        # (due time, bytes) of server→client data, once the link's replies were delayed.
+        self.delayed: asyncio.Queue[tuple[float, bytes]] | None = None
 
     def close(self) -> None:
         for writer in (self.client, self.upstream):
@@ -53,6 +56,8 @@ class HoldingProxy:
         self._links: set[_Link] = set()
         self._blocked = False
         self._subscribers_blocked = False
+        self._reply_delay = 0.0
+        self._delay_subscribers = False
         self.accepted = 0
         """Connections accepted so far (refused ones included)."""
 
@@ -107,6 +112,18 @@ class HoldingProxy:
         self._hold_commands = not subscribers_only
         self._reply_held.clear()
         self._flowing.clear()
+
+    def delay_replies(self, seconds: float, *, subscribers: bool = False) -> None:
+        """Deliver each server→client chunk ``seconds`` after the proxy received it.
+
+        Requests are not delayed: the server executes a command at once and its client
+        learns the outcome ``seconds`` later (a slow return path). Replies stay in order,
+        and several in flight are each delayed by ``seconds``, not queued behind each
+        other. Subscriber connections are delayed only with ``subscribers=True``. ``0``
+        ends the delay for data received from then on.
+        """
+        self._reply_delay = seconds
+        self._delay_subscribers = subscribers
 
     def release(self) -> None:
         """Deliver held replies and let later ones flow."""
@@ -176,8 +193,45 @@ class HoldingProxy:
                     await self._flowing.wait()
                 if not upstream and link.client.is_closing():
                     break
+                if not upstream and (
+                    link.delayed is not None
+                    or (self._reply_delay and (self._delay_subscribers or not link.subscriber))
+                ):
+                    self._deliver_later(link, data)
+                    continue
                 writer.write(data)
                 await writer.drain()
+        except (ConnectionError, OSError, RuntimeError):
+            pass
+        finally:
+            link.close()
+            self._links.discard(link)
+
+    def _deliver_later(self, link: _Link, data: bytes) -> None:
+        """Queue server→client ``data`` for delivery after the current reply delay.
+
+        Once a link has a queue, all its replies go through it (keeping their order).
+        """
+        loop = asyncio.get_running_loop()
+        if link.delayed is None:
+            link.delayed = asyncio.Queue()
+            task = asyncio.create_task(self._deliver(link, link.delayed))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        delay = self._reply_delay if self._delay_subscribers or not link.subscriber else 0.0
+        link.delayed.put_nowait((loop.time() + delay, data))
+
+    async def _deliver(self, link: _Link, queue: asyncio.Queue[tuple[float, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due, data = await queue.get()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())  # the injected latency itself
+                if link.client.is_closing():
+                    break
+                link.client.write(data)
+                await link.client.drain()
         except (ConnectionError, OSError, RuntimeError):
             pass
         finally:

@@ -480,6 +480,26 @@ class TestCompilePattern:
         with pytest.raises(InvalidKeyError, match="unterminated"):
             compile_pattern(pattern)
 
+    @pytest.mark.parametrize("pattern", ["k:[e-ü]", "[ü-e]", "[a-é]", "[^\x00-é]", "[\\é-a]"])
+    def test_range_from_ascii_to_non_ascii_byte_refused(self, pattern: str) -> None:
+        """Redis compares range bounds as C char, signed on x86 (``[e-ü]`` matches ``a``)
+        and unsigned on ARM, so no L1 matcher agrees with every server: refused."""
+        with pytest.raises(InvalidKeyError, match="non-ASCII"):
+            validate_pattern(pattern)
+
+    @pytest.mark.parametrize(
+        ("pattern", "key", "expected"),
+        [
+            ("[é-ü]?", "é", True),
+            ("[é-ü]?", "ab", False),
+            ("[^é-ü]", "a", True),
+            ("[a-e]?", "é", False),
+        ],
+    )
+    def test_range_within_one_side_accepted(self, pattern: str, key: str, expected: bool) -> None:
+        """Ranges with both bounds ASCII or both non-ASCII match alike everywhere."""
+        assert expected == compile_pattern(pattern)(key)
+
     def test_trailing_backslash(self) -> None:
         """A lone trailing backslash raises InvalidKeyError."""
         with pytest.raises(InvalidKeyError, match="backslash"):

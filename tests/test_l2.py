@@ -184,18 +184,31 @@ class TestGlobAgreesWithRedis:
     async def test_random_patterns_match_what_scan_matches(
         self, l2: RedisCache, raw_redis: Redis, namespace: str
     ) -> None:
-        """compile_pattern (the L1 side of clear_pattern) selects exactly the keys Redis does."""
+        """compile_pattern (the L1 side of clear_pattern) selects exactly the keys Redis
+        does, non-ASCII range bounds, escapes in classes and [^...] included; a pattern it
+        refuses (unterminated class, trailing backslash, a range from an ASCII to a
+        non-ASCII byte) is refused by clear_pattern before anything is deleted."""
         rng = random.Random(20261125)
-        alphabet = ["a", "b", "c", "-", "]", "é", "1", ":"]
-        keys = sorted({"".join(rng.choices(alphabet, k=rng.randint(1, 4))) for _ in range(60)})
+        alphabet = ["a", "b", "c", "e", "-", "]", "^", "\\", "é", "ü", "€", "1", ":"]
+        keys = sorted({"".join(rng.choices(alphabet, k=rng.randint(1, 4))) for _ in range(80)})
         await l2.set_many(dict.fromkeys(keys, 1), ttl=300)
-        pieces = ["a", "b", "é", "*", "?", "[ab]", "[^a]", "[a-c]", "[c-a]", "\\*", ":", "]"]
+        pieces = [
+            *("a", "b", "é", "*", "?", "[ab]", "[^a]", "[a-c]", "[c-a]", "\\*", ":", "]"),
+            *("[é-ü]", "[^é-ü]", "[€-é]", "[e-ü]", "[ü-e]", "[^a-é]", "[\x01-é]"),
+            *("[\\]a]", "[\\-a]", "[a\\-c]", "[\\^]", "[^\\]]", "[\\é]", "[a-\\]"),
+            *("[^é]", "[^]", "[]", "[a-]]", "[", "[a", "[^", "[a-", "\\", "-", "^"),
+        ]
+        reasons = {"unterminated": 0, "backslash": 0, "non-ASCII": 0}
         checked = 0
-        for _ in range(150):
+        for _ in range(300):
             pattern = "".join(rng.choices(pieces, k=rng.randint(1, 4)))
             try:
                 match = compile_pattern(pattern)
-            except InvalidKeyError:
+            except InvalidKeyError as exc:
+                reason = next(r for r in reasons if r in str(exc))
+                reasons[reason] += 1
+                with pytest.raises(InvalidKeyError):
+                    await l2.clear_pattern(pattern)
                 continue
             redis_side = {
                 name.decode()[len(namespace) + 1 :]
@@ -203,7 +216,12 @@ class TestGlobAgreesWithRedis:
             }
             assert redis_side == {k for k in keys if match(k)}, pattern
             checked += 1
-        assert checked > 100
+        assert checked > 150
+        assert all(count > 5 for count in reasons.values()), reasons
+        # Nothing was deleted by the refused clears.
+        assert len(keys) == len(
+            [k async for k in raw_redis.scan_iter(f"{namespace}:*", count=1000)]
+        )
 
 
 class TestLeaseLock:
