@@ -55,7 +55,7 @@ from coherent_cache.testing import RedisServer, find_server_binary
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
-WORKER: Final = HERE / "_coherence_worker.py"
+WORKER: Final = HERE / "workers" / "_coherence_worker.py"
 RESULTS: Final = HERE / "results" / "coherence.json"
 KINDS: Final = ("delete", "set", "clear_pattern")
 TARGET_P99_MS: Final = 5.0

@@ -17,8 +17,8 @@ from typing import Any, Final
 import anyio
 
 from benchmarks import coherence
-from benchmarks._common import percentile, ratio, spread
-from benchmarks.stampede import Worker
+from benchmarks.suite._common import percentile, ratio, spread
+from benchmarks.suite.stampede import Worker
 
 ROW: Final = "invalidation"
 TITLE: Final = "invalidation stale window between 2 processes"
@@ -82,8 +82,8 @@ async def cashews(
     local copy drops (trials after the coherence run, on the same server)."""
     prefix = f"cashews-inv-{secrets.token_hex(3)}:"
     args = {"url": url, "prefix": prefix, "protocol": protocol}
-    writer = Worker(args, "benchmarks._cashews_worker")
-    reader = Worker(args, "benchmarks._cashews_worker")
+    writer = Worker(args, "benchmarks.workers._cashews_worker")
+    reader = Worker(args, "benchmarks.workers._cashews_worker")
     from_start: list[float] = []
     after: list[float] = []
     missed = raced = 0

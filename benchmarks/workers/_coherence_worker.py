@@ -1,6 +1,6 @@
 """One process of the coherence benchmark, driven by JSON lines on stdin.
 
-Run by ``benchmarks/coherence.py`` as ``python benchmarks/_coherence_worker.py ROLE ARGS``,
+Run by ``benchmarks/coherence.py`` as ``python benchmarks/workers/_coherence_worker.py ROLE ARGS``,
 where ``ROLE`` is one of
 
 - ``cache``: a `CacheManager` (ARGS: `CacheConfig` fields as JSON);
