@@ -14,8 +14,8 @@ A private valkey/redis server is started the way the tests start theirs
   interleaved round by round, median and spread over rounds, ratio to the raw limit;
 - stampede (`benchmarks.suite.stampede`): 200 callers, one cold key, 50 ms loader, in one
   process and across three;
-- invalidation (`benchmarks.suite.invalidation`, on `benchmarks.coherence`): the stale window
-  between two processes, against raw PUBLISH -> listener;
+- invalidation (`benchmarks.suite.invalidation`, on `benchmarks.standalone.coherence`): the
+  stale window between two processes, against raw PUBLISH -> listener;
 - extras (`benchmarks.suite.extras`): L1 memory per entry, L1 cost from 1,000 to 1,000,000
   entries (1M in the full run only), serialisation and compression by value size.
 
