@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -202,7 +202,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     """Parse arguments, run, write benchmarks/results/soak.{json,md}."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=100, help="concurrent tasks per process")
