@@ -152,8 +152,8 @@ async def eventually(
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say which kind of TLS endpoint the TLS tests ran against (tests/tls.py)."""
-    from .tls import ENDPOINTS
+    """Say which kind of TLS endpoint the TLS tests ran against (tests/support/tls.py)."""
+    from .support.tls import ENDPOINTS
 
     for kind in dict.fromkeys(ENDPOINTS):
         terminalreporter.write_line(f"TLS tests ran against: {kind}")

@@ -1,7 +1,7 @@
 """Benchmark smoke run: the hot paths stay within generous ratios of the raw limits.
 
 A regression guard, not a timing test: it runs the L1, decorator, two-tier and L2 rows of
-the benchmark suite (`benchmarks.micro`, coherent_cache and raw limits only) briefly, in
+the benchmark suite (`benchmarks.suite.micro`, coherent_cache and raw limits only) briefly, in
 interleaved rounds, and compares each coherent_cache figure with a raw limit measured in
 the same rounds (median of the per-round ratios). Only gross regressions fail, so a
 loaded machine does not: the bounds are several times what the suite measures
@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks import micro
+from benchmarks.suite import micro
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 9

@@ -25,7 +25,7 @@ from coherent_cache import (
 from coherent_cache.decorators import AUTO_EXCLUDED_TYPES, CachedFunction, cache_invalidate, cached
 
 from .conftest import FakeClock, ManagerFactory
-from .multiproc import MISSING, Worker
+from .support.multiproc import MISSING, Worker
 
 PREFIX = "tests.test_decorators"
 

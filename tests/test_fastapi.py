@@ -26,7 +26,7 @@ from coherent_cache.integrations.fastapi import (
     response_etag,
 )
 from tests.conftest import eventually
-from tests.multiproc import MISSING, Worker
+from tests.support.multiproc import MISSING, Worker
 
 FASTAPI_DOC = (Path(__file__).resolve().parent.parent / "docs" / "fastapi.md").read_text()
 

@@ -17,7 +17,7 @@ from anyio import wait_all_tasks_blocked
 from coherent_cache import CacheManager, CacheTier
 
 from .conftest import ManagerFactory
-from .proxy import HoldingProxy
+from .support.proxy import HoldingProxy
 
 
 @pytest.fixture

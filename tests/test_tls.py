@@ -1,7 +1,7 @@
 """TLS (``rediss://``) against a real TLS endpoint on 127.0.0.1, certificates made here.
 
 The endpoint is a TLS-capable server binary when one is found, else a TLS-terminating
-proxy in front of the embedded valkey (tests/tls.py); the run's summary says which.
+proxy in front of the embedded valkey (tests/support/tls.py); the run's summary says which.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from coherent_cache import CacheConfig, CacheManager, ConfigurationError, InvalidationPublisher
 
 from .conftest import eventually
-from .tls import KEY_PASSWORD, Certificates, TlsEndpoints, make_certificates
+from .support.tls import KEY_PASSWORD, Certificates, TlsEndpoints, make_certificates
 
 
 @pytest.fixture(scope="module")

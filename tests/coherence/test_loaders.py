@@ -9,7 +9,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ..multiproc import MISSING, Worker
+from ..support.multiproc import MISSING, Worker
 
 pytestmark = pytest.mark.anyio
 

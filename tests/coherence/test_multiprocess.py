@@ -10,8 +10,8 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ..multiproc import MISSING, Worker
-from ..proxy import HoldingProxy
+from ..support.multiproc import MISSING, Worker
+from ..support.proxy import HoldingProxy
 
 pytestmark = pytest.mark.anyio
 

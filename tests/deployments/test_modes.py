@@ -1,7 +1,7 @@
 """The core contract on every deployment: standalone, Redis/Valkey Cluster and Sentinel.
 
 Each test runs against real servers started once per module per mode (`conftest.target`);
-coherence is checked between two OS processes (`tests.worker`).
+coherence is checked between two OS processes (`tests.support.worker`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from coherent_cache import CacheConfig, CacheManager, CacheTier, InvalidationPublisher
 
 from ..conftest import eventually
-from ..multiproc import MISSING, Worker
+from ..support.multiproc import MISSING, Worker
 from .conftest import FAST, Target
 from .harness import ValkeyCluster, command
 

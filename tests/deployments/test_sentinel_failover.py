@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ..conftest import eventually
-from ..multiproc import MISSING, Worker
+from ..support.multiproc import MISSING, Worker
 from .conftest import FAST, sentinel_fields
 from .harness import HOST, SentinelDeployment, command
 from .load import KEYS, bounded_load

@@ -20,7 +20,7 @@ import pytest
 
 from coherent_cache.testing import RedisServer, ServerNotFoundError
 
-from ..multiproc import Worker
+from ..support.multiproc import Worker
 from .checker import Report, check
 from .disable import apply_from_env
 

@@ -1,7 +1,7 @@
 """Switch one resilience mechanism off, to prove the fault suite notices (tests only).
 
 ``COHERENT_CACHE_TEST_DISABLE=breaker|bus_flush|fill_guard`` (comma-separated for several)
-is read by ``tests/faults/conftest.py`` (the pytest process) and by ``tests/worker.py``
+is read by ``tests/faults/conftest.py`` (the pytest process) and by ``tests/support/worker.py``
 (worker processes inherit the environment). Each mechanism is patched at class level,
 before any manager is built. ``.ci/fault-teeth`` runs the fault suite once
 per mechanism and expects failures. Never set it outside those checks.

@@ -1,6 +1,6 @@
 """A bounded mixed workload on one `CacheManager`, logged for the fault-tolerant stale-read check.
 
-`run_load` runs in a worker process (``tests.worker``'s ``run_load`` op) or in the test's
+`run_load` runs in a worker process (``tests.support.worker``'s ``run_load`` op) or in the test's
 own process. Each of ``tasks`` asyncio tasks does a seeded random mix of get, set, delete,
 get_or_set, clear_pattern and invalidate_tags on ``keys``, until ``duration`` seconds have
 passed. Writes happen only in the first ``write_phase`` seconds of every ``cycle``; the rest

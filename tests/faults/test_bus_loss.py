@@ -12,13 +12,13 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 
-from ..proxy import HoldingProxy
+from ..support.proxy import HoldingProxy
 from .conftest import MAX_STALE, assert_sound, record_recovery, run_loads, server, workers
 
 
 async def recoveries(worker: object) -> int:
     """The worker's count of bus resubscriptions."""
-    from ..multiproc import Worker
+    from ..support.multiproc import Worker
 
     assert isinstance(worker, Worker)
     return int((await worker.call("stats"))["bus"]["recoveries"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from ..multiproc import MISSING
+from ..support.multiproc import MISSING
 from .conftest import assert_sound, record_recovery, run_loads, server, workers
 
 

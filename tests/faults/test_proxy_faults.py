@@ -1,4 +1,4 @@
-"""Network faults from a TCP proxy (`tests.proxy.HoldingProxy`, asyncio, 127.0.0.1) between
+"""Network faults from a TCP proxy (`tests.support.proxy.HoldingProxy`, asyncio, 127.0.0.1) between
 one instance and the server, while another instance talks to the server directly; both run
 in separate processes under a mixed load. The proxy stalls replies, drops connections (a
 partition) or half-closes them."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from ..proxy import HoldingProxy
+from ..support.proxy import HoldingProxy
 from .conftest import (
     OPERATION_TIMEOUT,
     REMOTE_BOUND,

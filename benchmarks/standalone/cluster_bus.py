@@ -2,8 +2,8 @@
 
 Run from the repository root, in the project's virtualenv::
 
-    python benchmarks/cluster_bus.py                 # 3 primaries + 3 replicas, valkey-server
-    python benchmarks/cluster_bus.py --messages 20000 --rounds 5
+    python -m benchmarks.standalone.cluster_bus      # 3 primaries + 3 replicas, valkey-server
+    python -m benchmarks.standalone.cluster_bus --messages 20000 --rounds 5
 
 Starts a 3-primary, 3-replica cluster on 127.0.0.1 (``tests/deployments/harness.py``) and,
 for each mode, subscribes ``--subscribers`` plain connections with the command the bus uses
@@ -40,7 +40,7 @@ from redis.asyncio import Connection
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.deployments.harness import HOST, ValkeyCluster, info  # noqa: E402

@@ -1,6 +1,6 @@
 """Stampede rows: 200 callers on one cold key, a 50 ms loader, in one and across 3 processes.
 
-Three worker processes (`benchmarks._stampede_worker`) each set every system up once.
+Three worker processes (`benchmarks.workers._stampede_worker`) each set every system up once.
 Per round and system, with a new argument each time: the one-process row sends 200
 callers to worker 0; the three-process row sends 67 + 67 + 66 to the three workers. Every
 worker starts its callers at the same ``time.monotonic()`` instant (one clock for all
@@ -23,7 +23,7 @@ import orjson
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from benchmarks._common import ROOT, ratio, spread
+from benchmarks.suite._common import ROOT, ratio, spread
 
 CALLERS: Final = 200
 PROCESSES: Final = 3
@@ -37,7 +37,9 @@ ROWS: Final = {
 class Worker:
     """One worker process; every wait is bounded."""
 
-    def __init__(self, args: dict[str, Any], module: str = "benchmarks._stampede_worker") -> None:
+    def __init__(
+        self, args: dict[str, Any], module: str = "benchmarks.workers._stampede_worker"
+    ) -> None:
         self.args = args
         self.module = module
         self.process: Process | None = None

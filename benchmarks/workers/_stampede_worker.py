@@ -1,6 +1,6 @@
-"""One process of the stampede rows (driven by `benchmarks.stampede` over JSON lines).
+"""One process of the stampede rows (driven by `benchmarks.suite.stampede` over JSON lines).
 
-``python -m benchmarks._stampede_worker '<json args>'``: sets up every system on the
+``python -m benchmarks.workers._stampede_worker '<json args>'``: sets up every system on the
 server given (``{"url": ..., "token": ...}``), prints ``{"ready": true}``, then answers
 commands read from stdin, one JSON object a line:
 

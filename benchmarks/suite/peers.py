@@ -1,4 +1,5 @@
-"""cashews and aiocache in the per-operation rows (`benchmarks.micro`): default, fastest settings.
+"""cashews and aiocache in the per-operation rows (`benchmarks.suite.micro`): default, fastest
+settings.
 
 Installed by the ``bench`` extra only (``pip install -e '.[bench]'``). Settings:
 
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 
 import anyio
 
-from benchmarks.micro import (
+from benchmarks.suite.micro import (
     HIT_ARG,
     KEYS,
     TTL,

@@ -1,10 +1,10 @@
-"""Invalidation row: the stale window between two processes, from `benchmarks.coherence`.
+"""Invalidation row: the stale window between two processes, from the coherence benchmark.
 
-Runs `benchmarks.coherence.run` (A and B: two coherent_cache processes; a raw publisher
-and two raw subscribers; trials interleaved) with fewer trials, and turns its statistics
-into the suite's records. The fair comparison with raw PUBLISH -> listener is **from the
-start** of A's call to B no longer serving (the after-return window is ~0 at p50 because
-B often drops the key before A's reply is parsed); both are recorded.
+Runs `benchmarks.standalone.coherence.run` (A and B: two coherent_cache processes; a raw
+publisher and two raw subscribers; trials interleaved) with fewer trials, and turns its
+statistics into the suite's records. The fair comparison with raw PUBLISH -> listener is
+**from the start** of A's call to B no longer serving (the after-return window is ~0 at p50
+because B often drops the key before A's reply is parsed); both are recorded.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import anyio
 
-from benchmarks import coherence
-from benchmarks._common import percentile, ratio, spread
-from benchmarks.stampede import Worker
+from benchmarks.standalone import coherence
+from benchmarks.suite._common import percentile, ratio, spread
+from benchmarks.suite.stampede import Worker
 
 ROW: Final = "invalidation"
 TITLE: Final = "invalidation stale window between 2 processes"
@@ -82,8 +82,8 @@ async def cashews(
     local copy drops (trials after the coherence run, on the same server)."""
     prefix = f"cashews-inv-{secrets.token_hex(3)}:"
     args = {"url": url, "prefix": prefix, "protocol": protocol}
-    writer = Worker(args, "benchmarks._cashews_worker")
-    reader = Worker(args, "benchmarks._cashews_worker")
+    writer = Worker(args, "benchmarks.workers._cashews_worker")
+    reader = Worker(args, "benchmarks.workers._cashews_worker")
     from_start: list[float] = []
     after: list[float] = []
     missed = raced = 0

@@ -2,7 +2,7 @@
 
 Run from the repository root, in the project's virtualenv::
 
-    python benchmarks/sender_waterfall.py             # private valkey-server, 2000 calls each
+    python -m benchmarks.profiles.sender_waterfall    # private valkey-server, 2000 calls each
 
 One process, one `CacheManager` (bus on) and one plain ``redis.asyncio`` client. Each
 layer of the call path is wrapped to record when it is first entered; the table shows the

@@ -3,7 +3,7 @@
 Run from the repository root, in the project's virtualenv (zstandard and lz4 come with the
 test extra)::
 
-    python benchmarks/profile_compression.py
+    python -m benchmarks.profiles.profile_compression
 
 The values are JSON documents shaped like API results (a list of user records with ids,
 names, e-mails, timestamps, flags and nested tags), encoded with orjson as the serializer

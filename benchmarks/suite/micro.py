@@ -1,7 +1,7 @@
 """The per-operation rows of the suite: L1 hit, decorator hit, two-tier hit, L2 reads.
 
 Every row has subjects: the raw limits (``system="raw"``), coherent_cache, and the peers
-(`benchmarks.peers`, added by ``python -m benchmarks`` when cashews and aiocache are
+(`benchmarks.suite.peers`, added by ``python -m benchmarks`` when cashews and aiocache are
 installed). A subject runs ``n`` units (one call, or one wave of concurrent calls) and
 returns how many of them failed; `measure` calibrates each subject to a batch length,
 then runs one batch of every subject per round, in a rotating order, so that a slow
@@ -29,7 +29,7 @@ import cachetools
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks._common import ratio, spread
+from benchmarks.suite._common import ratio, spread
 from coherent_cache import CacheConfig, CacheManager, CacheTier
 
 VALUE: Final[dict[str, Any]] = {"id": 7, "name": "user-7", "active": True}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import invalidation, micro, stampede
+from benchmarks.suite import invalidation, micro, stampede
 
 SYSTEMS: Final = ("raw", "coherent_cache", "cashews", "aiocache")
 ROW_TITLES: Final[dict[str, str]] = {

@@ -263,7 +263,9 @@ class TlsEndpoints:
         ]
         self.port, self.mtls_port = (proxy.port for proxy in self._proxies)
         why = "the proxy itself under test" if self.force_proxy else "no TLS-capable server"
-        self.kind = f"TLS-terminating proxy (tests/tls.py) in front of {backend.binary} ({why})"
+        self.kind = (
+            f"TLS-terminating proxy (tests/support/tls.py) in front of {backend.binary} ({why})"
+        )
         ENDPOINTS.append(self.kind)
         return self
 

@@ -2,9 +2,9 @@
 
 Run from the repository root, in the project's virtualenv::
 
-    python benchmarks/profile_hot.py                 # every case, private valkey-server
-    python benchmarks/profile_hot.py --only l1       # cases whose name contains "l1"
-    python benchmarks/profile_hot.py --profile dec_hit_l1only   # cProfile one case
+    python -m benchmarks.profiles.profile_hot                 # every case, private valkey-server
+    python -m benchmarks.profiles.profile_hot --only l1       # cases whose name contains "l1"
+    python -m benchmarks.profiles.profile_hot --profile dec_hit_l1only   # cProfile one case
 
 Cases run round by round (every case once per round, in rotating order) so that slow
 phases of a shared machine hit them alike; each prints the median µs per call over the

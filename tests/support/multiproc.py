@@ -1,4 +1,4 @@
-"""Drive `tests.worker` processes: one cache instance per OS process."""
+"""Drive `tests.support.worker` processes: one cache instance per OS process."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import orjson
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MISSING = {"__missing__": True}
 
 
@@ -23,7 +23,7 @@ class WorkerError(RuntimeError):
 
 
 class Worker:
-    """A cache instance in a separate process (``python -m tests.worker``).
+    """A cache instance in a separate process (``python -m tests.support.worker``).
 
     Use ``async with Worker(redis_url=..., namespace=...) as b:`` and ``await b.call(...)``.
     Every wait is bounded by ``timeout``.
@@ -40,7 +40,7 @@ class Worker:
     async def __aenter__(self) -> Self:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._process = await anyio.open_process(
-            [sys.executable, "-m", "tests.worker", orjson.dumps(self.config).decode()],
+            [sys.executable, "-m", "tests.support.worker", orjson.dumps(self.config).decode()],
             cwd=ROOT,
             env=env,
             stderr=None,

@@ -3,8 +3,8 @@
 Run from the repository root, in the project's virtualenv, with the peers installed::
 
     pip install -r benchmarks/requirements.txt      # cashews and aiocache, benchmark only
-    python benchmarks/decorators.py                 # private valkey-server, about 30-45 s
-    python benchmarks/decorators.py --redis-url redis://127.0.0.1:6379/0
+    python -m benchmarks.standalone.decorators      # private valkey-server, about 30-45 s
+    python -m benchmarks.standalone.decorators --redis-url redis://127.0.0.1:6379/0
 
 One function, ``async def user(x) -> {"id": x, "name": "user-<x>", "active": True}``, is
 cached by each implementation, in one process and one event loop:
@@ -60,12 +60,11 @@ import coherent_cache
 from coherent_cache import CacheConfig, CacheManager
 from coherent_cache.testing import RedisServer, find_server_binary
 
-HERE: Final = Path(__file__).resolve().parent
-ROOT: Final = HERE.parent
-RESULTS: Final = HERE / "results" / "decorators.json"
+ROOT: Final = Path(__file__).resolve().parents[2]
+RESULTS: Final = ROOT / "benchmarks" / "results" / "decorators.json"
 PEERS: Final = ("cashews", "aiocache")
 INSTALL_HINT: Final = (
-    "benchmarks/decorators.py compares coherent_cache with cashews and aiocache, and "
+    "benchmarks/standalone/decorators.py compares coherent_cache with cashews and aiocache, and "
     "{missing} not installed. Install them (benchmark only, not a project dependency):\n"
     "    pip install cashews aiocache\n"
     "or the versions measured in docs/benchmarks.md:\n"
@@ -737,7 +736,7 @@ def report(outcome: Outcome, args: argparse.Namespace, info: dict[str, Any]) -> 
         "benchmark": "decorators",
         "format": 1,
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/decorators.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.standalone.decorators", *sys.argv[1:]]),
         "machine": info,
         "settings": {
             "repeats": args.repeats,

@@ -5,7 +5,7 @@
 ``--processes`` instances (default 2), each running ``--tasks`` concurrent asyncio tasks
 (default 100) of mixed operations (get, set, delete, get_or_set, clear_pattern,
 invalidate_tags; `tests.faults.load`), all talking to one private server through a TCP proxy
-(`tests.proxy.HoldingProxy`). The run is cut into segments of ``--segment`` seconds, each on
+(`tests.support.proxy.HoldingProxy`). The run is cut into segments of ``--segment`` seconds, each on
 fresh keys; in every segment one fault is injected, in turn: SIGKILL + restart on the same
 port, CLIENT PAUSE, CLIENT KILL TYPE pubsub, a proxy stall. After each segment the operation
 logs go through the fault suite's stale-read checker (`tests.faults.checker`, the bounds of
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -36,8 +36,8 @@ from redis.asyncio import Redis  # noqa: E402
 from coherent_cache.testing import RedisServer  # noqa: E402
 from tests.faults.checker import check  # noqa: E402
 from tests.faults.conftest import OWN_BOUND, REMOTE_BOUND, fault_fields  # noqa: E402
-from tests.multiproc import Worker  # noqa: E402
-from tests.proxy import HoldingProxy  # noqa: E402
+from tests.support.multiproc import Worker  # noqa: E402
+from tests.support.proxy import HoldingProxy  # noqa: E402
 
 FAULTS = ("kill_restart", "client_pause", "client_kill_pubsub", "proxy_stall")
 FAULT_AT = 5.0
@@ -202,7 +202,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     """Parse arguments, run, write benchmarks/results/soak.{json,md}."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=100, help="concurrent tasks per process")

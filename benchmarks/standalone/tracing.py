@@ -2,8 +2,8 @@
 
 Run from the repository root, in the project's virtualenv (the ``otel`` extra installed)::
 
-    python benchmarks/tracing.py                  # L1-only managers, about 20 s
-    python benchmarks/tracing.py --repeats 31
+    python -m benchmarks.standalone.tracing       # L1-only managers, about 20 s
+    python -m benchmarks.standalone.tracing --repeats 31
 
 Cases, one process and one event loop, all on an L1 hit of the same key:
 
@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 from coherent_cache import CacheConfig, CacheManager
 
-RESULTS = Path(__file__).resolve().parent / "results" / "tracing.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "tracing.json"
 
 
 class DropExporter(SpanExporter):

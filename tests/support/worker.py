@@ -1,11 +1,10 @@
 """A cache instance in its own OS process, driven by JSON lines on stdin (tests, benchmarks).
 
-Run as ``python -m tests.worker '<CacheConfig fields as JSON>'``; an extra ``"_spans_file"``
-field (opt-in) makes the worker export its spans to that file, one JSON object a line.
-Each input line is a
-command ``{"id": n, "op": ..., ...}``; each output line is ``{"id": n, "ok": true, ...}``
-or ``{"id": n, "ok": false, "error": "..."}``. The first output line is
-``{"ready": true, "origin": ...}`` once the manager has started.
+Run as ``python -m tests.support.worker '<CacheConfig fields as JSON>'``; an extra
+``"_spans_file"`` field (opt-in) makes the worker export its spans to that file, one JSON
+object a line. Each input line is a command ``{"id": n, "op": ..., ...}``; each output
+line is ``{"id": n, "ok": true, ...}`` or ``{"id": n, "ok": false, "error": "..."}``. The
+first output line is ``{"ready": true, "origin": ...}`` once the manager has started.
 """
 
 from __future__ import annotations

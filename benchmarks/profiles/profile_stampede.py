@@ -2,7 +2,7 @@
 
 Run from the repository root, in the project's virtualenv::
 
-    python benchmarks/profile_stampede.py              # private valkey-server, 5 rounds
+    python -m benchmarks.profiles.profile_stampede     # private valkey-server, 5 rounds
 
 Each process runs a started `CacheManager`; on "go" (one line on its stdin, sent to all at
 once) it starts 200 ``get_or_set(key, loader, lock=True)`` callers and reports its wall

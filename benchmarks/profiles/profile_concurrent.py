@@ -2,7 +2,7 @@
 
 Run from the repository root, in the project's virtualenv::
 
-    python benchmarks/profile_concurrent.py            # private valkey-server
+    python -m benchmarks.profiles.profile_concurrent   # private valkey-server
 
 Rows, interleaved round by round, median µs per operation over the rounds:
 

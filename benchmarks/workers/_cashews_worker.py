@@ -1,7 +1,8 @@
-"""One cashews ``client_side=True`` process of the invalidation row (`benchmarks.invalidation`).
+"""One cashews ``client_side=True`` process of the invalidation row
+(`benchmarks.suite.invalidation`).
 
-``python -m benchmarks._cashews_worker '<json args>'`` with ``{"url", "prefix", "protocol"}``
-(``protocol`` null: redis-py's default). Commands, one JSON object a line on stdin:
+``python -m benchmarks.workers._cashews_worker '<json args>'`` with ``{"url", "prefix",
+"protocol"}`` (``protocol`` null: redis-py's default). Commands, one JSON object a line on stdin:
 
 - ``{"op": "set", "key": k}`` / ``{"op": "delete", "key": k}``: the writer's operation;
   replies ``started`` and ``returned`` (``time.monotonic()``, one clock for every process);

@@ -16,9 +16,8 @@ from redis.asyncio import Redis
 import coherent_cache
 from coherent_cache.testing import find_server_binary
 
-HERE: Final = Path(__file__).resolve().parent
-ROOT: Final = HERE.parent
-RESULTS_DIR: Final = HERE / "results"
+ROOT: Final = Path(__file__).resolve().parents[2]
+RESULTS_DIR: Final = ROOT / "benchmarks" / "results"
 LIBRARIES: Final = (
     "coherent-cache",
     "cashews",

@@ -2,8 +2,8 @@
 
 Run from the repository root, in the project's virtualenv::
 
-    python benchmarks/coherence.py                  # private valkey-server, 300 trials
-    python benchmarks/coherence.py --trials 600 --redis-url redis://127.0.0.1:6379/0
+    python -m benchmarks.standalone.coherence       # private valkey-server, 300 trials
+    python -m benchmarks.standalone.coherence --trials 600 --redis-url redis://127.0.0.1:6379/0
 
 Two cache instances, A and B, run in separate OS processes on one server and namespace.
 Per trial, B holds a key in its L1 and spins on it in its own process (``--receiver
@@ -53,10 +53,9 @@ from redis.asyncio import Redis
 
 from coherent_cache.testing import RedisServer, find_server_binary
 
-HERE: Final = Path(__file__).resolve().parent
-ROOT: Final = HERE.parent
-WORKER: Final = HERE / "_coherence_worker.py"
-RESULTS: Final = HERE / "results" / "coherence.json"
+ROOT: Final = Path(__file__).resolve().parents[2]
+WORKER: Final = ROOT / "benchmarks" / "workers" / "_coherence_worker.py"
+RESULTS: Final = ROOT / "benchmarks" / "results" / "coherence.json"
 KINDS: Final = ("delete", "set", "clear_pattern")
 TARGET_P99_MS: Final = 5.0
 MISSING: Final = {"__missing__": True}
@@ -540,7 +539,7 @@ def report(outcome: Outcome, args: argparse.Namespace, info: dict[str, Any]) -> 
         "benchmark": "coherence",
         "format": 1,
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/coherence.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.standalone.coherence", *sys.argv[1:]]),
         "machine": info,
         "settings": {
             "trials": args.trials,
