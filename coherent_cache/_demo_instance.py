@@ -7,7 +7,7 @@ has started, then answers each stdin line ``{"op": ..., ...}`` with one stdout l
 ``{"armed": true}`` and replies when the watched keys are gone from its L1. Durations are
 measured here with ``time.perf_counter()``; instants are ``time.monotonic()``
 (CLOCK_MONOTONIC is system-wide on Linux, so the demo compares them across processes, as
-benchmarks/coherence.py does). The instance exits on EOF of stdin or ``{"op": "exit"}``;
+benchmarks/standalone/coherence.py does). The instance exits on EOF of stdin or ``{"op": "exit"}``;
 its logs go to stderr, stdout carries the protocol only.
 """
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from coherent_cache import CacheManager, InvalidKeyError
 
 from .conftest import ManagerFactory, eventually
-from .proxy import HoldingProxy
+from .support.proxy import HoldingProxy
 
 REPLY_DELAY = 0.5
 """Latency the proxy adds to every reply P reads; the L2 entries live for `TTL`."""
