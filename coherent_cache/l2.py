@@ -18,13 +18,9 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.backoff import NoBackoff
 
-from . import _connection, _signing, _telemetry
+from . import _clients, _signing, _telemetry
 from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
 from .config import CacheConfig
@@ -173,7 +169,7 @@ class RedisCache:
         self,
         config: CacheConfig,
         *,
-        client: _connection.L2Client | None = None,
+        client: _clients.L2Client | None = None,
         serializer: CacheSerializer | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -183,7 +179,7 @@ class RedisCache:
         self.namespace = config.namespace
         self.serializer = serializer or CacheSerializer.from_config(config)
         self._owns_client = client is None
-        self._client = client if client is not None else _client_from_config(config)
+        self._client = client if client is not None else _clients.build_client(config)
         self._timeout = config.operation_timeout
         self._cluster = isinstance(self._client, RedisCluster)
         # RedisCluster's per-node pools raise MaxConnectionsError when full instead of
@@ -231,7 +227,7 @@ class RedisCache:
         return _signing.sign(message, channel, self._signing_key)
 
     @property
-    def client(self) -> _connection.L2Client:
+    def client(self) -> _clients.L2Client:
         """The underlying ``redis.asyncio.Redis`` (``RedisCluster`` in cluster mode) client."""
         return self._client
 
@@ -269,7 +265,7 @@ class RedisCache:
             await self._reads.aclose()
         if self._owns_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
-                await _connection.close_client(self._client)
+                await _clients.close_client(self._client)
 
     async def __aenter__(self) -> RedisCache:
         await self.connect()
@@ -565,33 +561,18 @@ class RedisCache:
     ) -> None:
         """Sentinel mode: follow a failover even while pooled connections stay open.
 
-        redis-py asks the sentinels for the primary only when it opens a connection. A
-        graceful failover (``SENTINEL FAILOVER``) leaves the old primary answering, and it
-        takes writes until the sentinels demote it, seconds later; meanwhile other
-        instances use the new one. So every few seconds (five bus health-check intervals,
-        at least one second) this asks the sentinels and, when the primary changed,
-        closes the idle pooled connections to the old one (in-use ones are dropped on
-        release). Error handling: a failed or slow query (``operation_timeout``) is
-        skipped until the next round.
+        Every few seconds (five bus health-check intervals, at least one second) asks the
+        sentinels for the primary; when it changed, the pool closes its idle connections
+        to the old one and ``l2_primary_changed`` is logged (see `_clients.watch_primary`).
+        Outside Sentinel mode it sleeps forever. Error handling: a failed or slow query
+        (``operation_timeout``) is skipped until the next round.
         """
-        task_status.started()
-        pool = self._client.connection_pool if isinstance(self._client, Redis) else None
-        if not isinstance(pool, SentinelConnectionPool):
-            await anyio.sleep_forever()
-            return
-        interval = max(1.0, 5 * self.config.bus_health_check_interval)
-        while True:
-            await anyio.sleep(interval)
-            before = pool.master_address
-            try:
-                with anyio.fail_after(self._timeout):
-                    now = await pool.get_master_address()  # type: ignore[no-untyped-call]
-            except (TimeoutError, redis_errors.RedisError, OSError):
-                continue
-            if before is not None and now != before:
-                self.log.warning(
-                    "l2_primary_changed", old=f"{before[0]}:{before[1]}", new=f"{now[0]}:{now[1]}"
-                )
+        await _clients.watch_primary(
+            self._client, self.config, on_changed=self._primary_changed, task_status=task_status
+        )
+
+    def _primary_changed(self, old: str, new: str) -> None:
+        self.log.warning("l2_primary_changed", old=old, new=new)
 
     async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
         """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
@@ -983,32 +964,3 @@ class RedisCache:
     async def get_stats(self) -> L2Stats:
         """The seed's ``l2_cache`` statistics (hits, misses, hit_rate, connected, errors, ...)."""
         return self.stats()
-
-
-def _client_from_config(config: CacheConfig) -> _connection.L2Client:
-    """Build a client whose every wait is bounded by the configured timeouts.
-
-    Cluster and Sentinel clients come from `_connection.build_client` with the same options.
-    """
-    assert config.redis_url is not None
-    options: dict[str, Any] = {
-        "socket_timeout": config.operation_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-        "socket_keepalive": True,
-        "client_name": f"coherent_cache:{config.namespace}",
-        **config.credentials(),
-        **config.tls_options(),
-    }
-    if config.redis_mode != "standalone":
-        return _connection.build_client(config, options)
-    pool = BlockingConnectionPool.from_url(
-        config.redis_url,
-        max_connections=config.max_connections,
-        # Waiting for a free pooled connection is bounded like any other wait.
-        timeout=config.operation_timeout,
-        # One immediate retry on a fresh connection covers a pooled connection the server
-        # closed while idle; the operation deadline still bounds the whole call.
-        retry=Retry(NoBackoff(), 1),
-        **options,
-    )
-    return Redis.from_pool(pool)
