@@ -11,12 +11,15 @@ One place for "how we connect" in each ``redis_mode`` (standalone, cluster, sent
   which subscribe command to use.
 - `watch_client`: the plain pub/sub client of ``coherent-cache watch``.
 - `make_sentinel`: the `Sentinel` the L2 client and the bus ask for the primary.
+
+`L2Client` and `GuardedCall` name what the tag index (`_tags`) and the lease locks
+(`_lease`) receive from `RedisCache`: the client and the guarded call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -36,6 +39,19 @@ __all__ = ()
 L2Client: TypeAlias = Redis | RedisCluster
 """What `RedisCache` talks to: one server (standalone, Sentinel's current primary) or a
 cluster client that routes each key to its slot's primary."""
+
+T = TypeVar("T")
+
+
+class GuardedCall(Protocol):
+    """`RedisCache`'s guarded call, as the tag index and the lease locks receive it.
+
+    ``call(op, func)`` awaits ``func()`` under the circuit breaker and
+    ``operation_timeout``, and records its latency; a failure raises `BackendError`
+    (`BackendUnavailableError`, `BackendTimeoutError`) and is counted by the `RedisCache`.
+    """
+
+    async def __call__(self, op: str, func: Callable[[], Awaitable[T]]) -> T: ...
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

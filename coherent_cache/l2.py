@@ -23,6 +23,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from . import _clients, _signing, _telemetry
 from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
+from ._lease import LeaseLocks
 from .config import CacheConfig
 from .errors import (
     BackendError,
@@ -34,7 +35,6 @@ from .keys import (
     escape_glob,
     key_prefix,
     redis_key,
-    redis_lock_key,
     redis_tag_key,
     validate_key,
     validate_pattern,
@@ -89,35 +89,6 @@ else
 end
 return redis.call('SCARD', KEYS[1])
 """
-# Taking the lock is idempotent per token: a retry after a timed-out attempt that did
-# reach the server finds its own token and holds the lock, instead of waiting out a lease
-# that nobody renews.
-_LOCK_ACQUIRE: Final = """
-local held = redis.call('GET', KEYS[1])
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if held == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_LOCK_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_LOCK_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
 # Failures that say "the server (or the cluster) cannot serve now": they count against the
 # breaker. Cluster topology errors are not all ConnectionErrors (RedisClusterException is
 # not even a RedisError), and a cluster mid-failover answers CLUSTERDOWN / TRYAGAIN.
@@ -129,11 +100,6 @@ _UNAVAILABLE: Final = (
     redis_errors.TryAgainError,
     OSError,
 )
-
-
-def _lease_ms(lease: float) -> int:
-    """A lock lease in whole milliseconds, at least 1."""
-    return max(1, math.ceil(lease * 1000))
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -217,6 +183,8 @@ class RedisCache:
         self._prune_due: set[str] = set()
         self._prune_at: dict[str, int] = {}
         self._prune_wakeup = anyio.Event()
+        self._locks = LeaseLocks(self._client, self.namespace, self._call)
+        """The cross-instance lease locks (`try_lock`, `renew_lock`, `unlock`)."""
         keys = config.signing_keys()
         self._signing_key = keys[0] if keys else None
 
@@ -675,34 +643,25 @@ class RedisCache:
 
         Idempotent per ``token``: if an earlier attempt with the same token reached the
         server (its reply timed out), this one finds the token and holds the lock.
+        See `_lease.LeaseLocks`.
 
         Raises:
             BackendError: Redis failed.
         """
-        name = redis_lock_key(self.namespace, key)
-        result = await self._call(
-            "LOCK", lambda: self._client.eval(_LOCK_ACQUIRE, 1, name, token, _lease_ms(lease))
-        )
-        return bool(result)
+        return await self._locks.try_lock(key, token, lease)
 
     async def renew_lock(self, key: str, token: str, lease: float) -> bool:
-        """Extend our lease of ``key``'s lock; ``False`` if it is no longer ours."""
-        name = redis_lock_key(self.namespace, key)
-        result = await self._call(
-            "RENEW", lambda: self._client.eval(_LOCK_RENEW, 1, name, token, _lease_ms(lease))
-        )
-        return bool(result)
+        """Extend our lease of ``key``'s lock; ``False`` if it is no longer ours.
+
+        Raises:
+            BackendError: Redis failed.
+        """
+        return await self._locks.renew(key, token, lease)
 
     async def unlock(self, key: str, token: str) -> bool:
-        """Release ``key``'s lock if we still hold it (compare-and-delete)."""
-        name = redis_lock_key(self.namespace, key)
-        try:
-            result = await self._call(
-                "UNLOCK", lambda: self._client.eval(_LOCK_RELEASE, 1, name, token)
-            )
-        except BackendError:
-            return False  # the lease expires by itself
-        return bool(result)
+        """Release ``key``'s lock if we still hold it (compare-and-delete); a failure
+        returns ``False`` (the lease expires by itself)."""
+        return await self._locks.unlock(key, token)
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> bool:
         """Store every item in one pipeline; ``False`` on an outage.
