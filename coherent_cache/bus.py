@@ -35,9 +35,9 @@ from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
-from . import _signing
 from ._backoff import backoff_delay
 from ._clients import bus_endpoint, bus_pool
+from ._signing import OVERHEAD, verify
 from .config import CacheConfig
 from .errors import (
     CacheClosedError,
@@ -544,7 +544,7 @@ class InvalidationBus:
         self._received += 1
         data = reply[2]
         if self._signing_keys and len(data) <= self.config.max_bus_message_size:
-            refused = _signing.verify(data, self.channel, self._signing_keys)
+            refused = verify(data, self.channel, self._signing_keys)
             if refused is not None:
                 self._refuse(refused)
                 return
@@ -652,9 +652,7 @@ class InvalidationPublisher:
         self._l2 = RedisCache(config)
         self._closed = False
         # Messages are signed on the way out (RedisCache.publish) when keys are set.
-        self._max_body = config.max_bus_message_size - (
-            _signing.OVERHEAD if config.bus_signing_keys else 0
-        )
+        self._max_body = config.max_bus_message_size - (OVERHEAD if config.bus_signing_keys else 0)
 
     def __repr__(self) -> str:
         return (

@@ -22,9 +22,9 @@ import anyio.lowlevel
 import orjson
 from redis import exceptions as redis_errors
 
-from . import _signing
 from ._clients import watch_client
 from ._demo_instance import DemoInstance, DemoInstanceError, log_to_stderr
+from ._signing import verify
 from .bus import BusMessage, InvalidationPublisher, make_origin
 from .config import ENV_PREFIX, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
@@ -381,7 +381,7 @@ def _describe(data: bytes, config: CacheConfig) -> dict[str, Any]:
     try:
         keys = config.signing_keys()
         if keys and len(data) <= max_size:
-            refused = _signing.verify(data, config.channel, keys)
+            refused = verify(data, config.channel, keys)
             if refused is not None:
                 raise MalformedMessageError(refused)
         message = BusMessage.decode(data, max_size=max_size)

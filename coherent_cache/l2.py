@@ -25,12 +25,14 @@ from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from . import _clients, _signing, _telemetry
 from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
+from ._clients import L2Client, build_client, close_client, watch_primary
 from ._lease import LeaseLocks
+from ._signing import sign
 from ._tags import TAG_PRUNE_MIN as TAG_PRUNE_MIN
 from ._tags import TagIndex
+from ._telemetry import LatencyHistogram, note_backend_error
 from .config import CacheConfig
 from .errors import BackendError, BackendTimeoutError, BackendUnavailableError, DeserializationError
 from .keys import escape_glob, key_prefix, redis_key, validate_key, validate_pattern
@@ -111,7 +113,7 @@ class RedisCache:
         self,
         config: CacheConfig,
         *,
-        client: _clients.L2Client | None = None,
+        client: L2Client | None = None,
         serializer: CacheSerializer | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -121,7 +123,7 @@ class RedisCache:
         self.namespace = config.namespace
         self.serializer = serializer or CacheSerializer.from_config(config)
         self._owns_client = client is None
-        self._client = client if client is not None else _clients.build_client(config)
+        self._client = client if client is not None else build_client(config)
         self._timeout = config.operation_timeout
         self._cluster = isinstance(self._client, RedisCluster)
         # RedisCluster's per-node pools raise MaxConnectionsError when full instead of
@@ -152,7 +154,7 @@ class RedisCache:
         self._dropped_writes = 0
         self.published = 0
         """Bus messages PUBLISHed successfully through this client."""
-        self.latency = _telemetry.LatencyHistogram()
+        self.latency = LatencyHistogram()
         """Round-trip times of successful Redis calls."""
         self.log: structlog.typing.FilteringBoundLogger = log
         """The logger (the manager binds its namespace and origin to it)."""
@@ -167,10 +169,10 @@ class RedisCache:
         """``message`` with its HMAC appended when ``bus_signing_keys`` is set."""
         if self._signing_key is None:
             return message
-        return _signing.sign(message, channel, self._signing_key)
+        return sign(message, channel, self._signing_key)
 
     @property
-    def client(self) -> _clients.L2Client:
+    def client(self) -> L2Client:
         """The underlying ``redis.asyncio.Redis`` (``RedisCluster`` in cluster mode) client."""
         return self._client
 
@@ -208,7 +210,7 @@ class RedisCache:
             await self._reads.aclose()
         if self._owns_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
-                await _clients.close_client(self._client)
+                await close_client(self._client)
 
     async def __aenter__(self) -> RedisCache:
         await self.connect()
@@ -223,7 +225,7 @@ class RedisCache:
         """Sentinel mode: follow a failover even while pooled connections stay open; log
         ``l2_primary_changed`` when the primary changes (see `_clients.watch_primary`).
         Outside Sentinel mode it sleeps forever."""
-        await _clients.watch_primary(
+        await watch_primary(
             self._client, self.config, on_changed=self._primary_changed, task_status=task_status
         )
 
@@ -244,7 +246,7 @@ class RedisCache:
         if not breaker.allow():
             self._short_circuited += 1
             error = BackendUnavailableError(f"Redis circuit breaker is open ({op} not sent)")
-            _telemetry.note_backend_error(op, error)
+            note_backend_error(op, error)
             raise error
         probe = breaker.state is BreakerState.HALF_OPEN
         started = time.perf_counter_ns()
@@ -269,7 +271,7 @@ class RedisCache:
         except redis_errors.RedisError as exc:
             # The server answered (e.g. OOM, READONLY): the connection itself is fine.
             self._errors += 1
-            _telemetry.note_backend_error(op, exc)
+            note_backend_error(op, exc)
             self._record_success(probe)
             self.log.warning("l2_command_error", op=op, error=type(exc).__name__, detail=str(exc))
             raise BackendError(f"Redis {op} failed: {exc}") from exc
@@ -282,7 +284,7 @@ class RedisCache:
 
     def _record_failure(self, op: str, exc: BaseException, probe: bool) -> None:
         self._errors += 1
-        _telemetry.note_backend_error(op, exc)
+        note_backend_error(op, exc)
         was_connected = self.connected
         self.connected = False
         opened = self._breaker.failure(probe=probe)
