@@ -224,7 +224,8 @@ class RedisCache:
     ) -> None:
         """Sentinel mode: follow a failover even while pooled connections stay open; log
         ``l2_primary_changed`` when the primary changes (see `_clients.watch_primary`).
-        Outside Sentinel mode it sleeps forever."""
+        Outside Sentinel mode it sleeps forever. Error handling: a failed or slow query to
+        the sentinels is skipped until the next round."""
         await watch_primary(
             self._client, self.config, on_changed=self._primary_changed, task_status=task_status
         )
