@@ -12,6 +12,15 @@ own outcome: an error reply (``WRONGTYPE``...) fails only the caller whose key i
 lost connection or a batch timeout fails the callers of that batch, each with its own
 exception object. A caller that gave up is skipped when the replies arrive. Works with
 ``redis.asyncio.Redis`` and ``RedisCluster`` alike (both pipeline without a transaction).
+
+Concurrency style: plain asyncio (a bare future per queued read, the flush scheduled with
+``loop.call_soon``, one ``loop.create_task`` per batch, ``asyncio.timeout``), not the
+anyio used elsewhere, for a measured reason: this design took 100 concurrent L2 reads from
+1.27-1.37x to 0.31-0.55x the raw ``redis.asyncio`` default pool, and 1,000 from 1.7-2.1x
+to 0.56-0.74x (docs/benchmarks.md, "Hot-path optimisations", auto-pipelining row), and
+``anyio.fail_after`` cost about twice ``asyncio.timeout`` there. An anyio version (a task
+group and a memory stream or event per read) has not been measured as fast, and
+redis.asyncio ties this tier to asyncio anyway.
 """
 
 from __future__ import annotations
@@ -174,6 +183,8 @@ class ReadBatcher:
             await conn.disconnect()
 
     def _enqueue(self, name: str, kind: int) -> asyncio.Future[Any]:
+        # A bare asyncio future and call_soon, for the measured reason in the module
+        # docstring (docs/benchmarks.md, auto-pipelining: 100 tasks 1.27-1.37x -> 0.31-0.55x raw).
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((name, kind, future))
@@ -192,12 +203,18 @@ class ReadBatcher:
             live = [item for item in batch if not item[2].done()]
             if live:
                 self._batches += 1
+                # loop.create_task, not an anyio task group: the measured design of the
+                # module docstring (docs/benchmarks.md, auto-pipelining: 100 tasks
+                # 1.27-1.37x -> 0.31-0.55x raw). The batch ends by itself: `_run` is bounded
+                # by the batch timeout and fails every caller's future on any error.
                 task = loop.create_task(self._run(live))
                 self._tasks.add(task)  # the loop keeps only a weak reference
                 task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[str, int, asyncio.Future[Any]]]) -> None:
         try:
+            # asyncio.timeout: anyio.fail_after cost about twice as much (docs/benchmarks.md,
+            # auto-pipelining row).
             async with asyncio.timeout(self._timeout):
                 async with self._client.pipeline(transaction=False) as pipe:
                     for name, kind, _future in batch:

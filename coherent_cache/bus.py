@@ -5,10 +5,12 @@ One JSON object per ``PUBLISH`` on ``<namespace>:invalidate``::
     {"v": 1, "op": "delete", "keys": ["user:1"], "origin": "api-7f3a", "ts": 1763980000123}
     {"v": 1, "op": "clear_pattern", "pattern": "user_profile:*"}
     {"v": 1, "op": "clear"}
+    {"v": 1, "op": "tags", "tags": ["products", "tenant:7"]}
 
-``v`` and ``op`` are required, plus ``keys`` (a non-empty list of keys) for ``delete`` and
-``pattern`` for ``clear_pattern``. ``origin``, ``ts`` (milliseconds since the epoch) and
-``traceparent`` (W3C) are optional. Keys and patterns carry no namespace prefix. Unknown
+``v`` and ``op`` are required, plus ``keys`` (a non-empty list of keys) for ``delete``,
+``pattern`` for ``clear_pattern`` and ``tags`` (a non-empty list of tags, which follow the
+rules of keys) for ``tags``. ``origin``, ``ts`` (milliseconds since the epoch) and
+``traceparent`` (W3C) are optional. Keys, patterns and tags carry no namespace prefix. Unknown
 fields are ignored; anything else is malformed and dropped by receivers. With
 ``bus_signing_keys`` set, messages end with an HMAC field ``"sig"`` (see `_signing`) and
 receivers drop messages without a valid one.
@@ -31,14 +33,11 @@ import orjson
 import structlog
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
-from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from . import _signing
 from ._backoff import backoff_delay
-from ._connection import bus_endpoint
+from ._clients import bus_endpoint, bus_pool
+from ._signing import OVERHEAD, verify
 from .config import CacheConfig
 from .errors import (
     CacheClosedError,
@@ -327,17 +326,7 @@ class InvalidationBus:
         self._timer = timer
         self._last_seen = timer()
         self._random = random.Random()
-        self._pool = ConnectionPool.from_url(
-            config.redis_url,
-            protocol=2,
-            socket_timeout=config.operation_timeout,
-            socket_connect_timeout=config.connect_timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"coherent_cache:{config.namespace}:bus",
-            **config.credentials(),
-            **config.tls_options(),
-        )
+        self._pool = bus_pool(config)
         self._endpoint = bus_endpoint(config, self._pool)
         self.connected = False
         self._received = 0
@@ -449,7 +438,7 @@ class InvalidationBus:
                 await self._endpoint.aclose()
 
     async def _subscribe(self) -> AbstractConnection:
-        """Connect where the deployment says (`_connection.bus_endpoint`) and subscribe."""
+        """Connect where the deployment says (`_clients.bus_endpoint`) and subscribe."""
         cfg = self.config
         endpoint = self._endpoint
         deadline = endpoint.attempts_per_connect * (cfg.connect_timeout + cfg.operation_timeout)
@@ -555,7 +544,7 @@ class InvalidationBus:
         self._received += 1
         data = reply[2]
         if self._signing_keys and len(data) <= self.config.max_bus_message_size:
-            refused = _signing.verify(data, self.channel, self._signing_keys)
+            refused = verify(data, self.channel, self._signing_keys)
             if refused is not None:
                 self._refuse(refused)
                 return
@@ -663,9 +652,7 @@ class InvalidationPublisher:
         self._l2 = RedisCache(config)
         self._closed = False
         # Messages are signed on the way out (RedisCache.publish) when keys are set.
-        self._max_body = config.max_bus_message_size - (
-            _signing.OVERHEAD if config.bus_signing_keys else 0
-        )
+        self._max_body = config.max_bus_message_size - (OVERHEAD if config.bus_signing_keys else 0)
 
     def __repr__(self) -> str:
         return (

@@ -21,12 +21,10 @@ import anyio
 import anyio.lowlevel
 import orjson
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from . import _signing
+from ._clients import watch_client
 from ._demo_instance import DemoInstance, DemoInstanceError, log_to_stderr
+from ._signing import verify
 from .bus import BusMessage, InvalidationPublisher, make_origin
 from .config import ENV_PREFIX, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
@@ -383,7 +381,7 @@ def _describe(data: bytes, config: CacheConfig) -> dict[str, Any]:
     try:
         keys = config.signing_keys()
         if keys and len(data) <= max_size:
-            refused = _signing.verify(data, config.channel, keys)
+            refused = verify(data, config.channel, keys)
             if refused is not None:
                 raise MalformedMessageError(refused)
         message = BusMessage.decode(data, max_size=max_size)
@@ -412,18 +410,7 @@ def _emit(obj: dict[str, Any]) -> None:
 async def _watch(args: argparse.Namespace, config: CacheConfig) -> int:
     """Subscribe, announce it on stderr, print messages until the count or duration."""
     assert config.redis_url is not None
-    client = Redis.from_url(
-        config.redis_url,
-        protocol=2,
-        socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
-        # A lost connection ends the watch with an error rather than reconnecting
-        # silently: messages sent meanwhile would be missing from the output.
-        retry=Retry(NoBackoff(), 0),
-        client_name=f"coherent_cache:{config.namespace}:watch",
-        **config.credentials(),
-        **config.tls_options(),
-    )
+    client = watch_client(config)
     pubsub = client.pubsub()
     channel = config.channel
     subscribed = False

@@ -3,6 +3,11 @@
 Every public operation reports a Redis failure as a miss / ``False`` / ``0`` and counts it;
 bad input (an invalid key, an unserialisable value) still raises, because that is the
 caller's bug, not an outage.
+
+This module holds the guarded call (breaker, ``operation_timeout``, latency and error
+accounting) and the key/value operations. The tag index (`_tags`) and the lease locks
+(`_lease`) run their Redis calls through the guarded call; clients are built, closed and
+watched in `_clients`.
 """
 
 from __future__ import annotations
@@ -18,31 +23,19 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.backoff import NoBackoff
 
-from . import _connection, _signing, _telemetry
 from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
+from ._clients import L2Client, build_client, close_client, watch_primary
+from ._lease import LeaseLocks
+from ._signing import sign
+from ._tags import TAG_PRUNE_MIN as TAG_PRUNE_MIN
+from ._tags import TagIndex
+from ._telemetry import LatencyHistogram, note_backend_error
 from .config import CacheConfig
-from .errors import (
-    BackendError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    DeserializationError,
-)
-from .keys import (
-    escape_glob,
-    key_prefix,
-    redis_key,
-    redis_lock_key,
-    redis_tag_key,
-    validate_key,
-    validate_pattern,
-)
+from .errors import BackendError, BackendTimeoutError, BackendUnavailableError, DeserializationError
+from .keys import escape_glob, key_prefix, redis_key, validate_key, validate_pattern
 from .serializer import CacheSerializer, StoredEntry
 from .types import MISSING
 
@@ -51,11 +44,9 @@ __all__ = ["L2Stats", "RedisCache"]
 log = structlog.get_logger("coherent_cache")
 
 T = TypeVar("T")
-TAG_PRUNE_MIN: Final = 1000
-"""A tag index is pruned of dead members once it holds more than this many (and twice as
-many as after its last pruning)."""
 SCAN_COUNT: Final = 1000
-"""Keys asked for per SCAN call (and deleted per UNLINK) by ``clear_pattern``."""
+"""Keys asked for per SCAN call (and deleted per UNLINK) by ``clear_pattern``; also the
+default batch of `invalidate_tags` and `prune_tag`, and the tag pruner's."""
 
 
 class L2Stats(TypedDict):
@@ -76,52 +67,6 @@ class L2Stats(TypedDict):
     url: str | None
 
 
-# Add a key to a tag index and keep the index alive as long as its longest-lived member:
-# a new index gets the member's TTL, an existing one is only ever extended, and a member
-# without expiry makes the index persistent. Returns the index size.
-_TAG_ADD: Final = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SADD', KEYS[1], ARGV[1])
-local ttl = tonumber(ARGV[2])
-if ttl < 0 then
-  redis.call('PERSIST', KEYS[1])
-elseif existed == 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-else
-  local current = redis.call('PTTL', KEYS[1])
-  if current >= 0 and current < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-end
-return redis.call('SCARD', KEYS[1])
-"""
-# Taking the lock is idempotent per token: a retry after a timed-out attempt that did
-# reach the server finds its own token and holds the lock, instead of waiting out a lease
-# that nobody renews.
-_LOCK_ACQUIRE: Final = """
-local held = redis.call('GET', KEYS[1])
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if held == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_LOCK_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_LOCK_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
 # Failures that say "the server (or the cluster) cannot serve now": they count against the
 # breaker. Cluster topology errors are not all ConnectionErrors (RedisClusterException is
 # not even a RedisError), and a cluster mid-failover answers CLUSTERDOWN / TRYAGAIN.
@@ -133,11 +78,6 @@ _UNAVAILABLE: Final = (
     redis_errors.TryAgainError,
     OSError,
 )
-
-
-def _lease_ms(lease: float) -> int:
-    """A lock lease in whole milliseconds, at least 1."""
-    return max(1, math.ceil(lease * 1000))
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -173,7 +113,7 @@ class RedisCache:
         self,
         config: CacheConfig,
         *,
-        client: _connection.L2Client | None = None,
+        client: L2Client | None = None,
         serializer: CacheSerializer | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -183,7 +123,7 @@ class RedisCache:
         self.namespace = config.namespace
         self.serializer = serializer or CacheSerializer.from_config(config)
         self._owns_client = client is None
-        self._client = client if client is not None else _client_from_config(config)
+        self._client = client if client is not None else build_client(config)
         self._timeout = config.operation_timeout
         self._cluster = isinstance(self._client, RedisCluster)
         # RedisCluster's per-node pools raise MaxConnectionsError when full instead of
@@ -214,13 +154,14 @@ class RedisCache:
         self._dropped_writes = 0
         self.published = 0
         """Bus messages PUBLISHed successfully through this client."""
-        self.latency = _telemetry.LatencyHistogram()
+        self.latency = LatencyHistogram()
         """Round-trip times of successful Redis calls."""
         self.log: structlog.typing.FilteringBoundLogger = log
         """The logger (the manager binds its namespace and origin to it)."""
-        self._prune_due: set[str] = set()
-        self._prune_at: dict[str, int] = {}
-        self._prune_wakeup = anyio.Event()
+        self._tags = TagIndex(self._client, self.namespace, self._call, cluster=self._cluster)
+        """The tag indexes (`invalidate_tags`, `prune_tag`, `run_tag_pruner`)."""
+        self._locks = LeaseLocks(self._client, self.namespace, self._call)
+        """The cross-instance lease locks (`try_lock`, `renew_lock`, `unlock`)."""
         keys = config.signing_keys()
         self._signing_key = keys[0] if keys else None
 
@@ -228,10 +169,10 @@ class RedisCache:
         """``message`` with its HMAC appended when ``bus_signing_keys`` is set."""
         if self._signing_key is None:
             return message
-        return _signing.sign(message, channel, self._signing_key)
+        return sign(message, channel, self._signing_key)
 
     @property
-    def client(self) -> _connection.L2Client:
+    def client(self) -> L2Client:
         """The underlying ``redis.asyncio.Redis`` (``RedisCluster`` in cluster mode) client."""
         return self._client
 
@@ -269,7 +210,7 @@ class RedisCache:
             await self._reads.aclose()
         if self._owns_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
-                await _connection.close_client(self._client)
+                await close_client(self._client)
 
     async def __aenter__(self) -> RedisCache:
         await self.connect()
@@ -277,6 +218,20 @@ class RedisCache:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    async def run_primary_watch(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Sentinel mode: follow a failover even while pooled connections stay open; log
+        ``l2_primary_changed`` when the primary changes (see `_clients.watch_primary`).
+        Outside Sentinel mode it sleeps forever. Error handling: a failed or slow query to
+        the sentinels is skipped until the next round."""
+        await watch_primary(
+            self._client, self.config, on_changed=self._primary_changed, task_status=task_status
+        )
+
+    def _primary_changed(self, old: str, new: str) -> None:
+        self.log.warning("l2_primary_changed", old=old, new=new)
 
     # -- the guarded call ------------------------------------------------------------------
 
@@ -292,7 +247,7 @@ class RedisCache:
         if not breaker.allow():
             self._short_circuited += 1
             error = BackendUnavailableError(f"Redis circuit breaker is open ({op} not sent)")
-            _telemetry.note_backend_error(op, error)
+            note_backend_error(op, error)
             raise error
         probe = breaker.state is BreakerState.HALF_OPEN
         started = time.perf_counter_ns()
@@ -317,7 +272,7 @@ class RedisCache:
         except redis_errors.RedisError as exc:
             # The server answered (e.g. OOM, READONLY): the connection itself is fine.
             self._errors += 1
-            _telemetry.note_backend_error(op, exc)
+            note_backend_error(op, exc)
             self._record_success(probe)
             self.log.warning("l2_command_error", op=op, error=type(exc).__name__, detail=str(exc))
             raise BackendError(f"Redis {op} failed: {exc}") from exc
@@ -330,7 +285,7 @@ class RedisCache:
 
     def _record_failure(self, op: str, exc: BaseException, probe: bool) -> None:
         self._errors += 1
-        _telemetry.note_backend_error(op, exc)
+        note_backend_error(op, exc)
         was_connected = self.connected
         self.connected = False
         opened = self._breaker.failure(probe=probe)
@@ -507,14 +462,7 @@ class RedisCache:
                 return await self._client.set(name, payload, px=px)
             async with self._client.pipeline(transaction=False) as pipe:
                 _ = pipe.set(name, payload, px=px)
-                for tag in tags:
-                    _ = pipe.eval(
-                        _TAG_ADD,
-                        1,
-                        redis_tag_key(self.namespace, tag),
-                        key,
-                        -1 if px is None else px,
-                    )
+                self._tags.add(pipe, key, tags, px)
                 if notify is not None and not self._cluster:
                     _ = pipe.publish(self.config.channel, notify)
                 result = await pipe.execute()
@@ -530,11 +478,31 @@ class RedisCache:
         if notify is not None:
             self.published += 1
         if tags:
-            for tag, size in zip(tags, result[1 : 1 + len(tags)], strict=True):
-                if int(size) > self._prune_at.get(tag, TAG_PRUNE_MIN):
-                    self._prune_due.add(tag)
-                    self._prune_wakeup.set()
+            self._tags.added(tags, result[1 : 1 + len(tags)])
         return True
+
+    # -- tag index (see `_tags.TagIndex`) ---------------------------------------------------
+
+    async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
+        """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
+
+        ``SSCAN``, ``SREM`` and ``UNLINK`` in batches, each call under ``operation_timeout``
+        (see `_tags.TagIndex.invalidate`). An outage midway is logged; the count so far is
+        returned.
+        """
+        removed, error = await self._tags.invalidate(tags, batch=batch)
+        if error is not None:
+            self._dropped_writes += 1
+            self.log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(error))
+        return removed
+
+    async def prune_tag(self, tag: str, *, batch: int = SCAN_COUNT) -> int:
+        """Drop members of ``tag``'s index whose entries are gone; return how many.
+
+        Raises:
+            BackendError: Redis failed.
+        """
+        return await self._tags.prune(tag, batch=batch)
 
     async def run_tag_pruner(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -543,185 +511,40 @@ class RedisCache:
 
         A tag's index is pruned when it holds more than `TAG_PRUNE_MIN` members and twice
         as many as after its last pruning, so pruning costs O(1) amortised per tagged
-        write. Error handling: a Redis failure leaves the tag due; the next tagged write
-        wakes the loop again.
+        write; each pruning logs ``tag_index_pruned``. Error handling: a Redis failure
+        leaves the tag due; the next tagged write wakes the loop again.
         """
-        task_status.started()
-        while True:
-            await self._prune_wakeup.wait()
-            self._prune_wakeup = anyio.Event()
-            while self._prune_due:
-                tag = self._prune_due.pop()
-                try:
-                    pruned = await self.prune_tag(tag)
-                    size = await self._scard(tag)
-                except BackendError:
-                    continue
-                self._prune_at[tag] = max(TAG_PRUNE_MIN, 2 * size)
-                self.log.info("tag_index_pruned", tag=tag, pruned=pruned, size=size)
-
-    async def run_primary_watch(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Sentinel mode: follow a failover even while pooled connections stay open.
-
-        redis-py asks the sentinels for the primary only when it opens a connection. A
-        graceful failover (``SENTINEL FAILOVER``) leaves the old primary answering, and it
-        takes writes until the sentinels demote it, seconds later; meanwhile other
-        instances use the new one. So every few seconds (five bus health-check intervals,
-        at least one second) this asks the sentinels and, when the primary changed,
-        closes the idle pooled connections to the old one (in-use ones are dropped on
-        release). Error handling: a failed or slow query (``operation_timeout``) is
-        skipped until the next round.
-        """
-        task_status.started()
-        pool = self._client.connection_pool if isinstance(self._client, Redis) else None
-        if not isinstance(pool, SentinelConnectionPool):
-            await anyio.sleep_forever()
-            return
-        interval = max(1.0, 5 * self.config.bus_health_check_interval)
-        while True:
-            await anyio.sleep(interval)
-            before = pool.master_address
-            try:
-                with anyio.fail_after(self._timeout):
-                    now = await pool.get_master_address()  # type: ignore[no-untyped-call]
-            except (TimeoutError, redis_errors.RedisError, OSError):
-                continue
-            if before is not None and now != before:
-                self.log.warning(
-                    "l2_primary_changed", old=f"{before[0]}:{before[1]}", new=f"{now[0]}:{now[1]}"
-                )
-
-    async def invalidate_tags(self, tags: Iterable[str], *, batch: int = SCAN_COUNT) -> int:
-        """Remove every entry indexed under any of ``tags``, and the indexes; return how many.
-
-        Reads each tag's index with ``SSCAN``, ``SREM``s the members seen from the index
-        and ``UNLINK``s their entries, in batches (a key indexed concurrently stays indexed), each
-        call under ``operation_timeout``. An outage midway is logged; the count so far is
-        returned.
-        """
-        removed = 0
-        try:
-            for tag in tags:
-                index = redis_tag_key(self.namespace, tag)
-                cursor = 0
-                while True:
-                    cursor, members = await self._sscan(index, cursor, batch)
-                    if members:
-                        # SREM exactly the members seen, then UNLINK them; never the whole
-                        # index. A writer does SET, then SADD: whatever the interleaving,
-                        # a key written concurrently is either deleted or still indexed
-                        # (an UNLINK of the index orphaned such keys; the fault suite
-                        # caught that race). Redis deletes the set once it is empty.
-                        removed += await self._remove_members(index, members)
-                    if cursor == 0:
-                        break
-        except BackendError as exc:
-            self._dropped_writes += 1
-            self.log.warning("l2_invalidate_tags_incomplete", removed=removed, error=str(exc))
-        return removed
-
-    async def _remove_members(self, index: str, members: Sequence[bytes | str]) -> int:
-        """SREM ``members`` from ``index`` and UNLINK their entries; return entries removed.
-
-        Outside a cluster both run in one MULTI/EXEC, so a concurrent invalidate_tags of the
-        same tag (on another instance) never sees a member gone from the index while its
-        entry still exists, and then reads that entry back. In a cluster the index and the
-        entries live in different slots: SREM first, then UNLINK (a concurrent invalidation
-        of the same tag may return before the UNLINK lands; see docs/reliability.md).
-        """
-        names = self._member_keys(members)
-        if self._cluster:
-            await self._srem(index, members)
-            return await self._unlink(names)
-
-        async def srem_and_unlink() -> list[Any]:
-            async with self._client.pipeline(transaction=True) as pipe:
-                _ = pipe.srem(index, *members)
-                _ = pipe.unlink(*names)
-                return list(await pipe.execute())
-
-        replies = await self._call("SREM+UNLINK", srem_and_unlink)
-        return int(replies[1])
-
-    def _member_keys(self, members: Sequence[bytes | str]) -> list[str]:
-        """The Redis keys of a tag index's members (cache keys without the namespace)."""
-        return [
-            redis_key(self.namespace, m.decode() if isinstance(m, bytes) else m) for m in members
-        ]
-
-    async def _sscan(self, index: str, cursor: int, count: int) -> tuple[int, list[bytes | str]]:
-        next_cursor, members = await self._call(
-            "SSCAN", lambda: self._client.sscan(index, cursor=cursor, count=count)
+        await self._tags.run_pruner(
+            batch=SCAN_COUNT, on_pruned=self._tag_pruned, task_status=task_status
         )
-        return int(next_cursor), list(members)
 
-    async def prune_tag(self, tag: str, *, batch: int = SCAN_COUNT) -> int:
-        """Drop members of ``tag``'s index whose entries are gone; return how many."""
-        index = redis_tag_key(self.namespace, tag)
-        pruned = 0
-        cursor = 0
-        while True:
-            cursor, members = await self._sscan(index, cursor, batch)
-            if members:
-                names = self._member_keys(members)
-
-                async def check(names: list[str] = names) -> list[Any]:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for name in names:
-                            _ = pipe.exists(name)
-                        return list(await pipe.execute())
-
-                alive = await self._call("EXISTS*", check)
-                dead = [m for m, ok in zip(members, alive, strict=True) if not ok]
-                if dead:
-                    pruned += await self._srem(index, dead)
-            if cursor == 0:
-                return pruned
-
-    async def _scard(self, tag: str) -> int:
-        index = redis_tag_key(self.namespace, tag)
-        return int(await self._call("SCARD", lambda: self._client.scard(index)))
-
-    async def _srem(self, index: str, members: Sequence[bytes | str]) -> int:
-        return int(await self._call("SREM", lambda: self._client.srem(index, *members)))
+    def _tag_pruned(self, tag: str, pruned: int, size: int) -> None:
+        self.log.info("tag_index_pruned", tag=tag, pruned=pruned, size=size)
 
     # -- cross-instance lease lock -----------------------------------------------------------
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         """Take the lease lock of ``key`` for ``lease`` seconds if nobody else holds it.
 
-        Idempotent per ``token``: if an earlier attempt with the same token reached the
-        server (its reply timed out), this one finds the token and holds the lock.
+        Idempotent per ``token`` (see `_lease.LeaseLocks.try_lock`).
 
         Raises:
             BackendError: Redis failed.
         """
-        name = redis_lock_key(self.namespace, key)
-        result = await self._call(
-            "LOCK", lambda: self._client.eval(_LOCK_ACQUIRE, 1, name, token, _lease_ms(lease))
-        )
-        return bool(result)
+        return await self._locks.try_lock(key, token, lease)
 
     async def renew_lock(self, key: str, token: str, lease: float) -> bool:
-        """Extend our lease of ``key``'s lock; ``False`` if it is no longer ours."""
-        name = redis_lock_key(self.namespace, key)
-        result = await self._call(
-            "RENEW", lambda: self._client.eval(_LOCK_RENEW, 1, name, token, _lease_ms(lease))
-        )
-        return bool(result)
+        """Extend our lease of ``key``'s lock; ``False`` if it is no longer ours.
+
+        Raises:
+            BackendError: Redis failed.
+        """
+        return await self._locks.renew(key, token, lease)
 
     async def unlock(self, key: str, token: str) -> bool:
-        """Release ``key``'s lock if we still hold it (compare-and-delete)."""
-        name = redis_lock_key(self.namespace, key)
-        try:
-            result = await self._call(
-                "UNLOCK", lambda: self._client.eval(_LOCK_RELEASE, 1, name, token)
-            )
-        except BackendError:
-            return False  # the lease expires by itself
-        return bool(result)
+        """Release ``key``'s lock if we still hold it (compare-and-delete); a failure
+        returns ``False`` (the lease expires by itself)."""
+        return await self._locks.unlock(key, token)
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> bool:
         """Store every item in one pipeline; ``False`` on an outage.
@@ -732,28 +555,11 @@ class RedisCache:
             SerializationError: a value cannot be encoded; nothing is written.
             ValueTooLargeError: an encoded value exceeds ``max_value_size``.
         """
-        encoded = {
-            redis_key(self.namespace, validate_key(k)): self.serializer.pack(
-                self.serializer.dumps(v, key=k), key=k
-            )
+        encoded = [
+            (validate_key(k), self.serializer.pack(self.serializer.dumps(v, key=k), key=k), ttl)
             for k, v in items.items()
-        }
-        if not encoded:
-            return True
-        px = _ttl_ms(ttl)
-
-        async def write() -> None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for name, payload in encoded.items():
-                    _ = pipe.set(name, payload, px=px)
-                _ = await pipe.execute()
-
-        try:
-            await self._call("SET*", write)
-        except BackendError:
-            self._dropped_writes += 1
-            return False
-        return True
+        ]
+        return await self.set_payloads(encoded)
 
     async def set_payloads(
         self,
@@ -983,32 +789,3 @@ class RedisCache:
     async def get_stats(self) -> L2Stats:
         """The seed's ``l2_cache`` statistics (hits, misses, hit_rate, connected, errors, ...)."""
         return self.stats()
-
-
-def _client_from_config(config: CacheConfig) -> _connection.L2Client:
-    """Build a client whose every wait is bounded by the configured timeouts.
-
-    Cluster and Sentinel clients come from `_connection.build_client` with the same options.
-    """
-    assert config.redis_url is not None
-    options: dict[str, Any] = {
-        "socket_timeout": config.operation_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-        "socket_keepalive": True,
-        "client_name": f"coherent_cache:{config.namespace}",
-        **config.credentials(),
-        **config.tls_options(),
-    }
-    if config.redis_mode != "standalone":
-        return _connection.build_client(config, options)
-    pool = BlockingConnectionPool.from_url(
-        config.redis_url,
-        max_connections=config.max_connections,
-        # Waiting for a free pooled connection is bounded like any other wait.
-        timeout=config.operation_timeout,
-        # One immediate retry on a fresh connection covers a pooled connection the server
-        # closed while idle; the operation deadline still bounds the whole call.
-        retry=Retry(NoBackoff(), 1),
-        **options,
-    )
-    return Redis.from_pool(pool)

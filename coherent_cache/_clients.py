@@ -1,16 +1,28 @@
-"""Where the L2 client and the bus connect, per deployment: standalone, cluster, sentinel.
+"""How coherent_cache connects: every Redis client, pool and bus endpoint, per deployment.
 
-``redis_mode="standalone"`` keeps the plain clients built in ``l2.py`` and ``bus.py``; this
-module builds the Cluster and Sentinel variants through redis-py's own clients
-(``RedisCluster``, ``Sentinel.master_for``) and decides, for every connection attempt of
-the bus, which node to connect to and which subscribe command to use.
+One place for "how we connect" in each ``redis_mode`` (standalone, cluster, sentinel):
+
+- `build_client`: the L2 client of `RedisCache` (a ``BlockingConnectionPool`` client,
+  a ``RedisCluster``, or Sentinel's ``master_for``), every wait bounded by the timeouts;
+  `close_client` closes it (and a Sentinel client's connections to the sentinels).
+- `watch_primary`: Sentinel mode's watch of the primary the L2 client's pool follows.
+- `bus_pool` and `bus_endpoint`: the subscriber connection of `InvalidationBus`: its
+  connection options, and, for every connection attempt, which node to connect to and
+  which subscribe command to use.
+- `watch_client`: the plain pub/sub client of ``coherent-cache watch``.
+- `make_sentinel`: the `Sentinel` the L2 client and the bus ask for the primary.
+
+`L2Client` and `GuardedCall` name what the tag index (`_tags`) and the lease locks
+(`_lease`) receive from `RedisCache`: the client and the guarded call.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, SSLConnection
 from redis.asyncio.cluster import RedisCluster
@@ -28,6 +40,19 @@ L2Client: TypeAlias = Redis | RedisCluster
 """What `RedisCache` talks to: one server (standalone, Sentinel's current primary) or a
 cluster client that routes each key to its slot's primary."""
 
+T = TypeVar("T")
+
+
+class GuardedCall(Protocol):
+    """`RedisCache`'s guarded call, as the tag index and the lease locks receive it.
+
+    ``call(op, func)`` awaits ``func()`` under the circuit breaker and
+    ``operation_timeout``, and records its latency; a failure raises `BackendError`
+    (`BackendUnavailableError`, `BackendTimeoutError`) and is counted by the `RedisCache`.
+    """
+
+    async def __call__(self, op: str, func: Callable[[], Awaitable[T]]) -> T: ...
+
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (connects to the primary the sentinels name, follows a failover)
@@ -44,14 +69,36 @@ def _url_kwargs(config: CacheConfig) -> dict[str, Any]:
     return found
 
 
-def build_client(config: CacheConfig, options: dict[str, Any]) -> L2Client:
-    """The L2 client of a ``cluster`` or ``sentinel`` deployment.
+def build_client(config: CacheConfig) -> L2Client:
+    """The L2 client of ``config.redis_mode``; its every wait is bounded by the timeouts.
 
-    Args:
-        config: the settings (``redis_mode`` is not ``standalone``).
-        options: the socket timeouts, keepalive, client name and credentials shared with
-            the standalone client.
+    Standalone: a ``BlockingConnectionPool`` of ``max_connections`` from the URL. Cluster:
+    a ``RedisCluster`` (``max_connections`` per node). Sentinel: the primary named by the
+    sentinels (``master_for``), through a pool that waits for a free connection like the
+    standalone one. All three share the socket timeouts, keepalive, client name,
+    credentials and TLS options, and one immediate retry on a fresh connection.
     """
+    assert config.redis_url is not None
+    options: dict[str, Any] = {
+        "socket_timeout": config.operation_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_keepalive": True,
+        "client_name": f"coherent_cache:{config.namespace}",
+        **config.credentials(),
+        **config.tls_options(),
+    }
+    if config.redis_mode == "standalone":
+        pool = BlockingConnectionPool.from_url(
+            config.redis_url,
+            max_connections=config.max_connections,
+            # Waiting for a free pooled connection is bounded like any other wait.
+            timeout=config.operation_timeout,
+            # One immediate retry on a fresh connection covers a pooled connection the
+            # server closed while idle; the operation deadline still bounds the whole call.
+            retry=Retry(NoBackoff(), 1),
+            **options,
+        )
+        return Redis.from_pool(pool)
     kwargs = {**_url_kwargs(config), **options}
     # One immediate retry on a fresh connection, as in standalone mode; the operation
     # deadline bounds the whole call, redirects and topology refreshes included.
@@ -103,6 +150,80 @@ async def close_client(client: L2Client) -> None:
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     if isinstance(manager, Sentinel):
         await manager.aclose()
+
+
+async def watch_primary(
+    client: L2Client,
+    config: CacheConfig,
+    *,
+    on_changed: Callable[[str, str], None],
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Sentinel mode: follow a failover even while pooled connections stay open.
+
+    redis-py asks the sentinels for the primary only when it opens a connection. A
+    graceful failover (``SENTINEL FAILOVER``) leaves the old primary answering, and it
+    takes writes until the sentinels demote it, seconds later; meanwhile other instances
+    use the new one. So every few seconds (five bus health-check intervals, at least one
+    second) this asks the sentinels and, when the primary changed, calls
+    ``on_changed(old, new)`` (``host:port`` each); the pool, having re-resolved the
+    primary, closes its idle connections to the old one (in-use ones are dropped on
+    release). Outside Sentinel mode it sleeps forever. Error handling: a failed or slow
+    query (``operation_timeout``) is skipped until the next round.
+    """
+    task_status.started()
+    pool = client.connection_pool if isinstance(client, Redis) else None
+    if not isinstance(pool, SentinelConnectionPool):
+        await anyio.sleep_forever()
+        return
+    interval = max(1.0, 5 * config.bus_health_check_interval)
+    while True:
+        await anyio.sleep(interval)
+        before = pool.master_address
+        try:
+            with anyio.fail_after(config.operation_timeout):
+                now = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        except (TimeoutError, redis_errors.RedisError, OSError):
+            continue
+        if before is not None and now != before:
+            on_changed(f"{before[0]}:{before[1]}", f"{now[0]}:{now[1]}")
+
+
+def bus_pool(config: CacheConfig) -> ConnectionPool:
+    """The connection options of the bus subscriber, as a pool `bus_endpoint` opens from.
+
+    RESP2, no hidden retries (every reconnect goes through `InvalidationBus.run`), the
+    same timeouts, credentials and TLS as the L2 client, its own client name.
+    """
+    assert config.redis_url is not None
+    return ConnectionPool.from_url(
+        config.redis_url,
+        protocol=2,
+        socket_timeout=config.operation_timeout,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        client_name=f"coherent_cache:{config.namespace}:bus",
+        **config.credentials(),
+        **config.tls_options(),
+    )
+
+
+def watch_client(config: CacheConfig) -> Redis:
+    """The pub/sub client of ``coherent-cache watch``: connects to the URL's server."""
+    assert config.redis_url is not None
+    return Redis.from_url(
+        config.redis_url,
+        protocol=2,
+        socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=True,
+        # A lost connection ends the watch with an error rather than reconnecting
+        # silently: messages sent meanwhile would be missing from the output.
+        retry=Retry(NoBackoff(), 0),
+        client_name=f"coherent_cache:{config.namespace}:watch",
+        **config.credentials(),
+        **config.tls_options(),
+    )
 
 
 class BusEndpoint:
