@@ -300,6 +300,7 @@ class InvalidationBus:
             ``bus_health_check_interval`` of silence (the connection may be dead).
         on_alive: called when a reply arrives after such a PING.
         timer: monotonic clock.
+        logger: the structlog logger of its events; the package logger when omitted.
     """
 
     def __init__(
@@ -313,6 +314,7 @@ class InvalidationBus:
         on_suspect: Callable[[float], None] | None = None,
         on_alive: Callable[[], None] | None = None,
         timer: Callable[[], float] = time.monotonic,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         assert config.redis_url is not None
         self.config = config
@@ -344,7 +346,7 @@ class InvalidationBus:
         self._last_loss: float | None = None
         self._last_recovery: float | None = None
         self._ever_subscribed = False
-        self.log: structlog.typing.FilteringBoundLogger = log
+        self.log: structlog.typing.FilteringBoundLogger = logger if logger is not None else log
         """The logger (the manager binds its namespace and origin to it)."""
 
     def stats(self) -> BusStats:

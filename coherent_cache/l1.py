@@ -686,9 +686,9 @@ class L1Actor:
     match are made stale before the first chunk.
     """
 
-    def __init__(self, owner: L1Owner, *, mailbox_size: int) -> None:
+    def __init__(self, owner: L1Owner, *, mailbox_size: int, logger: Any = None) -> None:
         self._owner = owner
-        self.log: Any = log
+        self.log: Any = logger if logger is not None else log
         """Where `submit` reports overflows (the manager binds its namespace and origin)."""
         self._capacity = mailbox_size
         # Created by the first run() and kept across restarts, so queued commands survive.

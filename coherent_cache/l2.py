@@ -107,6 +107,8 @@ class RedisCache:
             (the caller keeps ownership: `aclose` does not close it).
         serializer: the payload codec; built from the config when omitted.
         timer: the clock used by the circuit breaker.
+        logger: the structlog logger of its events (the manager passes its own, with the
+            namespace and origin bound); the package logger when omitted.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class RedisCache:
         client: L2Client | None = None,
         serializer: CacheSerializer | None = None,
         timer: Callable[[], float] = time.monotonic,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         if client is None and config.redis_url is None:
             raise ValueError("RedisCache needs config.redis_url or a client")
@@ -156,8 +159,8 @@ class RedisCache:
         """Bus messages PUBLISHed successfully through this client."""
         self.latency = LatencyHistogram()
         """Round-trip times of successful Redis calls."""
-        self.log: structlog.typing.FilteringBoundLogger = log
-        """The logger (the manager binds its namespace and origin to it)."""
+        self.log: structlog.typing.FilteringBoundLogger = logger if logger is not None else log
+        """The logger of its events."""
         self._tags = TagIndex(self._client, self.namespace, self._call, cluster=self._cluster)
         """The tag indexes (`invalidate_tags`, `prune_tag`, `run_tag_pruner`)."""
         self._locks = LeaseLocks(self._client, self.namespace, self._call)
