@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import re
-import string
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import (
@@ -44,13 +42,9 @@ from .errors import ConfigurationError, InvalidKeyError, InvalidTTLError
 from .keys import (
     MAX_KEY_LENGTH,
     CacheKeyGenerator,
-    _encode_part,
+    KeyTemplate,
     encode_key_part,
-    escape_glob,
-    escape_part,
     literal_of,
-    validate_pattern,
-    validate_tag,
 )
 from .types import MISSING, TTL, USE_DEFAULT, check_ttl
 
@@ -105,7 +99,6 @@ name: none of these libraries is imported.
 """
 
 _SKIPPED_NAMES: Final = frozenset({"self", "cls"})
-_FIELD_BASE: Final = re.compile(r"[^.\[]*")
 _mark_coroutine: Callable[[Any], Any] | None = getattr(inspect, "markcoroutinefunction", None)
 
 
@@ -209,91 +202,23 @@ class _Signature:
         return name in self.kinds or self.var_keyword is not None
 
 
-class _PartFormatter(string.Formatter):
-    """Fills ``{name}`` fields with values encoded like key parts (optionally glob-escaped)."""
-
-    def __init__(self, *, escape: bool) -> None:
-        self.escape = escape
-        self.field = ""
-
-    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
-        self.field = field_name
-        try:
-            return super().get_field(field_name, args, kwargs)
-        except (KeyError, AttributeError, IndexError, TypeError) as exc:
-            raise InvalidKeyError(f"no value in this call ({exc!r})") from exc
-
-    def format_field(self, value: Any, format_spec: str) -> str:
-        if not self.escape:  # a tag
-            return format(value, format_spec) if format_spec else _encode_part(value)
-        # A pattern matches keys, whose str parts are escaped (`encode_key_part`).
-        text = format(value, format_spec) if format_spec else encode_key_part(value)
-        if format_spec and isinstance(value, str):
-            text = escape_part(text)
-        return escape_glob(text)
-
-
-@final
-class _Template:
-    """A tag or pattern with ``{param}`` placeholders filled from the bound arguments."""
-
-    def __init__(self, text: object, sig: _Signature, *, what: str, escape: bool) -> None:
-        if not isinstance(text, str) or not text:
-            raise InvalidKeyError(f"a {what} must be a non-empty str, got {text!r}", key=text)
-        self.text = text
-        self.what = what
-        self.escape = escape
-        self.owner = sig.name
-        fields: list[str] = []
-        try:
-            parsed = list(string.Formatter().parse(text))
-        except ValueError as exc:
-            raise InvalidKeyError(f"{what} {text!r} is not a valid template: {exc}") from exc
-        for _literal, field, _spec, _conversion in parsed:
-            if field is None:
-                continue
-            match = _FIELD_BASE.match(field)
-            base = match.group() if match else ""
-            if not base or base.isdigit():
-                raise InvalidKeyError(
-                    f"{what} {text!r} of {sig.name} has a positional placeholder "
-                    f"{{{field}}}: name the parameter, as in {{user_id}}",
-                    key=text,
-                )
-            if not sig.has(base):
-                raise InvalidKeyError(
-                    f"{what} {text!r} of {sig.name} names {base!r}, which is not a "
-                    f"parameter of {sig.name}{sig.sig}",
-                    key=text,
-                )
-            fields.append(field)
-        self.templated = bool(fields)
-        if not self.templated:
-            # No placeholders: "{{" and "}}" still mean literal braces.
-            self.static = text.replace("{{", "{").replace("}}", "}")
-            if escape:
-                validate_pattern(self.static)
-            else:
-                validate_tag(self.static)
-
-    def render(self, arguments: Mapping[str, Any]) -> str:
-        """Fill the placeholders from ``arguments`` (name -> bound value).
-
-        Raises:
-            InvalidKeyError: a value has no deterministic encoding or the result is unusable.
-        """
-        if not self.templated:
-            return self.static
-        formatter = _PartFormatter(escape=self.escape)
-        try:
-            text = formatter.vformat(self.text, (), arguments)
-        except InvalidKeyError as exc:
+def _template(text: object, sig: _Signature, *, what: str) -> KeyTemplate:
+    """A tag or pattern template whose placeholders name parameters of ``sig``."""
+    template = KeyTemplate(text, what=what, owner=sig.name)
+    for field, base in zip(template.fields, template.names, strict=True):
+        if not base or base.isdigit():
             raise InvalidKeyError(
-                f"{self.what} {self.text!r} of {self.owner}: cannot fill "
-                f"{{{formatter.field}}}: {exc}",
-                key=self.text,
-            ) from exc
-        return validate_pattern(text) if self.escape else validate_tag(text)
+                f"{what} {text!r} of {sig.name} has a positional placeholder "
+                f"{{{field}}}: name the parameter, as in {{user_id}}",
+                key=text,
+            )
+        if not sig.has(base):
+            raise InvalidKeyError(
+                f"{what} {text!r} of {sig.name} names {base!r}, which is not a "
+                f"parameter of {sig.name}{sig.sig}",
+                key=text,
+            )
+    return template
 
 
 @final
@@ -395,7 +320,7 @@ class _CachedSpec:
     keys: CacheKeyGenerator
     exclude: frozenset[str]
     key_builder: Callable[..., str] | None
-    tags: tuple[_Template, ...]
+    tags: tuple[KeyTemplate, ...]
     ttl: TTL
     tier: CacheTier
     cache_none: bool
@@ -463,7 +388,7 @@ class _CachedSpec:
         if arguments is None:  # the key came from the plan: bind now (a miss)
             arguments = self.sig.bind(args, kwargs)
         values = _template_arguments(self.sig, arguments)
-        return tuple(tag.render(values) for tag in self.tags)
+        return tuple(tag.render((), values) for tag in self.tags)
 
 
 @final
@@ -627,7 +552,7 @@ class CachedDecorator:
                 f"(its signature is {sig.sig})",
                 field="exclude",
             )
-        tags = tuple(_Template(t, sig, what="tag", escape=False) for t in opts["tags"])
+        tags = tuple(_template(t, sig, what="tag") for t in opts["tags"])
         # A hashed key is prefix + ":" + 32 hex digits; let long prefixes still fit.
         max_length = min(MAX_KEY_LENGTH, max(200, len(prefix.encode()) + 1 + 32))
         keys = CacheKeyGenerator(prefix, max_length=max_length)
@@ -804,8 +729,8 @@ class CacheInvalidateDecorator:
         inner, kind = _unwrap_descriptor(func)
         sig = _Signature(inner)
         is_async = _is_async(inner)
-        templates = tuple(_Template(p, sig, what="pattern", escape=True) for p in self._patterns)
-        templated = any(t.templated for t in templates)
+        templates = tuple(_template(p, sig, what="pattern") for p in self._patterns)
+        templated = any(t.static is None for t in templates)
         manager = self._manager
 
         @functools.wraps(inner)
@@ -815,7 +740,7 @@ class CacheInvalidateDecorator:
             values: Mapping[str, Any] = {}
             if templated:
                 values = _template_arguments(sig, sig.bind(args, kwargs))
-            patterns = [t.render(values) for t in templates]
+            patterns = [t.render((), values) for t in templates]
             result = await _run(inner, is_async, args, kwargs)
             # The change is made: finish invalidating even if the caller is cancelled now
             # (each Redis call is bounded by operation_timeout; a pattern clear makes one

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from . import _telemetry
 from . import decorators as _decorators
 from ._breaker import BreakerState
-from ._supervisor import Supervisor, TaskInfo
+from ._supervisor import Supervisor, TaskInfo, TaskState
 from ._telemetry import LatencyStats, Telemetry
 from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
@@ -385,8 +385,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             self._state = _State.CLOSED
             self._telemetry.unregister()
             for info in self._supervisor.tasks.values() if self._supervisor else ():
-                if info["state"] != "failed":
-                    info["state"] = "stopped"
+                if info["state"] != TaskState.FAILED:
+                    info["state"] = TaskState.STOPPED
             if self.bus is not None:
                 self.bus.connected = False
             with anyio.CancelScope(shield=True):

@@ -1,4 +1,4 @@
-"""CacheMonitor: a periodic ``cache.stats`` log event and alert hooks over the stats."""
+"""CacheMonitor: a periodic ``cache_stats`` log event and alert hooks over the stats."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from ._supervisor import TaskState
 from .errors import CacheClosedError
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ AlertHook = Callable[[AlertKind, dict[str, Any]], Awaitable[None] | None]
 
 
 class MonitorReport(TypedDict):
-    """What one monitoring interval measured (also the fields of the ``cache.stats`` event)."""
+    """What one monitoring interval measured (also the fields of the ``cache_stats`` event)."""
 
     interval_s: float
     l1_hit_rate: float | None
@@ -51,7 +52,7 @@ class MonitorReport(TypedDict):
 
 @final
 class CacheMonitor:
-    """Logs a ``cache.stats`` event every ``interval`` seconds and raises alerts.
+    """Logs a ``cache_stats`` event every ``interval`` seconds and raises alerts.
 
     The loop runs as the supervised background task ``monitor`` of its `CacheManager`
     (``get_stats()["tasks"]``); ``CacheConfig.enable_monitoring`` starts one with the
@@ -69,7 +70,7 @@ class CacheMonitor:
             the last interval exceed this.
         on_alert: called as ``on_alert(kind, details)`` (sync or async); an exception it
             raises is logged and does not stop the monitor. Alerts are logged either way
-            (``cache.alert``, warning).
+            (``cache_alert``, warning).
         name: the background task's name; ``monitor`` unless taken (then ``monitor-2``...).
         timer: monotonic clock (tests).
     """
@@ -126,9 +127,9 @@ class CacheMonitor:
         """Start the loop under ``supervisor`` (the manager's, also while it starts)."""
         base, n = self.name, 1
         while self.name in supervisor.tasks and supervisor.tasks[self.name]["state"] in (
-            "starting",
-            "running",
-            "backoff",
+            TaskState.STARTING,
+            TaskState.RUNNING,
+            TaskState.BACKOFF,
         ):
             n += 1
             self.name = f"{base}-{n}"
@@ -223,9 +224,9 @@ class CacheMonitor:
         report["alerts"] = [kind for kind, _ in alerts]
         self.reports += 1
         logger = self.manager.log
-        logger.info("cache.stats", **report)
+        logger.info("cache_stats", **report)
         for kind, details in alerts:
-            logger.warning("cache.alert", kind=kind, **details)
+            logger.warning("cache_alert", kind=kind, **details)
             if self.on_alert is not None:
                 try:
                     result = self.on_alert(kind, details)
