@@ -21,7 +21,6 @@ import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import (
-    TYPE_CHECKING,
     Any,
     Concatenate,
     Final,
@@ -37,28 +36,25 @@ from typing import (
 
 import anyio.to_thread
 
-from .config import CacheTier
-from .errors import ConfigurationError, InvalidKeyError, InvalidTTLError
+from ._loader import LoadEngine, LoadPolicy
+from .config import CacheConfig, CacheTier
+from .errors import ConfigurationError, InvalidKeyError
 from .keys import (
     MAX_KEY_LENGTH,
     CacheKeyGenerator,
     KeyTemplate,
     encode_key_part,
     literal_of,
+    validate_key,
 )
-from .types import MISSING, TTL, USE_DEFAULT, check_ttl
-
-if TYPE_CHECKING:
-    from .manager import CacheManager
-
-_NOT_LOOKED: Final[Any] = object()
-"""`CacheManager._l1_hit_untraced`: L1 was not consulted (traced or not running)."""
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
 
 __all__ = [
     "AUTO_EXCLUDED_TYPES",
     "CacheInvalidateDecorator",
     "CachedDecorator",
     "CachedFunction",
+    "DecoratedCache",
     "InvalidatingFunction",
     "cache_invalidate",
     "cached",
@@ -97,6 +93,21 @@ An argument is excluded when any class in its type's MRO is named here, so subcl
 (FastAPI's ``BackgroundTasks``, a custom ``Request``) are excluded too. Matching is by
 name: none of these libraries is imported.
 """
+
+
+class DecoratedCache(Protocol):
+    """What the decorators need of a `CacheManager` (its public surface)."""
+
+    @property
+    def config(self) -> CacheConfig: ...
+
+    @property
+    def load_engine(self) -> LoadEngine: ...
+
+    async def delete(self, key: str, tier: CacheTier = ...) -> bool: ...
+
+    async def clear_pattern(self, pattern: str, tier: CacheTier = ...) -> int: ...
+
 
 _SKIPPED_NAMES: Final = frozenset({"self", "cls"})
 _mark_coroutine: Callable[[Any], Any] | None = getattr(inspect, "markcoroutinefunction", None)
@@ -312,7 +323,8 @@ def _template_arguments(sig: _Signature, arguments: dict[str, Any]) -> Mapping[s
 class _CachedSpec:
     """Everything a `CachedFunction` and its bound forms share."""
 
-    manager: CacheManager
+    manager: DecoratedCache
+    engine: LoadEngine
     func: Callable[..., Any]
     kind: str
     is_async: bool
@@ -321,14 +333,8 @@ class _CachedSpec:
     exclude: frozenset[str]
     key_builder: Callable[..., str] | None
     tags: tuple[KeyTemplate, ...]
-    ttl: TTL
-    tier: CacheTier
-    cache_none: bool
-    should_cache: Callable[[Any], bool] | None
-    ttl_jitter: float
-    stale_ttl: float | None
-    loader_timeout: float | None
-    lock: bool | None
+    policy: LoadPolicy
+    """The load options (tags added per call when there are tag templates)."""
     plan: _KeyPlan | None
     """The fast key of plain positional calls (``None``: every call takes the general path)."""
 
@@ -380,15 +386,16 @@ class _CachedSpec:
                 key=value,
             ) from exc
 
-    def tag_values(
+    def policy_of(
         self, arguments: dict[str, Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> tuple[str, ...]:
+    ) -> LoadPolicy:
+        """The load policy of a call: the decorator's, with its tag templates filled."""
         if not self.tags:
-            return ()
+            return self.policy
         if arguments is None:  # the key came from the plan: bind now (a miss)
             arguments = self.sig.bind(args, kwargs)
         values = _template_arguments(self.sig, arguments)
-        return tuple(tag.render((), values) for tag in self.tags)
+        return self.policy.with_tags(tuple(tag.render((), values) for tag in self.tags))
 
 
 @final
@@ -445,35 +452,24 @@ class CachedFunction(Generic[P, R]):
         arguments = None
         if key is None:
             key, arguments = spec.key_and_arguments(full, kwargs)
-        manager = spec.manager
-        looked = False
-        if spec.tier is not CacheTier.L2:
+        engine = spec.engine
+        if spec.policy.tier is not CacheTier.L2:
             # The hit path: no tags, no loader, no get_or_set coroutine.
-            hit = manager._l1_hit_untraced(key)
-            if hit is not _NOT_LOOKED:
+            hit = engine.fast_hit(key)
+            if hit is not NOT_LOOKED:
                 if hit is not MISSING:
                     return hit
-                looked = True
-        tags = spec.tag_values(arguments, full, kwargs)
+                # L1 missed, untraced: the load, after get_or_set's own L1 fast path
+                validate_key(key)
+                policy = spec.policy_of(arguments, full, kwargs)
+                loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
+                return (await engine.load(key, loader, policy))[0]
         loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
-        if looked:  # L1 missed, untraced: get_or_set after its own L1 fast path
-            value, _outcome = await manager._get_or_set(
-                key, loader, spec.ttl, spec.tier, tags, spec.lock, spec.stale_ttl,
-                spec.loader_timeout, spec.cache_none, spec.should_cache, spec.ttl_jitter,
-            )  # fmt: skip
-            return value
-        return await manager.get_or_set(
+        return await engine.get_or_set(
             key,
             loader,
-            spec.ttl,
-            spec.tier,
-            tags=tags,
-            lock=spec.lock,
-            stale_ttl=spec.stale_ttl,
-            loader_timeout=spec.loader_timeout,
-            cache_none=spec.cache_none,
-            should_cache=spec.should_cache,
-            ttl_jitter=spec.ttl_jitter,
+            spec.policy.tier,
+            functools.partial(spec.policy_of, arguments, full, kwargs),
         )
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -521,15 +517,27 @@ class CachedFunction(Generic[P, R]):
 class CachedDecorator:
     """What `cached` returns: apply it to a function to get a `CachedFunction`."""
 
-    def __init__(self, manager: CacheManager, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        manager: DecoratedCache,
+        policy: LoadPolicy,
+        *,
+        key_prefix: str | None,
+        exclude: tuple[str, ...],
+        key_builder: Callable[..., str] | None,
+        tags: tuple[str, ...],
+    ) -> None:
         self._manager = manager
-        self._options = options
+        self._policy = policy
+        self._key_prefix = key_prefix
+        self._exclude = exclude
+        self._key_builder = key_builder
+        self._tags = tags
 
     def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]:
         inner, kind = _unwrap_descriptor(func)
-        opts = self._options
         sig = _Signature(inner)
-        prefix = opts["key_prefix"]
+        prefix: Any = self._key_prefix  # checked: a caller may pass anything
         if prefix is None:
             module = getattr(inner, "__module__", None)
             qualname = getattr(inner, "__qualname__", None)
@@ -544,21 +552,22 @@ class CachedDecorator:
             raise ConfigurationError(
                 f"key_prefix must be a non-empty str, got {prefix!r}", field="key_prefix"
             )
-        exclude = frozenset(opts["exclude"]) | _SKIPPED_NAMES
-        unknown = sorted(name for name in opts["exclude"] if not sig.has(name))
+        exclude = frozenset(self._exclude) | _SKIPPED_NAMES
+        unknown = sorted(name for name in self._exclude if not sig.has(name))
         if unknown:
             raise ConfigurationError(
                 f"exclude names {unknown} of {sig.name}, which has no such parameter "
                 f"(its signature is {sig.sig})",
                 field="exclude",
             )
-        tags = tuple(_template(t, sig, what="tag") for t in opts["tags"])
+        tags = tuple(_template(t, sig, what="tag") for t in self._tags)
         # A hashed key is prefix + ":" + 32 hex digits; let long prefixes still fit.
         max_length = min(MAX_KEY_LENGTH, max(200, len(prefix.encode()) + 1 + 32))
         keys = CacheKeyGenerator(prefix, max_length=max_length)
-        key_builder = opts["key_builder"]
+        key_builder = self._key_builder
         spec = _CachedSpec(
             manager=self._manager,
+            engine=self._manager.load_engine,
             func=inner,
             kind=kind,
             is_async=_is_async(inner),
@@ -567,21 +576,14 @@ class CachedDecorator:
             exclude=exclude,
             key_builder=key_builder,
             tags=tags,
-            ttl=opts["ttl"],
-            tier=opts["tier"],
-            cache_none=opts["cache_none"],
-            should_cache=opts["should_cache"],
-            ttl_jitter=opts["ttl_jitter"],
-            stale_ttl=opts["stale_ttl"],
-            loader_timeout=opts["loader_timeout"],
-            lock=opts["lock"],
+            policy=self._policy,
             plan=_KeyPlan.of(sig, exclude, keys) if key_builder is None else None,
         )
         return CachedFunction(spec)
 
 
 def cached(
-    manager: CacheManager,
+    manager: DecoratedCache,
     *,
     ttl: TTL = USE_DEFAULT,
     key_prefix: str | None = None,
@@ -637,36 +639,26 @@ def cached(
         InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not positive, or
             ``ttl_jitter`` is not in [0, 1).
     """
-    if ttl is not USE_DEFAULT:
-        check_ttl(ttl)
-    if stale_ttl is not None:
-        check_ttl(stale_ttl)
-    if loader_timeout is not None:
-        check_ttl(loader_timeout)
-    if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, int | float):
-        raise InvalidTTLError(f"ttl_jitter must be a number, got {ttl_jitter!r}", ttl=ttl_jitter)
-    if not 0 <= ttl_jitter < 1:
-        raise InvalidTTLError(
-            f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}", ttl=ttl_jitter
-        )
+    config = manager.config
+    policy = LoadPolicy(
+        ttl=config.default_ttl if ttl is USE_DEFAULT else ttl,
+        tier=tier,
+        lock=config.lock_by_default if lock is None else lock,
+        stale_ttl=stale_ttl,
+        loader_timeout=loader_timeout,
+        cache_none=cache_none,
+        should_cache=_should_cache(unless, condition),
+        ttl_jitter=ttl_jitter,
+    )
     if key_builder is not None and not callable(key_builder):
         raise ConfigurationError("key_builder must be callable", field="key_builder")
     return CachedDecorator(
         manager,
-        {
-            "ttl": ttl,
-            "key_prefix": key_prefix,
-            "tier": CacheTier(tier),
-            "exclude": _as_names(exclude, "exclude"),
-            "key_builder": key_builder,
-            "cache_none": cache_none,
-            "should_cache": _should_cache(unless, condition),
-            "ttl_jitter": ttl_jitter,
-            "stale_ttl": stale_ttl,
-            "loader_timeout": loader_timeout,
-            "lock": lock,
-            "tags": _as_names(tags, "tags"),
-        },
+        policy,
+        key_prefix=key_prefix,
+        exclude=_as_names(exclude, "exclude"),
+        key_builder=key_builder,
+        tags=_as_names(tags, "tags"),
     )
 
 
@@ -721,7 +713,7 @@ class InvalidatingFunction(Protocol[P, R]):
 class CacheInvalidateDecorator:
     """What `cache_invalidate` returns: apply it to a function to add the invalidation."""
 
-    def __init__(self, manager: CacheManager, patterns: tuple[str, ...]) -> None:
+    def __init__(self, manager: DecoratedCache, patterns: tuple[str, ...]) -> None:
         self._manager = manager
         self._patterns = patterns
 
@@ -762,7 +754,7 @@ class CacheInvalidateDecorator:
         return cast("InvalidatingFunction[P, R]", wrapped)
 
 
-def cache_invalidate(manager: CacheManager, *patterns: str) -> CacheInvalidateDecorator:
+def cache_invalidate(manager: DecoratedCache, *patterns: str) -> CacheInvalidateDecorator:
     """Clear ``patterns`` on every tier and instance after the function returns.
 
     The decorated function (async or sync, which then runs in a worker thread) becomes

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import random
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, Self, TypedDict, TypeVar, cast, final
+from typing import Any, Self, TypeVar, cast, final
 
 import anyio
 import structlog
@@ -21,15 +18,14 @@ from redis.asyncio import Redis
 
 from . import _telemetry
 from . import decorators as _decorators
-from ._breaker import BreakerState
+from ._loader import LoadEngine, LoadPolicy
 from ._supervisor import Supervisor, TaskInfo, TaskState
 from ._telemetry import LatencyStats, Telemetry
-from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
+from .bus import BusMessage, BusOp, InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
-from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
-from .keys import key_prefix, validate_key, validate_tags
+from .errors import CacheClosedError, CacheError
+from .keys import validate_key
 from .l1 import (
-    ActorStats,
     FlushAll,
     InMemoryCache,
     InvalidateKeys,
@@ -38,10 +34,19 @@ from .l1 import (
     L1Actor,
 )
 from .l2 import RedisCache
-from .monitoring import CacheMonitor
-from .multitier import FillToken, MultiTierCache, TierStats
+from .monitoring import (
+    BusInfo,
+    CacheMonitor,
+    CacheStats,
+    HealthReport,
+    LatencyInfo,
+    LoaderStats,
+    bus_info,
+    check_health,
+)
+from .multitier import MultiTierCache
 from .serializer import CacheSerializer
-from .types import MISSING, TTL, USE_DEFAULT, check_ttl
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
 from .warming import (
     CacheWarmer,
     DataSource,
@@ -62,99 +67,9 @@ __all__ = [
     "create_cache_manager",
 ]
 
-log = structlog.get_logger("coherent_cache")
-
-
-class BusInfo(BusStats):
-    """The invalidation bus in `CacheStats`: the subscriber, publishing and the L1 mailbox."""
-
-    published: int
-    mailbox: ActorStats
-
-
-class LatencyInfo(TypedDict):
-    """Latency per tier in `CacheStats`, from fixed log-scale buckets (about 19 % wide).
-
-    ``l1``: L1 lookups of ``get`` (one in 64 is timed, `multitier.L1_LATENCY_SAMPLE`);
-    ``l2``: round trips of successful Redis calls.
-    """
-
-    l1: LatencyStats
-    l2: LatencyStats
-
-
-class CacheStats(TierStats):
-    """Everything `CacheManager.get_stats` reports: the seed's shape plus bus and tasks."""
-
-    bus: BusInfo
-    tasks: dict[str, TaskInfo]
-    loader: LoaderStats
-    latency: LatencyInfo
-
-
-class HealthReport(TypedDict):
-    """What `CacheManager.health` returns."""
-
-    status: Literal["healthy", "degraded", "unhealthy"]
-    reasons: list[str]
-    l2_connected: bool | None
-    bus_connected: bool | None
-    tasks: dict[str, TaskInfo]
-
-
 R = TypeVar("R")
 
-
-class LoaderStats(TypedDict):
-    """``get_or_set`` figures in `CacheStats`."""
-
-    hits: int
-    misses: int
-    loads: int
-    errors: int
-    stale_served: int
-    lock_waits: int
-    discarded: int
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _LoadOptions:
-    ttl: float | None
-    tier: CacheTier
-    tags: tuple[str, ...]
-    lock: bool
-    stale_ttl: float | None
-    cache_none: bool
-    should_cache: Callable[[Any], bool] | None
-    ttl_jitter: float
-
-
-@final
-class _Flight:
-    """One loader call shared by every caller of a key (single-flight)."""
-
-    __slots__ = ("done", "error", "fill", "value")
-
-    def __init__(self, fill: FillToken) -> None:
-        self.fill = fill
-        self.done = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    async def result(self) -> Any:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def _check_jitter(jitter: object) -> float:
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
-        raise InvalidTTLError(
-            f"ttl_jitter must be a fraction in [0, 1), got {jitter!r}", ttl=jitter
-        )
-    return float(jitter)
+log = structlog.get_logger("coherent_cache")
 
 
 class _State(enum.Enum):
@@ -250,17 +165,15 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """The monitor started with the manager when ``enable_monitoring`` is on."""
         self._supervisor: Supervisor | None = None
         self._tg: TaskGroup | None = None
-        self._flights: dict[str, _Flight] = {}
-        self._random = random.Random()
-        self._loads: LoaderStats = {
-            "hits": 0,
-            "misses": 0,
-            "loads": 0,
-            "errors": 0,
-            "stale_served": 0,
-            "lock_waits": 0,
-            "discarded": 0,
-        }
+        self._loader = LoadEngine(
+            self._cache,
+            config=cfg,
+            telemetry=self._telemetry,
+            logger=self.log,
+            timer=timer,
+            closed_error=self._closed_error,
+        )
+        self._warmer: CacheWarmer | None = None
         self._host: asyncio.Task[None] | None = None
         self._stop_requested = anyio.Event()
 
@@ -361,9 +274,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                         await supervisor.start("bus_listener", self._run_bus_until_ready)
                     else:
                         supervisor.start_soon("bus_listener", self.bus.run)
-                if cfg.enable_monitoring:
-                    self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
-                    await self.monitor._launch(supervisor)
                 self._telemetry.recheck()
                 self._telemetry.register(self._stats_for_metrics)
                 self.log.info(
@@ -374,15 +284,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     origin=self.origin,
                 )
                 self._state = _State.RUNNING
-                self._start_warmers()
+                self._loader.open(tg)
+                if cfg.enable_monitoring:
+                    self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
+                    await self.monitor.start_monitoring()
+                if self._warmer is not None:  # warmers scheduled before start
+                    self._warmer.launch_schedules(supervisor)
                 try:
                     yield self
                 finally:
-                    self._state = _State.CLOSED
+                    self._close()
                     self._tg = None
                     tg.cancel_scope.cancel()
         finally:
-            self._state = _State.CLOSED
+            self._close()
             self._telemetry.unregister()
             for info in self._supervisor.tasks.values() if self._supervisor else ():
                 if info["state"] != TaskState.FAILED:
@@ -459,7 +374,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             if scope.cancelled_caught:
                 host.cancel()
                 self.log.error("cache_stop_timed_out")
+        self._close()
+
+    def _close(self) -> None:
+        """Refuse new operations (the task group, if any, is released by its owner)."""
         self._state = _State.CLOSED
+        self._loader.close()
 
     async def aclose(self) -> None:
         """Same as `stop`."""
@@ -496,17 +416,25 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             return await self._get_observed(key, tier, default)
         cache = self._cache
         if tier is not CacheTier.L2:
-            value = cache.l1_get(key)
+            value = cache.peek(key)
             if value is not MISSING:
                 return value
-        return await cache.get_after_l1_miss(key, tier, default)
+        validate_key(key)
+        found = await cache.read(key, tier)
+        return default if found is None else found[0]
 
     async def _get_observed(self, key: str, tier: CacheTier, default: Any) -> Any:
         """`get` with a ``cache.get`` span and a duration record (a provider is set)."""
         tel = self._telemetry
         started = time.perf_counter()
         with tel.span("cache.get", tel.key_attributes(key)) as span:
-            value, answered = await self._cache.lookup(key, tier)
+            value = self._cache.peek(key) if tier is not CacheTier.L2 else MISSING
+            answered: str | None = "l1"
+            if value is MISSING:
+                validate_key(key)
+                found = await self._cache.read(key, tier)
+                value = MISSING if found is None else found[0]
+                answered = "l2" if found is not None else None
             hit = value is not MISSING
             if span.is_recording():
                 span.set_attribute("cache.hit", hit)
@@ -612,256 +540,28 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
-        tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("get_or_set", tel.key_attributes(key)) as span:
-                hit = self._cache.l1_hit(key) if tier is not CacheTier.L2 else MISSING
-                if hit is not MISSING:
-                    self._loads["hits"] += 1
-                    span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
-                    return cast("R", hit)
-                value, outcome = await self._get_or_set(
-                    key, loader, ttl, tier, tags, lock, stale_ttl, loader_timeout,
-                    cache_none, should_cache, ttl_jitter,
-                )  # fmt: skip
-                span.set_attribute("cache.hit", outcome != "miss")
-                if outcome == "stale":
-                    span.set_attribute("cache.stale", True)
-                return value
-        if tier is not CacheTier.L2:
-            # Fast path: a fresh L1 hit needs nothing else (arguments are checked on a miss).
-            hit = self._cache.l1_hit(key)
-            if hit is not MISSING:
-                self._loads["hits"] += 1
-                return cast("R", hit)
-        value, _ = await self._get_or_set(
-            key, loader, ttl, tier, tags, lock, stale_ttl, loader_timeout,
-            cache_none, should_cache, ttl_jitter,
-        )  # fmt: skip
-        return value
+        engine = self._loader
+        hit = engine.fast_hit(key) if tier is not CacheTier.L2 else NOT_LOOKED
+        if hit is not NOT_LOOKED and hit is not MISSING:
+            return cast("R", hit)
 
-    def _l1_hit_untraced(self, key: str) -> Any:
-        """The untraced fast path of `get_or_set`, for decorated calls.
-
-        Returns the fresh L1 value of ``key`` (a loader hit), `MISSING` after an L1 miss
-        (counted: continue with `_get_or_set`), or ``decorators._NOT_LOOKED`` when the
-        manager is traced or not running (continue with `get_or_set`).
-        """
-        if self._state is not _State.RUNNING:
-            return _decorators._NOT_LOOKED
-        tel = self._telemetry
-        if tel.active:
-            return _decorators._NOT_LOOKED
-        tel.countdown -= 1  # Telemetry.poll() inlined
-        if tel.countdown <= 0 and tel.recheck():
-            return _decorators._NOT_LOOKED
-        hit = self._cache.l1_hit(key)
-        if hit is not MISSING:
-            self._loads["hits"] += 1
-        return hit
-
-    async def _get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[R]],
-        ttl: TTL,
-        tier: CacheTier,
-        tags: Iterable[str],
-        lock: bool | None,
-        stale_ttl: float | None,
-        loader_timeout: float | None,
-        cache_none: bool,
-        should_cache: Callable[[Any], bool] | None,
-        ttl_jitter: float,
-    ) -> tuple[R, Literal["hit", "stale", "miss"]]:
-        """`get_or_set` after its L1 fast path; also says: fresh hit, stale, or a miss."""
-        validate_key(key)
-        opts = _LoadOptions(
-            ttl=self._cache.resolve_ttl(ttl),
-            tier=tier,
-            tags=validate_tags(tags),
-            lock=self.config.lock_by_default if lock is None else lock,
-            stale_ttl=None if stale_ttl is None else check_ttl(stale_ttl),
-            cache_none=cache_none,
-            should_cache=should_cache,
-            ttl_jitter=_check_jitter(ttl_jitter),
-        )
-        if loader_timeout is not None:
-            check_ttl(loader_timeout)
-        if tier is not CacheTier.L2:
-            flight = self._flights.get(key)
-            if flight is not None and not flight.fill.stale and self.l1.get_entry(key) is None:
-                # A load of this key is under way and L1 holds nothing: join it without an
-                # L2 read (its first caller read L2 just before starting it).
-                self._cache.count_miss()
-                self._loads["misses"] += 1
-                return cast("R", await flight.result()), "miss"
-        found = await self._cache.get_entry(key, tier)
-        if found is not None:
-            value, fresh = found
-            if fresh:
-                self._loads["hits"] += 1
-                return cast("R", value), "hit"
-            self._loads["stale_served"] += 1
-            flight = self._flight(key, loader, opts)
-            if loader_timeout is None:
-                return cast("R", value), "stale"
-            with anyio.move_on_after(loader_timeout):
-                try:
-                    return cast("R", await flight.result()), "stale"
-                except Exception:
-                    # fail-safe; logged and counted by the flight
-                    return cast("R", value), "stale"
-            return cast("R", value), "stale"
-        self._loads["misses"] += 1
-        if key not in self._flights and tier is not CacheTier.L2:
-            # A flight may have finished (and filled L1) while our lookup awaited L2.
-            again = self.l1.get_entry(key)
-            if again is not None and again[1]:
-                return cast("R", again[0]), "hit"
-        return cast("R", await self._flight(key, loader, opts).result()), "miss"
-
-    def _flight(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
-    ) -> _Flight:
-        """The load of ``key`` in progress, or a new one started in the task group."""
-        flight = self._flights.get(key)
-        # A flight whose key was invalidated since it started carries an older value:
-        # callers arriving after the invalidation get a new flight of their own.
-        if flight is None or flight.fill.stale:
-            if self._tg is None:
-                raise self._closed_error()
-            flight = self._flights[key] = _Flight(self._cache.begin_fill(key))
-            self._tg.start_soon(self._run_flight, key, loader, opts, flight)
-        return flight
-
-    async def _run_flight(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, flight: _Flight
-    ) -> None:
-        try:
-            flight.value = await self._load(key, loader, opts, flight.fill)
-        except Exception as exc:
-            flight.error = exc
-            self._loads["errors"] += 1
-            self.log.warning(
-                "loader_failed",
-                key_prefix=key_prefix(key),
-                error=type(exc).__name__,
-                detail=str(exc),
+        def policy() -> LoadPolicy:
+            return LoadPolicy(
+                ttl=self.config.default_ttl if ttl is USE_DEFAULT else ttl,
+                tier=tier,
+                tags=tuple(tags),
+                lock=self.config.lock_by_default if lock is None else lock,
+                stale_ttl=stale_ttl,
+                loader_timeout=loader_timeout,
+                cache_none=cache_none,
+                should_cache=should_cache,
+                ttl_jitter=ttl_jitter,
             )
-        except BaseException:
-            flight.error = CacheClosedError("the cache stopped while the loader ran")
-            raise
-        finally:
-            self._cache.end_fill(key, flight.fill)
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            flight.done.set()
 
-    async def _load(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
-    ) -> Any:
-        if opts.lock and self.l2 is not None:
-            return await self._load_locked(key, loader, opts, self.l2, fill)
-        return await self._call_and_store(key, loader, opts, fill)
-
-    async def _call_and_store(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
-    ) -> Any:
-        self._loads["loads"] += 1
-        # ``fill`` is the flight's token, tracked like an L2 fill since the flight started:
-        # an invalidation of the key that lands meanwhile means the (older) result is
-        # returned to the callers but not cached.
-        tel = self._telemetry
-        with tel.span("cache.load", tel.key_attributes(key)):
-            value = await loader()
-        if fill.stale:
-            self._loads["discarded"] += 1
-            return value
-        if (value is None and not opts.cache_none) or (
-            opts.should_cache is not None and not opts.should_cache(value)
-        ):
-            return value
-        ttl = opts.ttl
-        if ttl is not None and opts.ttl_jitter:
-            ttl *= 1 + self._random.uniform(-opts.ttl_jitter, opts.ttl_jitter)
-        # Our own store must not make this flight's token stale (late callers would start a
-        # second load); any other invalidation during the store still does.
-        await self._cache.set(
-            key,
-            value,
-            ttl,
-            opts.tier,
-            tags=opts.tags,
-            stale_ttl=opts.stale_ttl,
-            publish=False,
-            own_fill=fill,
-        )
-        return value
-
-    async def _load_locked(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[Any]],
-        opts: _LoadOptions,
-        l2: RedisCache,
-        fill: FillToken,
-    ) -> Any:
-        """Load under the cross-instance lease lock (see `get_or_set`)."""
-        cfg = self.config
-        token = secrets.token_hex(16)
-        started = self._timer()
-        deadline = started + cfg.lock_timeout
-        while True:
-            try:
-                acquired = await l2.try_lock(key, token, cfg.lock_lease)
-            except BackendError:
-                if l2.breaker_state is not BreakerState.CLOSED or self._timer() >= deadline:
-                    return await self._call_and_store(key, loader, opts, fill)  # no Redis, no lock
-                # One slow reply is not an outage: try again (taking the lock is idempotent
-                # per token) until the breaker says Redis is down or lock_timeout passes.
-                acquired = False
-            if acquired:
-                break
-            found = await self._cache.get_entry(key, opts.tier)
-            if found is not None and found[1]:
-                self._loads["lock_waits"] += 1
-                return found[0]
-            now = self._timer()
-            if now >= deadline:
-                self.log.warning("lock_wait_timeout", key_prefix=key_prefix(key))
-                return await self._call_and_store(key, loader, opts, fill)
-            # Poll again after a twentieth of the time waited so far (1 ms to 100 ms): the
-            # value is seen at most ~5 % after the holder stored it (doubling delays made a
-            # 50 ms load look like 75 ms in the other processes), and a long wait settles
-            # at 10 polls a second.
-            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew_lease, l2, key, token)
-                # The holder before us may have stored the value just before we got the lock.
-                found = await self._cache.get_entry(key, opts.tier)
-                if found is not None and found[1]:
-                    value = found[0]
-                else:
-                    value = await self._call_and_store(key, loader, opts, fill)
-                tg.cancel_scope.cancel()
-            return value
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(cfg.operation_timeout * 2):
-                await l2.unlock(key, token)
-
-    async def _renew_lease(self, l2: RedisCache, key: str, token: str) -> None:
-        """Keep extending the lease while the loader runs; stop if it is no longer ours."""
-        lease = self.config.lock_lease
-        while True:
-            await anyio.sleep(lease / 3)
-            try:
-                if not await l2.renew_lock(key, token, lease):
-                    self.log.warning("lock_lost", key_prefix=key_prefix(key))
-                    return
-            except BackendError:
-                continue
+        if hit is MISSING:  # untraced, and L1 missed
+            validate_key(key)
+            return cast("R", (await engine.load(key, loader, policy()))[0])
+        return cast("R", await engine.get_or_set(key, loader, tier, policy))
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""
@@ -905,46 +605,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
     def stats(self) -> CacheStats:
         """Like `get_stats`, synchronously."""
-        tiers = self._cache.stats()
-        if self.bus is not None:
-            sub = self.bus.stats()
-            bus: BusInfo = {
-                "enabled": True,
-                "connected": sub["connected"],
-                "channel": sub["channel"],
-                "origin": self.origin,
-                "published": self.l2.published if self.l2 is not None else 0,
-                "received": sub["received"],
-                "applied": sub["applied"],
-                "own_skipped": sub["own_skipped"],
-                "dropped": sub["dropped"],
-                "unauthenticated": sub["unauthenticated"],
-                "losses": sub["losses"],
-                "recoveries": sub["recoveries"],
-                "connect_attempts": sub["connect_attempts"],
-                "last_loss_at": sub["last_loss_at"],
-                "last_recovery_at": sub["last_recovery_at"],
-                "mailbox": self._actor.stats(),
-            }
-        else:
-            bus = {
-                "enabled": False,
-                "connected": False,
-                "channel": self.config.channel,
-                "origin": self.origin,
-                "published": 0,
-                "received": 0,
-                "applied": 0,
-                "own_skipped": 0,
-                "dropped": 0,
-                "unauthenticated": 0,
-                "losses": 0,
-                "recoveries": 0,
-                "connect_attempts": 0,
-                "last_loss_at": None,
-                "last_recovery_at": None,
-                "mailbox": self._actor.stats(),
-            }
         tasks: dict[str, TaskInfo] = {}
         if self._supervisor is not None:
             tasks = {name: TaskInfo(**info) for name, info in self._supervisor.tasks.items()}
@@ -953,11 +613,18 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             "l1": self._cache.l1_latency.stats(),
             "l2": (self.l2.latency if self.l2 is not None else empty).stats(),
         }
+        bus: BusInfo = bus_info(
+            self.bus.stats() if self.bus is not None else None,
+            channel=self.config.channel,
+            origin=self.origin,
+            published=self.l2.published if self.l2 is not None else 0,
+            mailbox=self._actor.stats(),
+        )
         return {
-            **tiers,
+            **self._cache.stats(),
             "bus": bus,
             "tasks": tasks,
-            "loader": LoaderStats(**self._loads),
+            "loader": self._loader.stats(),
             "latency": latency,
         }
 
@@ -984,38 +651,24 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         The L2 check is one PING under ``operation_timeout`` (short-circuited while the
         breaker is open); the report turns healthy again by itself after recovery.
         """
-        reasons: list[str] = []
-        unhealthy = False
-        if self._state is not _State.RUNNING:
-            unhealthy = True
-            reasons.append(f"cache manager is {self._state.value}")
-        l2_ok: bool | None = None
-        if self.l2 is not None and self._state is _State.RUNNING:
-            l2_ok = await self.l2.ping()
-            if not l2_ok:
-                reasons.append("redis unreachable: serving from L1 and loaders")
-        bus_ok: bool | None = None
-        if self.bus is not None:
-            bus_ok = self.bus.connected
-            if not bus_ok and self._state is _State.RUNNING:
-                reasons.append(
-                    "invalidation bus disconnected: L1 entries are served at most "
-                    f"{self.config.max_stale_on_bus_loss:g}s after the loss"
-                )
-        tasks = self.stats()["tasks"]
-        for name in self._supervisor.failed() if self._supervisor is not None else []:
-            unhealthy = True
-            reasons.append(f"background task {name} failed: {tasks[name]['last_error']}")
-        status: Literal["healthy", "degraded", "unhealthy"] = (
-            "unhealthy" if unhealthy else "degraded" if reasons else "healthy"
+        return await check_health(
+            state=self._state.value,
+            ping=self.l2.ping if self.l2 is not None else None,
+            bus_connected=self.bus.connected if self.bus is not None else None,
+            max_stale_on_bus_loss=self.config.max_stale_on_bus_loss,
+            tasks=self.stats()["tasks"],
         )
-        return {
-            "status": status,
-            "reasons": reasons,
-            "l2_connected": l2_ok,
-            "bus_connected": bus_ok,
-            "tasks": tasks,
-        }
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        """The supervisor of the background tasks while running (`CacheMonitor` starts its
+        loop under it), else ``None``."""
+        return self._supervisor if self._state is _State.RUNNING else None
+
+    @property
+    def load_engine(self) -> LoadEngine:
+        """The engine of `get_or_set` and of the `cached` functions."""
+        return self._loader
 
     @property
     def multi_tier(self) -> MultiTierCache:
@@ -1075,13 +728,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
     # -- warming ---------------------------------------------------------------------------
 
-    _warmer: CacheWarmer | None = None
-
     @property
     def warmer(self) -> CacheWarmer:
         """This manager's `CacheWarmer` (made on first use)."""
         if self._warmer is None:
-            self._warmer = CacheWarmer(self)
+            self._warmer = CacheWarmer(self, telemetry=self._telemetry)
         return self._warmer
 
     async def warm_cache(
@@ -1130,8 +781,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING or self._tg is None:
             raise self._closed_error()
-        return self.warmer._start_background(
-            self._tg, data_source, batch_size, ttl, tier, progress, name
+        return self.warmer.start_background(
+            self._tg, data_source, batch_size, ttl=ttl, tier=tier, progress=progress, name=name
         )
 
     def schedule_warming(
@@ -1159,7 +810,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is _State.CLOSED:
             raise self._closed_error()
-        return self.warmer._add_schedule(
+        return self.warmer.add_schedule(
             data_source,
             name=name,
             batch_size=batch_size,
@@ -1197,7 +848,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is _State.CLOSED:
             raise self._closed_error()
-        return self.warmer._add_schedule(
+        return self.warmer.add_schedule(
             data_source,
             name=name,
             batch_size=batch_size,
@@ -1209,11 +860,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             on_start=on_start,
             supervisor=self._supervisor if self._state is _State.RUNNING else None,
         )
-
-    def _start_warmers(self) -> None:
-        """Launch the warmers scheduled before `start` (called once the manager runs)."""
-        if self._warmer is not None and self._supervisor is not None:
-            self._warmer._launch_schedules(self._supervisor)
 
 
 def create_cache_manager(config: CacheConfig | None = None) -> CacheManager:

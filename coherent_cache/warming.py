@@ -14,20 +14,20 @@ import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
+from typing import Any, Final, Protocol, TypeAlias, final
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._supervisor import Supervisor
+from ._telemetry import Telemetry
 from .config import CacheTier
-from .errors import BackendError, CacheClosedError, CacheError
+from .errors import CacheClosedError, CacheError
 from .keys import key_prefix, validate_key
+from .l1 import InMemoryCache
+from .multitier import MultiTierCache
 from .types import TTL, USE_DEFAULT, check_ttl
-
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-    from .manager import CacheManager
 
 __all__ = [
     "CacheWarmer",
@@ -37,6 +37,7 @@ __all__ = [
     "WarmItem",
     "WarmResult",
     "WarmSchedule",
+    "WarmTarget",
 ]
 
 
@@ -197,19 +198,43 @@ class _Batches:
             self._iter.close()
 
 
+class WarmTarget(Protocol):
+    """What a `CacheWarmer` warms: a `CacheManager` (its public surface)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def log(self) -> Any: ...
+
+    @property
+    def l1(self) -> InMemoryCache: ...
+
+    @property
+    def multi_tier(self) -> MultiTierCache: ...
+
+    @property
+    def warmer(self) -> CacheWarmer: ...
+
+
 @final
 class CacheWarmer:
     """Load many entries into a `CacheManager`'s tiers in pipelined batches.
 
     ``CacheWarmer(cache).warm_cache(data_source)`` is what ``cache.warm_cache(...)`` runs;
-    the manager adds background, scheduled and conditional warming on top.
+    the manager adds background, scheduled and conditional warming on top
+    (`start_background`, `add_schedule`, `launch_schedules`).
 
     Args:
         manager: the cache to warm (it must be running when a warm starts).
+        telemetry: where the ``cache.warm`` spans go; the manager's (``manager.warmer``'s)
+            when omitted.
     """
 
-    def __init__(self, manager: CacheManager) -> None:
+    def __init__(self, manager: WarmTarget, *, telemetry: Telemetry | None = None) -> None:
         self.manager = manager
+        self.telemetry: Telemetry = telemetry if telemetry is not None else manager.warmer.telemetry
+        """The instrumentation of the ``cache.warm`` spans."""
         self._schedules: dict[str, WarmSchedule] = {}
 
     async def warm_cache(
@@ -273,7 +298,7 @@ class CacheWarmer:
         )
 
     async def _warm(self, source: object, opts: _Options, tally: _Tally) -> WarmResult:
-        with self.manager._telemetry.span(
+        with self.telemetry.span(
             "cache.warm", {"cache.warm.name": opts.name, "cache.warm.batch_size": opts.batch_size}
         ) as span:
             result = await self._warm_batches(source, opts, tally)
@@ -381,43 +406,11 @@ class CacheWarmer:
         """Write one batch; return what is left of the L1 budget."""
         multi = self.manager.multi_tier
         prepared = [p for p in (self._prepare(item, opts, tally) for item in batch) if p]
-        l2 = multi.l2 if opts.tier is not CacheTier.L1 else None
-        if l2 is None:
-            if opts.tier is CacheTier.L2:
-                tally.failed += len(prepared)  # no L2 configured
-                return l1_budget
-            # L1 alone: every item (the eviction policy makes room), nothing in flight.
-            for key, _payload, seconds, raw in prepared:
-                multi.invalidate_local(key)
-                multi.l1.set(key, multi.serializer.loads(raw), seconds)
-            tally.written += len(prepared)
-            tally.l1_written += len(prepared)
-            await anyio.lowlevel.checkpoint()
+        if opts.tier is CacheTier.L2 and multi.l2 is None:
+            tally.failed += len(prepared)  # no L2 configured
             return l1_budget
-        to_l1 = opts.tier is CacheTier.BOTH
-        # A fill token per item: an invalidation of the key while the batch is in flight
-        # (local write, bus message, pattern clear, resubscription) makes it stale, and a
-        # stale item is neither installed in L1 nor allowed to disturb what L1 holds now.
-        fills = [multi.begin_fill(key) for key, *_ in prepared]
-        error: BackendError | None = None
-        try:
-            await l2.set_payloads([(k, p, s) for k, p, s, _ in prepared], raise_errors=True)
-        except BackendError as exc:
-            error = exc
-        finally:
-            for (key, *_), fill in zip(prepared, fills, strict=True):
-                multi.end_fill(key, fill)
-        for (key, _payload, seconds, raw), fill in zip(prepared, fills, strict=True):
-            bound = to_l1 and l1_budget > 0
-            if bound:
-                l1_budget -= 1
-            if fill.stale:
-                continue
-            # Drop an older L1 copy and fence reads that fetched the previous L2 value.
-            multi.invalidate_local(key)
-            if bound:
-                multi.l1.set(key, multi.serializer.loads(raw), seconds)
-                tally.l1_written += 1
+        installed, l1_budget, error = await multi.store_fills(prepared, opts.tier, l1_budget)
+        tally.l1_written += installed
         if error is None:
             tally.written += len(prepared)
         else:
@@ -436,22 +429,24 @@ class CacheWarmer:
 
     # -- background work (driven by CacheManager) ---------------------------------------------
 
-    def _start_background(
+    def start_background(
         self,
         tg: TaskGroup,
         data_source: DataSource,
-        batch_size: int,
-        ttl: TTL,
-        tier: CacheTier,
-        progress: ProgressCallback | None,
-        name: str | None,
+        batch_size: int = 100,
+        *,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        progress: ProgressCallback | None = None,
+        name: str | None = None,
     ) -> WarmHandle:
+        """Start `warm_cache` in ``tg`` (`CacheManager.warm_in_background`); return its handle."""
         opts = self._options(data_source, batch_size, ttl, tier, progress, name)
         handle = WarmHandle(opts.name)
         tg.start_soon(handle._run, self, data_source, opts, name=f"warm:{opts.name}")
         return handle
 
-    def _add_schedule(
+    def add_schedule(
         self,
         data_source: DataSource,
         *,
@@ -466,6 +461,9 @@ class CacheWarmer:
         on_start: bool = False,
         supervisor: Supervisor | None,
     ) -> WarmSchedule:
+        """Register a scheduled or conditional warm (`CacheManager.schedule_warming`,
+        `CacheManager.warm_when`); start it now under ``supervisor`` if given, else when
+        `launch_schedules` runs."""
         if isinstance(data_source, Iterator | AsyncIterator):
             raise TypeError(
                 "a scheduled warmer reads its data source on every run: pass an async "
@@ -503,7 +501,7 @@ class CacheWarmer:
             schedule._launch(supervisor)
         return schedule
 
-    def _launch_schedules(self, supervisor: Supervisor) -> None:
+    def launch_schedules(self, supervisor: Supervisor) -> None:
         """Start the warmers registered before the manager started."""
         for schedule in list(self._schedules.values()):
             schedule._launch(supervisor)
