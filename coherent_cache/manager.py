@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar, cast, final
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import SpanKind, TracerProvider
+from opentelemetry.trace import TracerProvider
 from redis.asyncio import Redis
 
-from . import _telemetry
 from . import decorators as _decorators
+from ._host import DetachedHost
+from ._invalidation import BusApplier
 from ._loader import LoadEngine, LoadPolicy
-from ._supervisor import Supervisor, TaskInfo, TaskState
+from ._supervisor import Supervisor
 from ._telemetry import LatencyStats, Telemetry
-from .bus import BusMessage, BusOp, InvalidationBus, make_origin
+from .bus import InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
-from .errors import CacheClosedError, CacheError
+from .errors import CacheClosedError
 from .keys import validate_key
-from .l1 import (
-    FlushAll,
-    InMemoryCache,
-    InvalidateKeys,
-    InvalidatePattern,
-    InvalidateTags,
-    L1Actor,
-)
+from .l1 import InMemoryCache, L1Actor
 from .l2 import RedisCache
 from .monitoring import (
     BusInfo,
@@ -41,20 +35,13 @@ from .monitoring import (
     HealthReport,
     LatencyInfo,
     LoaderStats,
-    bus_info,
     check_health,
+    collect_stats,
 )
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
-from .warming import (
-    CacheWarmer,
-    DataSource,
-    ProgressCallback,
-    WarmHandle,
-    WarmResult,
-    WarmSchedule,
-)
+from .warming import CacheWarmer, WarmerMethod, WarmLauncher
 
 __all__ = [
     "BusInfo",
@@ -68,8 +55,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-
-log = structlog.get_logger("coherent_cache")
 
 
 class _State(enum.Enum):
@@ -150,13 +135,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size)
         self._actor.log = self.log
         if use_bus:
+            applier = BusApplier(
+                self._actor,
+                self.l1,
+                self._telemetry,
+                channel=cfg.channel,
+                max_stale=cfg.max_stale_on_bus_loss,
+            )
             self.bus = InvalidationBus(
                 cfg,
                 origin=self.origin,
-                on_message=self._on_bus_message,
+                on_message=applier,
                 on_subscribed=self._on_bus_subscribed,
-                on_lost=self._on_bus_lost,
-                on_suspect=self._on_bus_lost,
+                on_lost=applier.lost,
+                on_suspect=applier.lost,
                 on_alive=self.l1.trust,
                 timer=timer,
             )
@@ -166,16 +158,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self._supervisor: Supervisor | None = None
         self._tg: TaskGroup | None = None
         self._loader = LoadEngine(
-            self._cache,
-            config=cfg,
-            telemetry=self._telemetry,
-            logger=self.log,
-            timer=timer,
+            self._cache, config=cfg, telemetry=self._telemetry, logger=self.log, timer=timer,
             closed_error=self._closed_error,
-        )
+        )  # fmt: skip
         self._warmer: CacheWarmer | None = None
-        self._host: asyncio.Task[None] | None = None
-        self._stop_requested = anyio.Event()
+        self._host = DetachedHost(f"coherent_cache:{cfg.namespace}", self.log)
 
     def __repr__(self) -> str:
         return (
@@ -188,58 +175,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Whether the manager has been started and not stopped."""
         return self._state is _State.RUNNING
 
-    # -- bus callbacks (run on the bus listener's task) --------------------------------------
-
-    def _on_bus_message(self, message: BusMessage) -> None:
-        tel = self._telemetry
-        if not (tel.active or tel.poll()) or not tel.tracing_on:
-            self._apply_bus_message(message)
-            return
-        link = _telemetry.link_from_traceparent(message.traceparent)
-        attributes: dict[str, Any] = {
-            "cache.bus.op": message.op.value,
-            "messaging.destination.name": self.config.channel,
-        }
-        if message.origin is not None:
-            attributes["cache.bus.origin"] = message.origin
-        if message.keys:
-            attributes["cache.bus.key_count"] = len(message.keys)
-        with tel.span(
-            "cache.invalidate.apply",
-            attributes,
-            links=[link] if link is not None else None,
-            kind=SpanKind.CONSUMER,
-        ):
-            self._apply_bus_message(message)
-
-    def _apply_bus_message(self, message: BusMessage) -> None:
-        if message.op is BusOp.DELETE:
-            self._actor.submit(InvalidateKeys(message.keys))
-        elif message.op is BusOp.CLEAR_PATTERN:
-            assert message.pattern is not None
-            self._actor.submit(InvalidatePattern(message.pattern))
-        elif message.op is BusOp.TAGS:
-            self._actor.submit(InvalidateTags(message.tags))
-        else:
-            self._actor.submit(FlushAll())
-
-    def _on_bus_subscribed(self) -> None:
+    def _on_bus_subscribed(self) -> None:  # the bus's on_subscribed, on its listener task
         # Messages sent while we were not subscribed are gone: nothing in L1, and no fill
         # that started before now, can be trusted. Flush, then trust L1 again.
         self._cache.invalidate_local_all()
         self.l1.trust()
-
-    async def _run_bus_until_ready(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        assert self.bus is not None
-        cfg = self.config
-        await self.bus.run(
-            task_status=task_status, ready_within=cfg.connect_timeout + cfg.operation_timeout
-        )
-
-    def _on_bus_lost(self, when: float) -> None:
-        self.l1.distrust(when, self.config.max_stale_on_bus_loss)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -259,7 +199,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 connected = False
                 if self.l2 is not None:
                     connected = await self.l2.connect()
-                if self.l2 is not None:
                     supervisor.start_soon("tag_pruner", self.l2.run_tag_pruner)
                     if cfg.redis_mode == "sentinel":
                         supervisor.start_soon("primary_watch", self.l2.run_primary_watch)
@@ -271,7 +210,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     if connected:
                         # Redis answered: keep trying to subscribe for one more connect
                         # deadline, so a started manager is coherent.
-                        await supervisor.start("bus_listener", self._run_bus_until_ready)
+                        within = cfg.connect_timeout + cfg.operation_timeout
+                        run = functools.partial(self.bus.run, ready_within=within)
+                        await supervisor.start("bus_listener", run)
                     else:
                         supervisor.start_soon("bus_listener", self.bus.run)
                 self._telemetry.recheck()
@@ -294,14 +235,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     yield self
                 finally:
                     self._close()
-                    self._tg = None
                     tg.cancel_scope.cancel()
         finally:
             self._close()
             self._telemetry.unregister()
-            for info in self._supervisor.tasks.values() if self._supervisor else ():
-                if info["state"] != TaskState.FAILED:
-                    info["state"] = TaskState.STOPPED
+            if self._supervisor is not None:
+                self._supervisor.mark_stopped()
             if self.bus is not None:
                 self.bus.connected = False
             with anyio.CancelScope(shield=True):
@@ -316,11 +255,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         Returns once L2 answered a PING and the bus subscription is confirmed, or once
         Redis proved unreachable within about ``connect_timeout``; then the manager serves
         from L1 and reconnects by itself. Calling it on a running manager does nothing.
-
-        The background tasks run in a host task of the manager's own (the manager's
-        ``async with`` block in that task), so `start` and `stop` may be called from
-        different tasks and inside any cancel scope, as FastAPI's startup and shutdown
-        handlers do. ``async with manager:`` runs them in the caller's task instead.
+        The background tasks run in a host task of the manager's own (`DetachedHost`), so
+        `start` and `stop` may be called from different tasks, as FastAPI's startup and
+        shutdown handlers do. ``async with manager:`` runs them in the caller's task.
 
         Raises:
             CacheClosedError: the manager was stopped before.
@@ -329,33 +266,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             return
         if self._state is _State.CLOSED:
             raise self._closed_error()
-        if self._host is not None:
-            raise CacheError("start() is already in progress in another task")
-        ready = anyio.Event()
-        self._stop_requested = anyio.Event()
-        failure: list[BaseException] = []
-
-        async def host() -> None:
-            try:
-                async with self:
-                    ready.set()
-                    await self._stop_requested.wait()
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                ready.set()
-
-        self._host = asyncio.get_running_loop().create_task(
-            host(), name=f"coherent_cache:{self.config.namespace}"
-        )
-        try:
-            await ready.wait()
-        except BaseException:
-            self._host.cancel()
-            raise
-        if failure:
-            self._host = None
-            raise failure[0]
+        await self._host.start(self)
 
     async def stop(self) -> None:
         """Stop background tasks and close connections; idempotent.
@@ -365,20 +276,13 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         ``async with manager:`` block it only closes the manager to new operations; the
         block's exit releases everything, in the task that entered it.
         """
-        host = self._host
-        if host is not None:
-            self._host = None
-            self._stop_requested.set()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
-                await host
-            if scope.cancelled_caught:
-                host.cancel()
-                self.log.error("cache_stop_timed_out")
+        await self._host.stop()
         self._close()
 
     def _close(self) -> None:
         """Refuse new operations (the task group, if any, is released by its owner)."""
         self._state = _State.CLOSED
+        self._tg = None
         self._loader.close()
 
     async def aclose(self) -> None:
@@ -605,52 +509,32 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
     def stats(self) -> CacheStats:
         """Like `get_stats`, synchronously."""
-        tasks: dict[str, TaskInfo] = {}
-        if self._supervisor is not None:
-            tasks = {name: TaskInfo(**info) for name, info in self._supervisor.tasks.items()}
-        empty = _telemetry.LatencyHistogram()
-        latency: LatencyInfo = {
-            "l1": self._cache.l1_latency.stats(),
-            "l2": (self.l2.latency if self.l2 is not None else empty).stats(),
-        }
-        bus: BusInfo = bus_info(
-            self.bus.stats() if self.bus is not None else None,
+        return collect_stats(
+            self._cache,
+            bus=self.bus.stats() if self.bus is not None else None,
             channel=self.config.channel,
             origin=self.origin,
-            published=self.l2.published if self.l2 is not None else 0,
             mailbox=self._actor.stats(),
+            tasks=self._supervisor.tasks if self._supervisor is not None else {},
+            loader=self._loader.stats(),
         )
-        return {
-            **self._cache.stats(),
-            "bus": bus,
-            "tasks": tasks,
-            "loader": self._loader.stats(),
-            "latency": latency,
-        }
 
     def _stats_for_metrics(self) -> CacheStats | None:
         return self.stats() if self._state is _State.RUNNING else None
 
     async def get_stats(self) -> CacheStats:
         """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus
-        ``bus`` (messages published / received / dropped, connection, losses, recoveries,
-        the L1 mailbox), ``tasks`` (state and restarts of each background task),
-        ``loader`` (``get_or_set``) and ``latency`` (p50 / p99 per tier, `LatencyInfo`).
-        ``l1_cache["memory_bytes"]`` is a sampled estimate (a few dozen entries measured).
-
-        Works in any state, so a health endpoint can report a stopped cache.
+        ``bus``, ``tasks``, ``loader`` and ``latency`` (`CacheStats`, ``docs/api.md``).
+        ``l1_cache["memory_bytes"]`` is a sampled estimate. Works in any state, so a
+        health endpoint can report a stopped cache.
         """
         return self.stats()
 
     async def health(self) -> HealthReport:
-        """``healthy`` when L2 answers, the bus is subscribed and no background task died.
-
-        Redis unreachable or the bus down is ``degraded`` (L1 still serves, within the
-        bus-loss bound); a stopped manager or a background task given up after repeated
-        crashes is ``unhealthy``. Hit rates and past error counts are stats, not health.
-        The L2 check is one PING under ``operation_timeout`` (short-circuited while the
-        breaker is open); the report turns healthy again by itself after recovery.
-        """
+        """``healthy`` when L2 answers, the bus is subscribed and no background task died;
+        Redis unreachable or the bus down is ``degraded``; a stopped manager or a task
+        given up after repeated crashes is ``unhealthy`` (`monitoring.check_health`). The
+        L2 check is one PING under ``operation_timeout``."""
         return await check_health(
             state=self._state.value,
             ping=self.l2.ping if self.l2 is not None else None,
@@ -661,8 +545,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
     @property
     def supervisor(self) -> Supervisor | None:
-        """The supervisor of the background tasks while running (`CacheMonitor` starts its
-        loop under it), else ``None``."""
+        """The background tasks' supervisor while running (for `CacheMonitor`), or ``None``."""
         return self._supervisor if self._state is _State.RUNNING else None
 
     @property
@@ -675,191 +558,32 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """The `MultiTierCache` this manager drives."""
         return self._cache
 
-    # -- decorators ------------------------------------------------------------------------
-
-    def cached(
-        self,
-        *,
-        ttl: TTL = USE_DEFAULT,
-        key_prefix: str | None = None,
-        tier: CacheTier = CacheTier.BOTH,
-        exclude: str | Collection[str] = (),
-        key_builder: Callable[..., str] | None = None,
-        cache_none: bool = True,
-        unless: Callable[[Any], bool] | None = None,
-        condition: Callable[[Any], bool] | None = None,
-        ttl_jitter: float = 0.0,
-        stale_ttl: float | None = None,
-        loader_timeout: float | None = None,
-        lock: bool | None = None,
-        tags: str | Collection[str] = (),
-    ) -> _decorators.CachedDecorator:
-        """Decorator caching a function's results, keyed by its arguments.
-
-        ``@cache.cached(ttl=3600, key_prefix="user_profile")`` over
-        ``async def get_user_profile(user_id: int)`` caches under ``user_profile:<user_id>``.
-        Every option is described in `coherent_cache.decorators.cached` and
-        ``docs/decorators.md``.
-        """
-        return _decorators.cached(
-            self,
-            ttl=ttl,
-            key_prefix=key_prefix,
-            tier=tier,
-            exclude=exclude,
-            key_builder=key_builder,
-            cache_none=cache_none,
-            unless=unless,
-            condition=condition,
-            ttl_jitter=ttl_jitter,
-            stale_ttl=stale_ttl,
-            loader_timeout=loader_timeout,
-            lock=lock,
-            tags=tags,
-        )
-
-    def cache_invalidate(self, *patterns: str) -> _decorators.CacheInvalidateDecorator:
-        """Decorator clearing ``patterns`` on every tier and instance after a successful call.
-
-        ``@cache.cache_invalidate("user_profile:{user_id}")`` fills the placeholder from the
-        call's arguments (glob-escaped); see `coherent_cache.decorators.cache_invalidate`.
-        """
-        return _decorators.cache_invalidate(self, *patterns)
-
-    # -- warming ---------------------------------------------------------------------------
+    # the functions of `coherent_cache.decorators` and `CacheWarmer`'s methods, bound here
+    cached = _decorators.cached
+    cache_invalidate = _decorators.cache_invalidate
 
     @property
     def warmer(self) -> CacheWarmer:
         """This manager's `CacheWarmer` (made on first use)."""
         if self._warmer is None:
-            self._warmer = CacheWarmer(self, telemetry=self._telemetry)
+            launcher = WarmLauncher(self._warm_task_group, self._warm_supervisor)
+            self._warmer = CacheWarmer(self, telemetry=self._telemetry, launcher=launcher)
         return self._warmer
 
-    async def warm_cache(
-        self,
-        data_source: DataSource,
-        batch_size: int = 100,
-        *,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-        progress: ProgressCallback | None = None,
-        name: str | None = None,
-    ) -> WarmResult:
-        """Pre-load ``data_source``'s ``(key, value)`` / ``(key, value, ttl)`` items.
+    warm_cache = WarmerMethod(CacheWarmer.warm_cache)
+    warm_in_background = WarmerMethod(CacheWarmer.warm_in_background)
+    schedule_warming = WarmerMethod(CacheWarmer.schedule_warming)
+    warm_when = WarmerMethod(CacheWarmer.warm_when)
 
-        One pipelined L2 round trip per ``batch_size`` items, no bus message (a fill, not a
-        write), the first ``memory_cache_size`` items also in this instance's L1; bad items
-        are skipped and reported, an L2 outage marks a batch failed and the warm goes on.
-        See `CacheWarmer.warm_cache` and ``docs/warming.md``.
-
-        Raises:
-            CacheClosedError: the manager is not running.
-            Exception: whatever ``data_source`` or ``progress`` raised.
-        """
-        return await self.warmer.warm_cache(
-            data_source, batch_size, ttl=ttl, tier=tier, progress=progress, name=name
-        )
-
-    def warm_in_background(
-        self,
-        data_source: DataSource,
-        batch_size: int = 100,
-        *,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-        progress: ProgressCallback | None = None,
-        name: str | None = None,
-    ) -> WarmHandle:
-        """Start `warm_cache` in the manager's task group and return at once.
-
-        ``await handle.wait()`` gives its `WarmResult` or raises its exception;
-        ``handle.cancel()`` stops it. A failing warm is logged and kept in the handle; it
-        never disturbs the manager. Stopping the manager cancels it.
-
-        Raises:
-            CacheClosedError: the manager is not running.
-        """
+    def _warm_task_group(self) -> TaskGroup:
         if self._state is not _State.RUNNING or self._tg is None:
             raise self._closed_error()
-        return self.warmer.start_background(
-            self._tg, data_source, batch_size, ttl=ttl, tier=tier, progress=progress, name=name
-        )
+        return self._tg
 
-    def schedule_warming(
-        self,
-        data_source: DataSource,
-        *,
-        every: float,
-        on_start: bool = False,
-        name: str | None = None,
-        batch_size: int = 100,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-    ) -> WarmSchedule:
-        """Re-run a warm every ``every`` seconds (and once at start with ``on_start``).
-
-        Supervised as the task ``warm:<name>`` (``get_stats()["tasks"]``); a failing run is
-        logged and counted in the returned `WarmSchedule`, which `WarmSchedule.cancel`
-        stops. May be called before `start`: it begins when the manager starts.
-        ``data_source`` is read again on every run, so it must be a function (or a
-        re-iterable), not an iterator.
-
-        Raises:
-            CacheClosedError: the manager was stopped.
-            ValueError, TypeError: bad arguments.
-        """
+    def _warm_supervisor(self) -> Supervisor | None:
         if self._state is _State.CLOSED:
             raise self._closed_error()
-        return self.warmer.add_schedule(
-            data_source,
-            name=name,
-            batch_size=batch_size,
-            ttl=ttl,
-            tier=tier,
-            every=every,
-            on_start=on_start,
-            supervisor=self._supervisor if self._state is _State.RUNNING else None,
-        )
-
-    def warm_when(
-        self,
-        data_source: DataSource,
-        *,
-        hit_rate_below: float | None = 0.5,
-        on_start: bool = False,
-        check_every: float = 10.0,
-        min_requests: int = 100,
-        name: str | None = None,
-        batch_size: int = 100,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-    ) -> WarmSchedule:
-        """Warm when the L1 hit rate drops below ``hit_rate_below``, and/or on start.
-
-        Every ``check_every`` seconds the L1 hit rate since the previous check (or warm)
-        is computed; once that window holds at least ``min_requests`` lookups and its rate
-        is below the threshold, the warm runs. ``on_start=True`` also warms once as soon as
-        the manager runs; ``hit_rate_below=None, on_start=True`` warms on start only.
-        Supervised and cancellable like `schedule_warming`.
-
-        Raises:
-            CacheClosedError: the manager was stopped.
-            ValueError, TypeError: bad arguments, or neither a threshold nor ``on_start``.
-        """
-        if self._state is _State.CLOSED:
-            raise self._closed_error()
-        return self.warmer.add_schedule(
-            data_source,
-            name=name,
-            batch_size=batch_size,
-            ttl=ttl,
-            tier=tier,
-            hit_rate_below=hit_rate_below,
-            check_every=check_every,
-            min_requests=min_requests,
-            on_start=on_start,
-            supervisor=self._supervisor if self._state is _State.RUNNING else None,
-        )
+        return self._supervisor if self._state is _State.RUNNING else None
 
 
 def create_cache_manager(config: CacheConfig | None = None) -> CacheManager:

@@ -13,11 +13,11 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ._supervisor import Supervisor, TaskInfo, TaskState
-from ._telemetry import LatencyStats
+from ._telemetry import LatencyHistogram, LatencyStats
 from .bus import BusStats
 from .errors import CacheClosedError
 from .l1 import ActorStats
-from .multitier import TierStats
+from .multitier import MultiTierCache, TierStats
 
 __all__ = [
     "AlertHook",
@@ -84,10 +84,40 @@ class HealthReport(TypedDict):
     tasks: dict[str, TaskInfo]
 
 
-def bus_info(
+def collect_stats(
+    tiers: MultiTierCache,
+    *,
+    bus: BusStats | None,
+    channel: str,
+    origin: str,
+    mailbox: ActorStats,
+    tasks: dict[str, TaskInfo],
+    loader: LoaderStats,
+) -> CacheStats:
+    """`CacheStats` from the figures of the parts (``bus=None``: no bus)."""
+    l2 = tiers.l2
+    latency: LatencyInfo = {
+        "l1": tiers.l1_latency.stats(),
+        "l2": (l2.latency if l2 is not None else LatencyHistogram()).stats(),
+    }
+    return {
+        **tiers.stats(),
+        "bus": _bus_info(
+            bus,
+            channel=channel,
+            origin=origin,
+            published=l2.published if l2 is not None else 0,
+            mailbox=mailbox,
+        ),
+        "tasks": {name: TaskInfo(**info) for name, info in tasks.items()},
+        "loader": loader,
+        "latency": latency,
+    }
+
+
+def _bus_info(
     bus: BusStats | None, *, channel: str, origin: str, published: int, mailbox: ActorStats
 ) -> BusInfo:
-    """The ``bus`` block of `CacheStats` from the subscriber's stats (``None``: no bus)."""
     if bus is None:
         return {
             "enabled": False,
