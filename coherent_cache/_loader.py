@@ -270,7 +270,7 @@ class LoadEngine:
             self._cache.end_fill(key, flight.fill)
             if self._flights.get(key) is flight:
                 del self._flights[key]
-            flight.done.set()
+            flight.finish()
 
     async def _load(self, key: str, loader: Loader, policy: LoadPolicy, fill: FillToken) -> Any:
         if policy.lock and self._l2 is not None:
@@ -299,7 +299,7 @@ class LoadEngine:
             ttl *= 1 + self._random.uniform(-policy.ttl_jitter, policy.ttl_jitter)
         # Our own store must not make this flight's token stale (late callers would start a
         # second load); any other invalidation during the store still does.
-        await self._cache.set(
+        await self._cache.store(
             key,
             value,
             ttl,

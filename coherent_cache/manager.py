@@ -449,19 +449,19 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         if hit is not NOT_LOOKED and hit is not MISSING:
             return cast("R", hit)
 
-        def policy() -> LoadPolicy:
-            return LoadPolicy(
-                ttl=self.config.default_ttl if ttl is USE_DEFAULT else ttl,
-                tier=tier,
-                tags=tuple(tags),
-                lock=self.config.lock_by_default if lock is None else lock,
-                stale_ttl=stale_ttl,
-                loader_timeout=loader_timeout,
-                cache_none=cache_none,
-                should_cache=should_cache,
-                ttl_jitter=ttl_jitter,
-            )
-
+        # A partial, not a closure: a closure's cells would slow down the hit path above.
+        policy = functools.partial(
+            LoadPolicy,
+            ttl=self.config.default_ttl if ttl is USE_DEFAULT else ttl,
+            tier=tier,
+            tags=tuple(tags),
+            lock=self.config.lock_by_default if lock is None else lock,
+            stale_ttl=stale_ttl,
+            loader_timeout=loader_timeout,
+            cache_none=cache_none,
+            should_cache=should_cache,
+            ttl_jitter=ttl_jitter,
+        )
         if hit is MISSING:  # untraced, and L1 missed
             validate_key(key)
             return cast("R", (await engine.load(key, loader, policy()))[0])

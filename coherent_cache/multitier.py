@@ -250,7 +250,7 @@ class MultiTierCache:
         """
         shared = self._reads.get(key)
         if shared is not None and not shared.fill.stale:
-            await shared.done.wait()
+            await shared.wait()
             if shared.value is not MISSING:
                 return shared.value  # type: ignore[no-any-return]
             # its first caller was cancelled: read for ourselves
@@ -262,7 +262,7 @@ class MultiTierCache:
             return found
         finally:
             self.end_fill(key, fill)
-            flight.done.set()
+            flight.finish()
             if self._reads.get(key) is flight:
                 del self._reads[key]
 
@@ -324,6 +324,26 @@ class MultiTierCache:
         seconds = self.resolve_ttl(ttl)
         tag_tuple = validate_tags(tags)
         stale = check_ttl(stale_ttl) if stale_ttl is not None else None
+        return await self.store(
+            key, value, seconds, tier, tags=tag_tuple, stale_ttl=stale, publish=publish,
+            own_fill=own_fill,
+        )  # fmt: skip
+
+    async def store(
+        self,
+        key: str,
+        value: Any,
+        seconds: float | None,
+        tier: CacheTier,
+        *,
+        tags: tuple[str, ...],
+        stale_ttl: float | None,
+        publish: bool,
+        own_fill: FillToken | None,
+    ) -> bool:
+        """`set` with arguments already checked (a valid key, resolved TTLs, valid tags):
+        the store of a load, whose `LoadPolicy` was checked once."""
+        tag_tuple, stale = tags, stale_ttl
         raw = self.serializer.dumps(value, key=key)
         fresh_until = None
         if stale is not None and seconds is not None:
