@@ -125,6 +125,12 @@ class Supervisor:
             info["state"] = TaskState.STOPPED.value
             return
 
+    def mark_stopped(self) -> None:
+        """Record every loop not given up on as stopped (its task group was exited)."""
+        for info in self.tasks.values():
+            if info["state"] != TaskState.FAILED:
+                info["state"] = TaskState.STOPPED
+
     def failed(self) -> list[str]:
         """Names of the loops given up on."""
         return [name for name, info in self.tasks.items() if info["state"] == TaskState.FAILED]

@@ -188,10 +188,10 @@ class CacheConfig(BaseModel):
     """``zlib`` (standard library, level 1), ``zstd`` (extra ``zstd``, level 3: faster and
     smaller than zlib, the recommended choice) or ``lz4`` (extra ``lz4``: fastest, largest)."""
     enable_monitoring: bool = True
-    """Run a `CacheMonitor` with the manager: a ``cache.stats`` log event every
+    """Run a `CacheMonitor` with the manager: a ``cache_stats`` log event every
     ``monitoring_interval`` seconds (stats are collected either way)."""
     monitoring_interval: float = Field(default=60.0, gt=0)
-    """Seconds between two ``cache.stats`` events of the automatic monitor."""
+    """Seconds between two ``cache_stats`` events of the automatic monitor."""
     trace_full_keys: bool = False
     """Put full keys on spans (``cache.key``); by default only the prefix before the first
     ``:`` (``cache.key_prefix``), since keys can hold personal data."""

@@ -18,12 +18,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import re
-import string
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import (
-    TYPE_CHECKING,
     Any,
     Concatenate,
     Final,
@@ -39,32 +36,25 @@ from typing import (
 
 import anyio.to_thread
 
-from .config import CacheTier
-from .errors import ConfigurationError, InvalidKeyError, InvalidTTLError
+from ._loader import LoadEngine, LoadPolicy
+from .config import CacheConfig, CacheTier
+from .errors import ConfigurationError, InvalidKeyError
 from .keys import (
     MAX_KEY_LENGTH,
     CacheKeyGenerator,
-    _encode_part,
+    KeyTemplate,
     encode_key_part,
-    escape_glob,
-    escape_part,
     literal_of,
-    validate_pattern,
-    validate_tag,
+    validate_key,
 )
-from .types import MISSING, TTL, USE_DEFAULT, check_ttl
-
-if TYPE_CHECKING:
-    from .manager import CacheManager
-
-_NOT_LOOKED: Final[Any] = object()
-"""`CacheManager._l1_hit_untraced`: L1 was not consulted (traced or not running)."""
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
 
 __all__ = [
     "AUTO_EXCLUDED_TYPES",
     "CacheInvalidateDecorator",
     "CachedDecorator",
     "CachedFunction",
+    "DecoratedCache",
     "InvalidatingFunction",
     "cache_invalidate",
     "cached",
@@ -104,8 +94,22 @@ An argument is excluded when any class in its type's MRO is named here, so subcl
 name: none of these libraries is imported.
 """
 
+
+class DecoratedCache(Protocol):
+    """What the decorators need of a `CacheManager` (its public surface)."""
+
+    @property
+    def config(self) -> CacheConfig: ...
+
+    @property
+    def load_engine(self) -> LoadEngine: ...
+
+    async def delete(self, key: str, tier: CacheTier = ...) -> bool: ...
+
+    async def clear_pattern(self, pattern: str, tier: CacheTier = ...) -> int: ...
+
+
 _SKIPPED_NAMES: Final = frozenset({"self", "cls"})
-_FIELD_BASE: Final = re.compile(r"[^.\[]*")
 _mark_coroutine: Callable[[Any], Any] | None = getattr(inspect, "markcoroutinefunction", None)
 
 
@@ -209,91 +213,23 @@ class _Signature:
         return name in self.kinds or self.var_keyword is not None
 
 
-class _PartFormatter(string.Formatter):
-    """Fills ``{name}`` fields with values encoded like key parts (optionally glob-escaped)."""
-
-    def __init__(self, *, escape: bool) -> None:
-        self.escape = escape
-        self.field = ""
-
-    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
-        self.field = field_name
-        try:
-            return super().get_field(field_name, args, kwargs)
-        except (KeyError, AttributeError, IndexError, TypeError) as exc:
-            raise InvalidKeyError(f"no value in this call ({exc!r})") from exc
-
-    def format_field(self, value: Any, format_spec: str) -> str:
-        if not self.escape:  # a tag
-            return format(value, format_spec) if format_spec else _encode_part(value)
-        # A pattern matches keys, whose str parts are escaped (`encode_key_part`).
-        text = format(value, format_spec) if format_spec else encode_key_part(value)
-        if format_spec and isinstance(value, str):
-            text = escape_part(text)
-        return escape_glob(text)
-
-
-@final
-class _Template:
-    """A tag or pattern with ``{param}`` placeholders filled from the bound arguments."""
-
-    def __init__(self, text: object, sig: _Signature, *, what: str, escape: bool) -> None:
-        if not isinstance(text, str) or not text:
-            raise InvalidKeyError(f"a {what} must be a non-empty str, got {text!r}", key=text)
-        self.text = text
-        self.what = what
-        self.escape = escape
-        self.owner = sig.name
-        fields: list[str] = []
-        try:
-            parsed = list(string.Formatter().parse(text))
-        except ValueError as exc:
-            raise InvalidKeyError(f"{what} {text!r} is not a valid template: {exc}") from exc
-        for _literal, field, _spec, _conversion in parsed:
-            if field is None:
-                continue
-            match = _FIELD_BASE.match(field)
-            base = match.group() if match else ""
-            if not base or base.isdigit():
-                raise InvalidKeyError(
-                    f"{what} {text!r} of {sig.name} has a positional placeholder "
-                    f"{{{field}}}: name the parameter, as in {{user_id}}",
-                    key=text,
-                )
-            if not sig.has(base):
-                raise InvalidKeyError(
-                    f"{what} {text!r} of {sig.name} names {base!r}, which is not a "
-                    f"parameter of {sig.name}{sig.sig}",
-                    key=text,
-                )
-            fields.append(field)
-        self.templated = bool(fields)
-        if not self.templated:
-            # No placeholders: "{{" and "}}" still mean literal braces.
-            self.static = text.replace("{{", "{").replace("}}", "}")
-            if escape:
-                validate_pattern(self.static)
-            else:
-                validate_tag(self.static)
-
-    def render(self, arguments: Mapping[str, Any]) -> str:
-        """Fill the placeholders from ``arguments`` (name -> bound value).
-
-        Raises:
-            InvalidKeyError: a value has no deterministic encoding or the result is unusable.
-        """
-        if not self.templated:
-            return self.static
-        formatter = _PartFormatter(escape=self.escape)
-        try:
-            text = formatter.vformat(self.text, (), arguments)
-        except InvalidKeyError as exc:
+def _template(text: object, sig: _Signature, *, what: str) -> KeyTemplate:
+    """A tag or pattern template whose placeholders name parameters of ``sig``."""
+    template = KeyTemplate(text, what=what, owner=sig.name)
+    for field, base in zip(template.fields, template.names, strict=True):
+        if not base or base.isdigit():
             raise InvalidKeyError(
-                f"{self.what} {self.text!r} of {self.owner}: cannot fill "
-                f"{{{formatter.field}}}: {exc}",
-                key=self.text,
-            ) from exc
-        return validate_pattern(text) if self.escape else validate_tag(text)
+                f"{what} {text!r} of {sig.name} has a positional placeholder "
+                f"{{{field}}}: name the parameter, as in {{user_id}}",
+                key=text,
+            )
+        if not sig.has(base):
+            raise InvalidKeyError(
+                f"{what} {text!r} of {sig.name} names {base!r}, which is not a "
+                f"parameter of {sig.name}{sig.sig}",
+                key=text,
+            )
+    return template
 
 
 @final
@@ -387,7 +323,8 @@ def _template_arguments(sig: _Signature, arguments: dict[str, Any]) -> Mapping[s
 class _CachedSpec:
     """Everything a `CachedFunction` and its bound forms share."""
 
-    manager: CacheManager
+    manager: DecoratedCache
+    engine: LoadEngine
     func: Callable[..., Any]
     kind: str
     is_async: bool
@@ -395,15 +332,9 @@ class _CachedSpec:
     keys: CacheKeyGenerator
     exclude: frozenset[str]
     key_builder: Callable[..., str] | None
-    tags: tuple[_Template, ...]
-    ttl: TTL
-    tier: CacheTier
-    cache_none: bool
-    should_cache: Callable[[Any], bool] | None
-    ttl_jitter: float
-    stale_ttl: float | None
-    loader_timeout: float | None
-    lock: bool | None
+    tags: tuple[KeyTemplate, ...]
+    policy: LoadPolicy
+    """The load options (tags added per call when there are tag templates)."""
     plan: _KeyPlan | None
     """The fast key of plain positional calls (``None``: every call takes the general path)."""
 
@@ -455,15 +386,16 @@ class _CachedSpec:
                 key=value,
             ) from exc
 
-    def tag_values(
+    def policy_of(
         self, arguments: dict[str, Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> tuple[str, ...]:
+    ) -> LoadPolicy:
+        """The load policy of a call: the decorator's, with its tag templates filled."""
         if not self.tags:
-            return ()
+            return self.policy
         if arguments is None:  # the key came from the plan: bind now (a miss)
             arguments = self.sig.bind(args, kwargs)
         values = _template_arguments(self.sig, arguments)
-        return tuple(tag.render(values) for tag in self.tags)
+        return self.policy.with_tags(tuple(tag.render((), values) for tag in self.tags))
 
 
 @final
@@ -520,35 +452,24 @@ class CachedFunction(Generic[P, R]):
         arguments = None
         if key is None:
             key, arguments = spec.key_and_arguments(full, kwargs)
-        manager = spec.manager
-        looked = False
-        if spec.tier is not CacheTier.L2:
+        engine = spec.engine
+        if spec.policy.tier is not CacheTier.L2:
             # The hit path: no tags, no loader, no get_or_set coroutine.
-            hit = manager._l1_hit_untraced(key)
-            if hit is not _NOT_LOOKED:
+            hit = engine.fast_hit(key)
+            if hit is not NOT_LOOKED:
                 if hit is not MISSING:
                     return hit
-                looked = True
-        tags = spec.tag_values(arguments, full, kwargs)
+                # L1 missed, untraced: the load, after get_or_set's own L1 fast path
+                validate_key(key)
+                policy = spec.policy_of(arguments, full, kwargs)
+                loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
+                return (await engine.load(key, loader, policy))[0]
         loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
-        if looked:  # L1 missed, untraced: get_or_set after its own L1 fast path
-            value, _outcome = await manager._get_or_set(
-                key, loader, spec.ttl, spec.tier, tags, spec.lock, spec.stale_ttl,
-                spec.loader_timeout, spec.cache_none, spec.should_cache, spec.ttl_jitter,
-            )  # fmt: skip
-            return value
-        return await manager.get_or_set(
+        return await engine.get_or_set(
             key,
             loader,
-            spec.ttl,
-            spec.tier,
-            tags=tags,
-            lock=spec.lock,
-            stale_ttl=spec.stale_ttl,
-            loader_timeout=spec.loader_timeout,
-            cache_none=spec.cache_none,
-            should_cache=spec.should_cache,
-            ttl_jitter=spec.ttl_jitter,
+            spec.policy.tier,
+            functools.partial(spec.policy_of, arguments, full, kwargs),
         )
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -596,15 +517,27 @@ class CachedFunction(Generic[P, R]):
 class CachedDecorator:
     """What `cached` returns: apply it to a function to get a `CachedFunction`."""
 
-    def __init__(self, manager: CacheManager, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        manager: DecoratedCache,
+        policy: LoadPolicy,
+        *,
+        key_prefix: str | None,
+        exclude: tuple[str, ...],
+        key_builder: Callable[..., str] | None,
+        tags: tuple[str, ...],
+    ) -> None:
         self._manager = manager
-        self._options = options
+        self._policy = policy
+        self._key_prefix = key_prefix
+        self._exclude = exclude
+        self._key_builder = key_builder
+        self._tags = tags
 
     def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]:
         inner, kind = _unwrap_descriptor(func)
-        opts = self._options
         sig = _Signature(inner)
-        prefix = opts["key_prefix"]
+        prefix: Any = self._key_prefix  # checked: a caller may pass anything
         if prefix is None:
             module = getattr(inner, "__module__", None)
             qualname = getattr(inner, "__qualname__", None)
@@ -619,21 +552,22 @@ class CachedDecorator:
             raise ConfigurationError(
                 f"key_prefix must be a non-empty str, got {prefix!r}", field="key_prefix"
             )
-        exclude = frozenset(opts["exclude"]) | _SKIPPED_NAMES
-        unknown = sorted(name for name in opts["exclude"] if not sig.has(name))
+        exclude = frozenset(self._exclude) | _SKIPPED_NAMES
+        unknown = sorted(name for name in self._exclude if not sig.has(name))
         if unknown:
             raise ConfigurationError(
                 f"exclude names {unknown} of {sig.name}, which has no such parameter "
                 f"(its signature is {sig.sig})",
                 field="exclude",
             )
-        tags = tuple(_Template(t, sig, what="tag", escape=False) for t in opts["tags"])
+        tags = tuple(_template(t, sig, what="tag") for t in self._tags)
         # A hashed key is prefix + ":" + 32 hex digits; let long prefixes still fit.
         max_length = min(MAX_KEY_LENGTH, max(200, len(prefix.encode()) + 1 + 32))
         keys = CacheKeyGenerator(prefix, max_length=max_length)
-        key_builder = opts["key_builder"]
+        key_builder = self._key_builder
         spec = _CachedSpec(
             manager=self._manager,
+            engine=self._manager.load_engine,
             func=inner,
             kind=kind,
             is_async=_is_async(inner),
@@ -642,21 +576,14 @@ class CachedDecorator:
             exclude=exclude,
             key_builder=key_builder,
             tags=tags,
-            ttl=opts["ttl"],
-            tier=opts["tier"],
-            cache_none=opts["cache_none"],
-            should_cache=opts["should_cache"],
-            ttl_jitter=opts["ttl_jitter"],
-            stale_ttl=opts["stale_ttl"],
-            loader_timeout=opts["loader_timeout"],
-            lock=opts["lock"],
+            policy=self._policy,
             plan=_KeyPlan.of(sig, exclude, keys) if key_builder is None else None,
         )
         return CachedFunction(spec)
 
 
 def cached(
-    manager: CacheManager,
+    manager: DecoratedCache,
     *,
     ttl: TTL = USE_DEFAULT,
     key_prefix: str | None = None,
@@ -712,36 +639,26 @@ def cached(
         InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not positive, or
             ``ttl_jitter`` is not in [0, 1).
     """
-    if ttl is not USE_DEFAULT:
-        check_ttl(ttl)
-    if stale_ttl is not None:
-        check_ttl(stale_ttl)
-    if loader_timeout is not None:
-        check_ttl(loader_timeout)
-    if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, int | float):
-        raise InvalidTTLError(f"ttl_jitter must be a number, got {ttl_jitter!r}", ttl=ttl_jitter)
-    if not 0 <= ttl_jitter < 1:
-        raise InvalidTTLError(
-            f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}", ttl=ttl_jitter
-        )
+    config = manager.config
+    policy = LoadPolicy(
+        ttl=config.default_ttl if ttl is USE_DEFAULT else ttl,
+        tier=tier,
+        lock=config.lock_by_default if lock is None else lock,
+        stale_ttl=stale_ttl,
+        loader_timeout=loader_timeout,
+        cache_none=cache_none,
+        should_cache=_should_cache(unless, condition),
+        ttl_jitter=ttl_jitter,
+    )
     if key_builder is not None and not callable(key_builder):
         raise ConfigurationError("key_builder must be callable", field="key_builder")
     return CachedDecorator(
         manager,
-        {
-            "ttl": ttl,
-            "key_prefix": key_prefix,
-            "tier": CacheTier(tier),
-            "exclude": _as_names(exclude, "exclude"),
-            "key_builder": key_builder,
-            "cache_none": cache_none,
-            "should_cache": _should_cache(unless, condition),
-            "ttl_jitter": ttl_jitter,
-            "stale_ttl": stale_ttl,
-            "loader_timeout": loader_timeout,
-            "lock": lock,
-            "tags": _as_names(tags, "tags"),
-        },
+        policy,
+        key_prefix=key_prefix,
+        exclude=_as_names(exclude, "exclude"),
+        key_builder=key_builder,
+        tags=_as_names(tags, "tags"),
     )
 
 
@@ -796,7 +713,7 @@ class InvalidatingFunction(Protocol[P, R]):
 class CacheInvalidateDecorator:
     """What `cache_invalidate` returns: apply it to a function to add the invalidation."""
 
-    def __init__(self, manager: CacheManager, patterns: tuple[str, ...]) -> None:
+    def __init__(self, manager: DecoratedCache, patterns: tuple[str, ...]) -> None:
         self._manager = manager
         self._patterns = patterns
 
@@ -804,8 +721,8 @@ class CacheInvalidateDecorator:
         inner, kind = _unwrap_descriptor(func)
         sig = _Signature(inner)
         is_async = _is_async(inner)
-        templates = tuple(_Template(p, sig, what="pattern", escape=True) for p in self._patterns)
-        templated = any(t.templated for t in templates)
+        templates = tuple(_template(p, sig, what="pattern") for p in self._patterns)
+        templated = any(t.static is None for t in templates)
         manager = self._manager
 
         @functools.wraps(inner)
@@ -815,7 +732,7 @@ class CacheInvalidateDecorator:
             values: Mapping[str, Any] = {}
             if templated:
                 values = _template_arguments(sig, sig.bind(args, kwargs))
-            patterns = [t.render(values) for t in templates]
+            patterns = [t.render((), values) for t in templates]
             result = await _run(inner, is_async, args, kwargs)
             # The change is made: finish invalidating even if the caller is cancelled now
             # (each Redis call is bounded by operation_timeout; a pattern clear makes one
@@ -837,7 +754,7 @@ class CacheInvalidateDecorator:
         return cast("InvalidatingFunction[P, R]", wrapped)
 
 
-def cache_invalidate(manager: CacheManager, *patterns: str) -> CacheInvalidateDecorator:
+def cache_invalidate(manager: DecoratedCache, *patterns: str) -> CacheInvalidateDecorator:
     """Clear ``patterns`` on every tier and instance after the function returns.
 
     The decorated function (async or sync, which then runs in a worker thread) becomes

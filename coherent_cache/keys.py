@@ -10,9 +10,10 @@ import functools
 import hashlib
 import math
 import re
+import string
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, final
 
 import orjson
 
@@ -21,6 +22,7 @@ from .errors import InvalidKeyError
 __all__ = [
     "MAX_KEY_LENGTH",
     "CacheKeyGenerator",
+    "KeyTemplate",
     "compile_pattern",
     "encode_key_part",
     "escape_glob",
@@ -38,6 +40,7 @@ MAX_KEY_LENGTH: Final = 1024
 # A str of at most this many characters is at most MAX_KEY_LENGTH bytes in UTF-8.
 _FAST_KEY_CHARS: Final = MAX_KEY_LENGTH // 4
 _GLOB_SPECIAL: Final = frozenset("*?[]\\")
+_FIELD_BASE: Final = re.compile(r"[^.\[]*")
 
 
 def validate_key(key: object) -> str:
@@ -421,19 +424,124 @@ class CacheKeyGenerator:
 
         ``generate_pattern_key("user:{user_id}:*", user_id="a*")`` is ``"user:a\\*:*"``:
         the value matches only itself, so an argument can never widen an invalidation.
+        Values are encoded like key parts (`KeyTemplate`, the engine of
+        ``cache_invalidate`` templates too).
 
         Raises:
             InvalidKeyError: a placeholder has no value, or the result is not a valid pattern.
         """
-        sep = self.separator
-        enc_args = [escape_glob(encode_key_part(a, sep)) for a in args]
-        enc_kwargs = {k: escape_glob(encode_key_part(v, sep)) for k, v in kwargs.items()}
-        try:
-            filled = pattern.format(*enc_args, **enc_kwargs)
-        except (IndexError, KeyError) as exc:
-            raise InvalidKeyError(
-                f"pattern {pattern!r} has a placeholder without a value: {exc}", key=pattern
-            ) from exc
+        filled = (
+            KeyTemplate(pattern, what="pattern", separator=self.separator).render(args, kwargs)
+            if pattern or self.prefix is None
+            else ""
+        )
         if self.prefix is None:
-            return validate_pattern(filled)
+            return filled
         return validate_pattern(f"{escape_glob(self.prefix)}{self.separator}{filled}")
+
+
+@final
+class _PartFormatter(string.Formatter):
+    """Fills ``{name}`` fields with values encoded like key parts (optionally glob-escaped)."""
+
+    def __init__(self, *, escape: bool, separator: str) -> None:
+        self.escape = escape
+        self.separator = separator
+        self.field = ""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        self.field = field_name
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, AttributeError, IndexError, TypeError) as exc:
+            raise InvalidKeyError(f"no value for it ({exc!r})") from exc
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if not self.escape:  # a tag
+            return format(value, format_spec) if format_spec else _encode_part(value)
+        # A pattern matches keys, whose str parts are escaped (`encode_key_part`).
+        if format_spec:
+            text = format(value, format_spec)
+            if isinstance(value, str):
+                text = escape_part(text, self.separator)
+        else:
+            text = encode_key_part(value, self.separator)
+        return escape_glob(text)
+
+
+@final
+class KeyTemplate:
+    """A tag or glob pattern with ``{name}`` placeholders, filled with encoded values.
+
+    The one template engine of the package: `CacheKeyGenerator.generate_pattern_key`,
+    ``cache_invalidate`` patterns and ``cached(tags=...)`` templates. A pattern
+    (``what="pattern"``) encodes each value like a key part (`encode_key_part`) and
+    glob-escapes it, so a value matches only itself; a tag (``what="tag"``) encodes values
+    without escaping. A format spec (``{n:03d}``) formats the value itself.
+
+    Args:
+        text: the template; ``{{`` and ``}}`` are literal braces.
+        what: ``"pattern"`` or ``"tag"``: what the result is validated as.
+        owner: named in error messages (the decorated function).
+        separator: the key separator (escaped in str values of patterns).
+
+    Raises:
+        InvalidKeyError: ``text`` is not a non-empty str or not a valid template, or it has
+            no placeholder and is not a valid pattern / tag.
+    """
+
+    __slots__ = ("escape", "fields", "owner", "separator", "static", "text", "what")
+
+    def __init__(
+        self, text: object, *, what: str, owner: str | None = None, separator: str = ":"
+    ) -> None:
+        if not isinstance(text, str) or not text:
+            raise InvalidKeyError(f"a {what} must be a non-empty str, got {text!r}", key=text)
+        self.text = text
+        self.what = what
+        self.owner = owner
+        self.separator = separator
+        self.escape = what == "pattern"
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise InvalidKeyError(f"{what} {text!r} is not a valid template: {exc}") from exc
+        fields = [field for _literal, field, _spec, _conv in parsed if field is not None]
+        self.fields = tuple(fields)
+        """The placeholders' field names, as written (``user.id``, ``0``, ``""``)."""
+        self.static: str | None = None
+        """The text itself when there is no placeholder (braces unescaped), else ``None``."""
+        if not fields:
+            static = text.replace("{{", "{").replace("}}", "}")
+            self.static = validate_pattern(static) if self.escape else validate_tag(static)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The argument each placeholder reads (``user`` of ``{user.id}``; ``""`` or a digit
+        for positional placeholders)."""
+        return tuple(_field_base(field) for field in self.fields)
+
+    def render(self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None) -> str:
+        """Fill the placeholders from ``args`` and ``kwargs``; validate the result.
+
+        Raises:
+            InvalidKeyError: a placeholder has no value, a value has no deterministic
+                encoding, or the result is unusable.
+        """
+        if self.static is not None:
+            return self.static
+        formatter = _PartFormatter(escape=self.escape, separator=self.separator)
+        try:
+            text = formatter.vformat(self.text, args, kwargs if kwargs is not None else {})
+        except InvalidKeyError as exc:
+            owner = f" of {self.owner}" if self.owner else ""
+            raise InvalidKeyError(
+                f"{self.what} {self.text!r}{owner}: cannot fill {{{formatter.field}}}: {exc}",
+                key=self.text,
+            ) from exc
+        return validate_pattern(text) if self.escape else validate_tag(text)
+
+
+def _field_base(field: str) -> str:
+    match = _FIELD_BASE.match(field)
+    return match.group() if match else ""

@@ -2,54 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import random
-import secrets
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, Self, TypedDict, TypeVar, cast, final
+from typing import Any, Self, TypeVar, cast, final
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import SpanKind, TracerProvider
+from opentelemetry.trace import TracerProvider
 from redis.asyncio import Redis
 
-from . import _telemetry
 from . import decorators as _decorators
-from ._breaker import BreakerState
-from ._supervisor import Supervisor, TaskInfo
+from ._host import DetachedHost
+from ._invalidation import BusApplier
+from ._loader import LoadEngine, LoadPolicy
+from ._supervisor import Supervisor
 from ._telemetry import LatencyStats, Telemetry
-from .bus import BusMessage, BusOp, BusStats, InvalidationBus, make_origin
+from .bus import InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
-from .errors import BackendError, CacheClosedError, CacheError, InvalidTTLError
-from .keys import key_prefix, validate_key, validate_tags
-from .l1 import (
-    ActorStats,
-    FlushAll,
-    InMemoryCache,
-    InvalidateKeys,
-    InvalidatePattern,
-    InvalidateTags,
-    L1Actor,
-)
+from .errors import CacheClosedError
+from .keys import validate_key
+from .l1 import InMemoryCache, L1Actor
 from .l2 import RedisCache
-from .monitoring import CacheMonitor
-from .multitier import FillToken, MultiTierCache, TierStats
-from .serializer import CacheSerializer
-from .types import MISSING, TTL, USE_DEFAULT, check_ttl
-from .warming import (
-    CacheWarmer,
-    DataSource,
-    ProgressCallback,
-    WarmHandle,
-    WarmResult,
-    WarmSchedule,
+from .monitoring import (
+    BusInfo,
+    CacheMonitor,
+    CacheStats,
+    HealthReport,
+    LatencyInfo,
+    LoaderStats,
+    check_health,
+    collect_stats,
 )
+from .multitier import MultiTierCache
+from .serializer import CacheSerializer
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
+from .warming import CacheWarmer, WarmerMethod, WarmLauncher
 
 __all__ = [
     "BusInfo",
@@ -62,99 +54,7 @@ __all__ = [
     "create_cache_manager",
 ]
 
-log = structlog.get_logger("coherent_cache")
-
-
-class BusInfo(BusStats):
-    """The invalidation bus in `CacheStats`: the subscriber, publishing and the L1 mailbox."""
-
-    published: int
-    mailbox: ActorStats
-
-
-class LatencyInfo(TypedDict):
-    """Latency per tier in `CacheStats`, from fixed log-scale buckets (about 19 % wide).
-
-    ``l1``: L1 lookups of ``get`` (one in 64 is timed, `multitier.L1_LATENCY_SAMPLE`);
-    ``l2``: round trips of successful Redis calls.
-    """
-
-    l1: LatencyStats
-    l2: LatencyStats
-
-
-class CacheStats(TierStats):
-    """Everything `CacheManager.get_stats` reports: the seed's shape plus bus and tasks."""
-
-    bus: BusInfo
-    tasks: dict[str, TaskInfo]
-    loader: LoaderStats
-    latency: LatencyInfo
-
-
-class HealthReport(TypedDict):
-    """What `CacheManager.health` returns."""
-
-    status: Literal["healthy", "degraded", "unhealthy"]
-    reasons: list[str]
-    l2_connected: bool | None
-    bus_connected: bool | None
-    tasks: dict[str, TaskInfo]
-
-
 R = TypeVar("R")
-
-
-class LoaderStats(TypedDict):
-    """``get_or_set`` figures in `CacheStats`."""
-
-    hits: int
-    misses: int
-    loads: int
-    errors: int
-    stale_served: int
-    lock_waits: int
-    discarded: int
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _LoadOptions:
-    ttl: float | None
-    tier: CacheTier
-    tags: tuple[str, ...]
-    lock: bool
-    stale_ttl: float | None
-    cache_none: bool
-    should_cache: Callable[[Any], bool] | None
-    ttl_jitter: float
-
-
-@final
-class _Flight:
-    """One loader call shared by every caller of a key (single-flight)."""
-
-    __slots__ = ("done", "error", "fill", "value")
-
-    def __init__(self, fill: FillToken) -> None:
-        self.fill = fill
-        self.done = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    async def result(self) -> Any:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def _check_jitter(jitter: object) -> float:
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
-        raise InvalidTTLError(
-            f"ttl_jitter must be a fraction in [0, 1), got {jitter!r}", ttl=jitter
-        )
-    return float(jitter)
 
 
 class _State(enum.Enum):
@@ -200,9 +100,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self.l1 = InMemoryCache(
             cfg.memory_cache_size, cfg.memory_cache_ttl, cfg.memory_cache_strategy, timer=timer
         )
-        self.l2: RedisCache | None = None
-        if cfg.enable_multi_tier and (cfg.redis_url is not None or redis_client is not None):
-            self.l2 = RedisCache(cfg, client=redis_client, serializer=self.serializer, timer=timer)
         self.origin = make_origin(cfg.origin_prefix)
         """This instance's id on the bus; it skips messages carrying it."""
         # A lazy proxy, not .bind(): it follows structlog.configure() calls made later.
@@ -210,6 +107,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             "coherent_cache", namespace=cfg.namespace, origin=self.origin
         )
         """The ``coherent_cache`` logger with this instance's namespace and origin bound."""
+        self.l2: RedisCache | None = None
+        if cfg.enable_multi_tier and (cfg.redis_url is not None or redis_client is not None):
+            self.l2 = RedisCache(
+                cfg, client=redis_client, serializer=self.serializer, timer=timer, logger=self.log
+            )
         self._telemetry = Telemetry(
             namespace=cfg.namespace,
             redis_url=cfg.redis_url if self.l2 is not None else None,
@@ -217,8 +119,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
-        if self.l2 is not None:
-            self.l2.log = self.log
         self._timer = timer
         self.bus: InvalidationBus | None = None
         use_bus = self.l2 is not None and cfg.enable_invalidation_bus and cfg.redis_url is not None
@@ -232,37 +132,36 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             publish=use_bus,
             unconfirmed_write_ttl=cfg.max_stale_on_bus_loss if use_bus else None,
         )
-        self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size)
-        self._actor.log = self.log
+        self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size, logger=self.log)
         if use_bus:
+            applier = BusApplier(
+                self._actor,
+                self.l1,
+                self._telemetry,
+                channel=cfg.channel,
+                max_stale=cfg.max_stale_on_bus_loss,
+            )
             self.bus = InvalidationBus(
                 cfg,
                 origin=self.origin,
-                on_message=self._on_bus_message,
+                on_message=applier,
                 on_subscribed=self._on_bus_subscribed,
-                on_lost=self._on_bus_lost,
-                on_suspect=self._on_bus_lost,
+                on_lost=applier.lost,
+                on_suspect=applier.lost,
                 on_alive=self.l1.trust,
                 timer=timer,
+                logger=self.log,
             )
-            self.bus.log = self.log
         self.monitor: CacheMonitor | None = None
         """The monitor started with the manager when ``enable_monitoring`` is on."""
         self._supervisor: Supervisor | None = None
         self._tg: TaskGroup | None = None
-        self._flights: dict[str, _Flight] = {}
-        self._random = random.Random()
-        self._loads: LoaderStats = {
-            "hits": 0,
-            "misses": 0,
-            "loads": 0,
-            "errors": 0,
-            "stale_served": 0,
-            "lock_waits": 0,
-            "discarded": 0,
-        }
-        self._host: asyncio.Task[None] | None = None
-        self._stop_requested = anyio.Event()
+        self._loader = LoadEngine(
+            self._cache, config=cfg, telemetry=self._telemetry, logger=self.log, timer=timer,
+            closed_error=self._closed_error,
+        )  # fmt: skip
+        self._warmer: CacheWarmer | None = None
+        self._host = DetachedHost(f"coherent_cache:{cfg.namespace}", self.log)
 
     def __repr__(self) -> str:
         return (
@@ -275,58 +174,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Whether the manager has been started and not stopped."""
         return self._state is _State.RUNNING
 
-    # -- bus callbacks (run on the bus listener's task) --------------------------------------
-
-    def _on_bus_message(self, message: BusMessage) -> None:
-        tel = self._telemetry
-        if not (tel.active or tel.poll()) or not tel.tracing_on:
-            self._apply_bus_message(message)
-            return
-        link = _telemetry.link_from_traceparent(message.traceparent)
-        attributes: dict[str, Any] = {
-            "cache.bus.op": message.op.value,
-            "messaging.destination.name": self.config.channel,
-        }
-        if message.origin is not None:
-            attributes["cache.bus.origin"] = message.origin
-        if message.keys:
-            attributes["cache.bus.key_count"] = len(message.keys)
-        with tel.span(
-            "cache.invalidate.apply",
-            attributes,
-            links=[link] if link is not None else None,
-            kind=SpanKind.CONSUMER,
-        ):
-            self._apply_bus_message(message)
-
-    def _apply_bus_message(self, message: BusMessage) -> None:
-        if message.op is BusOp.DELETE:
-            self._actor.submit(InvalidateKeys(message.keys))
-        elif message.op is BusOp.CLEAR_PATTERN:
-            assert message.pattern is not None
-            self._actor.submit(InvalidatePattern(message.pattern))
-        elif message.op is BusOp.TAGS:
-            self._actor.submit(InvalidateTags(message.tags))
-        else:
-            self._actor.submit(FlushAll())
-
-    def _on_bus_subscribed(self) -> None:
+    def _on_bus_subscribed(self) -> None:  # the bus's on_subscribed, on its listener task
         # Messages sent while we were not subscribed are gone: nothing in L1, and no fill
         # that started before now, can be trusted. Flush, then trust L1 again.
         self._cache.invalidate_local_all()
         self.l1.trust()
-
-    async def _run_bus_until_ready(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        assert self.bus is not None
-        cfg = self.config
-        await self.bus.run(
-            task_status=task_status, ready_within=cfg.connect_timeout + cfg.operation_timeout
-        )
-
-    def _on_bus_lost(self, when: float) -> None:
-        self.l1.distrust(when, self.config.max_stale_on_bus_loss)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -346,7 +198,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 connected = False
                 if self.l2 is not None:
                     connected = await self.l2.connect()
-                if self.l2 is not None:
                     supervisor.start_soon("tag_pruner", self.l2.run_tag_pruner)
                     if cfg.redis_mode == "sentinel":
                         supervisor.start_soon("primary_watch", self.l2.run_primary_watch)
@@ -358,12 +209,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     if connected:
                         # Redis answered: keep trying to subscribe for one more connect
                         # deadline, so a started manager is coherent.
-                        await supervisor.start("bus_listener", self._run_bus_until_ready)
+                        within = cfg.connect_timeout + cfg.operation_timeout
+                        run = functools.partial(self.bus.run, ready_within=within)
+                        await supervisor.start("bus_listener", run)
                     else:
                         supervisor.start_soon("bus_listener", self.bus.run)
-                if cfg.enable_monitoring:
-                    self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
-                    await self.monitor._launch(supervisor)
                 self._telemetry.recheck()
                 self._telemetry.register(self._stats_for_metrics)
                 self.log.info(
@@ -374,19 +224,22 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     origin=self.origin,
                 )
                 self._state = _State.RUNNING
-                self._start_warmers()
+                self._loader.open(tg)
+                if cfg.enable_monitoring:
+                    self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
+                    await self.monitor.start_monitoring()
+                if self._warmer is not None:  # warmers scheduled before start
+                    self._warmer.launch_schedules(supervisor)
                 try:
                     yield self
                 finally:
-                    self._state = _State.CLOSED
-                    self._tg = None
+                    self._close()
                     tg.cancel_scope.cancel()
         finally:
-            self._state = _State.CLOSED
+            self._close()
             self._telemetry.unregister()
-            for info in self._supervisor.tasks.values() if self._supervisor else ():
-                if info["state"] != "failed":
-                    info["state"] = "stopped"
+            if self._supervisor is not None:
+                self._supervisor.mark_stopped()
             if self.bus is not None:
                 self.bus.connected = False
             with anyio.CancelScope(shield=True):
@@ -401,11 +254,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         Returns once L2 answered a PING and the bus subscription is confirmed, or once
         Redis proved unreachable within about ``connect_timeout``; then the manager serves
         from L1 and reconnects by itself. Calling it on a running manager does nothing.
-
-        The background tasks run in a host task of the manager's own (the manager's
-        ``async with`` block in that task), so `start` and `stop` may be called from
-        different tasks and inside any cancel scope, as FastAPI's startup and shutdown
-        handlers do. ``async with manager:`` runs them in the caller's task instead.
+        The background tasks run in a host task of the manager's own (`DetachedHost`), so
+        `start` and `stop` may be called from different tasks, as FastAPI's startup and
+        shutdown handlers do. ``async with manager:`` runs them in the caller's task.
 
         Raises:
             CacheClosedError: the manager was stopped before.
@@ -414,33 +265,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             return
         if self._state is _State.CLOSED:
             raise self._closed_error()
-        if self._host is not None:
-            raise CacheError("start() is already in progress in another task")
-        ready = anyio.Event()
-        self._stop_requested = anyio.Event()
-        failure: list[BaseException] = []
-
-        async def host() -> None:
-            try:
-                async with self:
-                    ready.set()
-                    await self._stop_requested.wait()
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                ready.set()
-
-        self._host = asyncio.get_running_loop().create_task(
-            host(), name=f"coherent_cache:{self.config.namespace}"
-        )
-        try:
-            await ready.wait()
-        except BaseException:
-            self._host.cancel()
-            raise
-        if failure:
-            self._host = None
-            raise failure[0]
+        await self._host.start(self)
 
     async def stop(self) -> None:
         """Stop background tasks and close connections; idempotent.
@@ -450,16 +275,14 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         ``async with manager:`` block it only closes the manager to new operations; the
         block's exit releases everything, in the task that entered it.
         """
-        host = self._host
-        if host is not None:
-            self._host = None
-            self._stop_requested.set()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
-                await host
-            if scope.cancelled_caught:
-                host.cancel()
-                self.log.error("cache_stop_timed_out")
+        await self._host.stop()
+        self._close()
+
+    def _close(self) -> None:
+        """Refuse new operations (the task group, if any, is released by its owner)."""
         self._state = _State.CLOSED
+        self._tg = None
+        self._loader.close()
 
     async def aclose(self) -> None:
         """Same as `stop`."""
@@ -496,17 +319,25 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             return await self._get_observed(key, tier, default)
         cache = self._cache
         if tier is not CacheTier.L2:
-            value = cache.l1_get(key)
+            value = cache.peek(key)
             if value is not MISSING:
                 return value
-        return await cache.get_after_l1_miss(key, tier, default)
+        validate_key(key)
+        found = await cache.read(key, tier)
+        return default if found is None else found[0]
 
     async def _get_observed(self, key: str, tier: CacheTier, default: Any) -> Any:
         """`get` with a ``cache.get`` span and a duration record (a provider is set)."""
         tel = self._telemetry
         started = time.perf_counter()
         with tel.span("cache.get", tel.key_attributes(key)) as span:
-            value, answered = await self._cache.lookup(key, tier)
+            value = self._cache.peek(key) if tier is not CacheTier.L2 else MISSING
+            answered: str | None = "l1"
+            if value is MISSING:
+                validate_key(key)
+                found = await self._cache.read(key, tier)
+                value = MISSING if found is None else found[0]
+                answered = "l2" if found is not None else None
             hit = value is not MISSING
             if span.is_recording():
                 span.set_attribute("cache.hit", hit)
@@ -612,256 +443,28 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
-        tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("get_or_set", tel.key_attributes(key)) as span:
-                hit = self._cache.l1_hit(key) if tier is not CacheTier.L2 else MISSING
-                if hit is not MISSING:
-                    self._loads["hits"] += 1
-                    span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
-                    return cast("R", hit)
-                value, outcome = await self._get_or_set(
-                    key, loader, ttl, tier, tags, lock, stale_ttl, loader_timeout,
-                    cache_none, should_cache, ttl_jitter,
-                )  # fmt: skip
-                span.set_attribute("cache.hit", outcome != "miss")
-                if outcome == "stale":
-                    span.set_attribute("cache.stale", True)
-                return value
-        if tier is not CacheTier.L2:
-            # Fast path: a fresh L1 hit needs nothing else (arguments are checked on a miss).
-            hit = self._cache.l1_hit(key)
-            if hit is not MISSING:
-                self._loads["hits"] += 1
-                return cast("R", hit)
-        value, _ = await self._get_or_set(
-            key, loader, ttl, tier, tags, lock, stale_ttl, loader_timeout,
-            cache_none, should_cache, ttl_jitter,
-        )  # fmt: skip
-        return value
+        engine = self._loader
+        hit = engine.fast_hit(key) if tier is not CacheTier.L2 else NOT_LOOKED
+        if hit is not NOT_LOOKED and hit is not MISSING:
+            return cast("R", hit)
 
-    def _l1_hit_untraced(self, key: str) -> Any:
-        """The untraced fast path of `get_or_set`, for decorated calls.
-
-        Returns the fresh L1 value of ``key`` (a loader hit), `MISSING` after an L1 miss
-        (counted: continue with `_get_or_set`), or ``decorators._NOT_LOOKED`` when the
-        manager is traced or not running (continue with `get_or_set`).
-        """
-        if self._state is not _State.RUNNING:
-            return _decorators._NOT_LOOKED
-        tel = self._telemetry
-        if tel.active:
-            return _decorators._NOT_LOOKED
-        tel.countdown -= 1  # Telemetry.poll() inlined
-        if tel.countdown <= 0 and tel.recheck():
-            return _decorators._NOT_LOOKED
-        hit = self._cache.l1_hit(key)
-        if hit is not MISSING:
-            self._loads["hits"] += 1
-        return hit
-
-    async def _get_or_set(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[R]],
-        ttl: TTL,
-        tier: CacheTier,
-        tags: Iterable[str],
-        lock: bool | None,
-        stale_ttl: float | None,
-        loader_timeout: float | None,
-        cache_none: bool,
-        should_cache: Callable[[Any], bool] | None,
-        ttl_jitter: float,
-    ) -> tuple[R, Literal["hit", "stale", "miss"]]:
-        """`get_or_set` after its L1 fast path; also says: fresh hit, stale, or a miss."""
-        validate_key(key)
-        opts = _LoadOptions(
-            ttl=self._cache.resolve_ttl(ttl),
+        # A partial, not a closure: a closure's cells would slow down the hit path above.
+        policy = functools.partial(
+            LoadPolicy,
+            ttl=self.config.default_ttl if ttl is USE_DEFAULT else ttl,
             tier=tier,
-            tags=validate_tags(tags),
+            tags=tuple(tags),
             lock=self.config.lock_by_default if lock is None else lock,
-            stale_ttl=None if stale_ttl is None else check_ttl(stale_ttl),
+            stale_ttl=stale_ttl,
+            loader_timeout=loader_timeout,
             cache_none=cache_none,
             should_cache=should_cache,
-            ttl_jitter=_check_jitter(ttl_jitter),
+            ttl_jitter=ttl_jitter,
         )
-        if loader_timeout is not None:
-            check_ttl(loader_timeout)
-        if tier is not CacheTier.L2:
-            flight = self._flights.get(key)
-            if flight is not None and not flight.fill.stale and self.l1.get_entry(key) is None:
-                # A load of this key is under way and L1 holds nothing: join it without an
-                # L2 read (its first caller read L2 just before starting it).
-                self._cache.count_miss()
-                self._loads["misses"] += 1
-                return cast("R", await flight.result()), "miss"
-        found = await self._cache.get_entry(key, tier)
-        if found is not None:
-            value, fresh = found
-            if fresh:
-                self._loads["hits"] += 1
-                return cast("R", value), "hit"
-            self._loads["stale_served"] += 1
-            flight = self._flight(key, loader, opts)
-            if loader_timeout is None:
-                return cast("R", value), "stale"
-            with anyio.move_on_after(loader_timeout):
-                try:
-                    return cast("R", await flight.result()), "stale"
-                except Exception:
-                    # fail-safe; logged and counted by the flight
-                    return cast("R", value), "stale"
-            return cast("R", value), "stale"
-        self._loads["misses"] += 1
-        if key not in self._flights and tier is not CacheTier.L2:
-            # A flight may have finished (and filled L1) while our lookup awaited L2.
-            again = self.l1.get_entry(key)
-            if again is not None and again[1]:
-                return cast("R", again[0]), "hit"
-        return cast("R", await self._flight(key, loader, opts).result()), "miss"
-
-    def _flight(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions
-    ) -> _Flight:
-        """The load of ``key`` in progress, or a new one started in the task group."""
-        flight = self._flights.get(key)
-        # A flight whose key was invalidated since it started carries an older value:
-        # callers arriving after the invalidation get a new flight of their own.
-        if flight is None or flight.fill.stale:
-            if self._tg is None:
-                raise self._closed_error()
-            flight = self._flights[key] = _Flight(self._cache.begin_fill(key))
-            self._tg.start_soon(self._run_flight, key, loader, opts, flight)
-        return flight
-
-    async def _run_flight(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, flight: _Flight
-    ) -> None:
-        try:
-            flight.value = await self._load(key, loader, opts, flight.fill)
-        except Exception as exc:
-            flight.error = exc
-            self._loads["errors"] += 1
-            self.log.warning(
-                "loader_failed",
-                key_prefix=key_prefix(key),
-                error=type(exc).__name__,
-                detail=str(exc),
-            )
-        except BaseException:
-            flight.error = CacheClosedError("the cache stopped while the loader ran")
-            raise
-        finally:
-            self._cache.end_fill(key, flight.fill)
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            flight.done.set()
-
-    async def _load(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
-    ) -> Any:
-        if opts.lock and self.l2 is not None:
-            return await self._load_locked(key, loader, opts, self.l2, fill)
-        return await self._call_and_store(key, loader, opts, fill)
-
-    async def _call_and_store(
-        self, key: str, loader: Callable[[], Awaitable[Any]], opts: _LoadOptions, fill: FillToken
-    ) -> Any:
-        self._loads["loads"] += 1
-        # ``fill`` is the flight's token, tracked like an L2 fill since the flight started:
-        # an invalidation of the key that lands meanwhile means the (older) result is
-        # returned to the callers but not cached.
-        tel = self._telemetry
-        with tel.span("cache.load", tel.key_attributes(key)):
-            value = await loader()
-        if fill.stale:
-            self._loads["discarded"] += 1
-            return value
-        if (value is None and not opts.cache_none) or (
-            opts.should_cache is not None and not opts.should_cache(value)
-        ):
-            return value
-        ttl = opts.ttl
-        if ttl is not None and opts.ttl_jitter:
-            ttl *= 1 + self._random.uniform(-opts.ttl_jitter, opts.ttl_jitter)
-        # Our own store must not make this flight's token stale (late callers would start a
-        # second load); any other invalidation during the store still does.
-        await self._cache.set(
-            key,
-            value,
-            ttl,
-            opts.tier,
-            tags=opts.tags,
-            stale_ttl=opts.stale_ttl,
-            publish=False,
-            own_fill=fill,
-        )
-        return value
-
-    async def _load_locked(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[Any]],
-        opts: _LoadOptions,
-        l2: RedisCache,
-        fill: FillToken,
-    ) -> Any:
-        """Load under the cross-instance lease lock (see `get_or_set`)."""
-        cfg = self.config
-        token = secrets.token_hex(16)
-        started = self._timer()
-        deadline = started + cfg.lock_timeout
-        while True:
-            try:
-                acquired = await l2.try_lock(key, token, cfg.lock_lease)
-            except BackendError:
-                if l2.breaker_state is not BreakerState.CLOSED or self._timer() >= deadline:
-                    return await self._call_and_store(key, loader, opts, fill)  # no Redis, no lock
-                # One slow reply is not an outage: try again (taking the lock is idempotent
-                # per token) until the breaker says Redis is down or lock_timeout passes.
-                acquired = False
-            if acquired:
-                break
-            found = await self._cache.get_entry(key, opts.tier)
-            if found is not None and found[1]:
-                self._loads["lock_waits"] += 1
-                return found[0]
-            now = self._timer()
-            if now >= deadline:
-                self.log.warning("lock_wait_timeout", key_prefix=key_prefix(key))
-                return await self._call_and_store(key, loader, opts, fill)
-            # Poll again after a twentieth of the time waited so far (1 ms to 100 ms): the
-            # value is seen at most ~5 % after the holder stored it (doubling delays made a
-            # 50 ms load look like 75 ms in the other processes), and a long wait settles
-            # at 10 polls a second.
-            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew_lease, l2, key, token)
-                # The holder before us may have stored the value just before we got the lock.
-                found = await self._cache.get_entry(key, opts.tier)
-                if found is not None and found[1]:
-                    value = found[0]
-                else:
-                    value = await self._call_and_store(key, loader, opts, fill)
-                tg.cancel_scope.cancel()
-            return value
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(cfg.operation_timeout * 2):
-                await l2.unlock(key, token)
-
-    async def _renew_lease(self, l2: RedisCache, key: str, token: str) -> None:
-        """Keep extending the lease while the loader runs; stop if it is no longer ours."""
-        lease = self.config.lock_lease
-        while True:
-            await anyio.sleep(lease / 3)
-            try:
-                if not await l2.renew_lock(key, token, lease):
-                    self.log.warning("lock_lost", key_prefix=key_prefix(key))
-                    return
-            except BackendError:
-                continue
+        if hit is MISSING:  # untraced, and L1 missed
+            validate_key(key)
+            return cast("R", (await engine.load(key, loader, policy()))[0])
+        return cast("R", await engine.get_or_set(key, loader, tier, policy))
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""
@@ -905,315 +508,81 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
     def stats(self) -> CacheStats:
         """Like `get_stats`, synchronously."""
-        tiers = self._cache.stats()
-        if self.bus is not None:
-            sub = self.bus.stats()
-            bus: BusInfo = {
-                "enabled": True,
-                "connected": sub["connected"],
-                "channel": sub["channel"],
-                "origin": self.origin,
-                "published": self.l2.published if self.l2 is not None else 0,
-                "received": sub["received"],
-                "applied": sub["applied"],
-                "own_skipped": sub["own_skipped"],
-                "dropped": sub["dropped"],
-                "unauthenticated": sub["unauthenticated"],
-                "losses": sub["losses"],
-                "recoveries": sub["recoveries"],
-                "connect_attempts": sub["connect_attempts"],
-                "last_loss_at": sub["last_loss_at"],
-                "last_recovery_at": sub["last_recovery_at"],
-                "mailbox": self._actor.stats(),
-            }
-        else:
-            bus = {
-                "enabled": False,
-                "connected": False,
-                "channel": self.config.channel,
-                "origin": self.origin,
-                "published": 0,
-                "received": 0,
-                "applied": 0,
-                "own_skipped": 0,
-                "dropped": 0,
-                "unauthenticated": 0,
-                "losses": 0,
-                "recoveries": 0,
-                "connect_attempts": 0,
-                "last_loss_at": None,
-                "last_recovery_at": None,
-                "mailbox": self._actor.stats(),
-            }
-        tasks: dict[str, TaskInfo] = {}
-        if self._supervisor is not None:
-            tasks = {name: TaskInfo(**info) for name, info in self._supervisor.tasks.items()}
-        empty = _telemetry.LatencyHistogram()
-        latency: LatencyInfo = {
-            "l1": self._cache.l1_latency.stats(),
-            "l2": (self.l2.latency if self.l2 is not None else empty).stats(),
-        }
-        return {
-            **tiers,
-            "bus": bus,
-            "tasks": tasks,
-            "loader": LoaderStats(**self._loads),
-            "latency": latency,
-        }
+        return collect_stats(
+            self._cache,
+            bus=self.bus.stats() if self.bus is not None else None,
+            channel=self.config.channel,
+            origin=self.origin,
+            mailbox=self._actor.stats(),
+            tasks=self._supervisor.tasks if self._supervisor is not None else {},
+            loader=self._loader.stats(),
+        )
 
     def _stats_for_metrics(self) -> CacheStats | None:
         return self.stats() if self._state is _State.RUNNING else None
 
     async def get_stats(self) -> CacheStats:
         """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus
-        ``bus`` (messages published / received / dropped, connection, losses, recoveries,
-        the L1 mailbox), ``tasks`` (state and restarts of each background task),
-        ``loader`` (``get_or_set``) and ``latency`` (p50 / p99 per tier, `LatencyInfo`).
-        ``l1_cache["memory_bytes"]`` is a sampled estimate (a few dozen entries measured).
-
-        Works in any state, so a health endpoint can report a stopped cache.
+        ``bus``, ``tasks``, ``loader`` and ``latency`` (`CacheStats`, ``docs/api.md``).
+        ``l1_cache["memory_bytes"]`` is a sampled estimate. Works in any state, so a
+        health endpoint can report a stopped cache.
         """
         return self.stats()
 
     async def health(self) -> HealthReport:
-        """``healthy`` when L2 answers, the bus is subscribed and no background task died.
-
-        Redis unreachable or the bus down is ``degraded`` (L1 still serves, within the
-        bus-loss bound); a stopped manager or a background task given up after repeated
-        crashes is ``unhealthy``. Hit rates and past error counts are stats, not health.
-        The L2 check is one PING under ``operation_timeout`` (short-circuited while the
-        breaker is open); the report turns healthy again by itself after recovery.
-        """
-        reasons: list[str] = []
-        unhealthy = False
-        if self._state is not _State.RUNNING:
-            unhealthy = True
-            reasons.append(f"cache manager is {self._state.value}")
-        l2_ok: bool | None = None
-        if self.l2 is not None and self._state is _State.RUNNING:
-            l2_ok = await self.l2.ping()
-            if not l2_ok:
-                reasons.append("redis unreachable: serving from L1 and loaders")
-        bus_ok: bool | None = None
-        if self.bus is not None:
-            bus_ok = self.bus.connected
-            if not bus_ok and self._state is _State.RUNNING:
-                reasons.append(
-                    "invalidation bus disconnected: L1 entries are served at most "
-                    f"{self.config.max_stale_on_bus_loss:g}s after the loss"
-                )
-        tasks = self.stats()["tasks"]
-        for name in self._supervisor.failed() if self._supervisor is not None else []:
-            unhealthy = True
-            reasons.append(f"background task {name} failed: {tasks[name]['last_error']}")
-        status: Literal["healthy", "degraded", "unhealthy"] = (
-            "unhealthy" if unhealthy else "degraded" if reasons else "healthy"
+        """``healthy`` when L2 answers, the bus is subscribed and no background task died;
+        Redis unreachable or the bus down is ``degraded``; a stopped manager or a task
+        given up after repeated crashes is ``unhealthy`` (`monitoring.check_health`). The
+        L2 check is one PING under ``operation_timeout``."""
+        return await check_health(
+            state=self._state.value,
+            ping=self.l2.ping if self.l2 is not None else None,
+            bus_connected=self.bus.connected if self.bus is not None else None,
+            max_stale_on_bus_loss=self.config.max_stale_on_bus_loss,
+            tasks=self.stats()["tasks"],
         )
-        return {
-            "status": status,
-            "reasons": reasons,
-            "l2_connected": l2_ok,
-            "bus_connected": bus_ok,
-            "tasks": tasks,
-        }
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        """The background tasks' supervisor while running (for `CacheMonitor`), or ``None``."""
+        return self._supervisor if self._state is _State.RUNNING else None
+
+    @property
+    def load_engine(self) -> LoadEngine:
+        """The engine of `get_or_set` and of the `cached` functions."""
+        return self._loader
 
     @property
     def multi_tier(self) -> MultiTierCache:
         """The `MultiTierCache` this manager drives."""
         return self._cache
 
-    # -- decorators ------------------------------------------------------------------------
-
-    def cached(
-        self,
-        *,
-        ttl: TTL = USE_DEFAULT,
-        key_prefix: str | None = None,
-        tier: CacheTier = CacheTier.BOTH,
-        exclude: str | Collection[str] = (),
-        key_builder: Callable[..., str] | None = None,
-        cache_none: bool = True,
-        unless: Callable[[Any], bool] | None = None,
-        condition: Callable[[Any], bool] | None = None,
-        ttl_jitter: float = 0.0,
-        stale_ttl: float | None = None,
-        loader_timeout: float | None = None,
-        lock: bool | None = None,
-        tags: str | Collection[str] = (),
-    ) -> _decorators.CachedDecorator:
-        """Decorator caching a function's results, keyed by its arguments.
-
-        ``@cache.cached(ttl=3600, key_prefix="user_profile")`` over
-        ``async def get_user_profile(user_id: int)`` caches under ``user_profile:<user_id>``.
-        Every option is described in `coherent_cache.decorators.cached` and
-        ``docs/decorators.md``.
-        """
-        return _decorators.cached(
-            self,
-            ttl=ttl,
-            key_prefix=key_prefix,
-            tier=tier,
-            exclude=exclude,
-            key_builder=key_builder,
-            cache_none=cache_none,
-            unless=unless,
-            condition=condition,
-            ttl_jitter=ttl_jitter,
-            stale_ttl=stale_ttl,
-            loader_timeout=loader_timeout,
-            lock=lock,
-            tags=tags,
-        )
-
-    def cache_invalidate(self, *patterns: str) -> _decorators.CacheInvalidateDecorator:
-        """Decorator clearing ``patterns`` on every tier and instance after a successful call.
-
-        ``@cache.cache_invalidate("user_profile:{user_id}")`` fills the placeholder from the
-        call's arguments (glob-escaped); see `coherent_cache.decorators.cache_invalidate`.
-        """
-        return _decorators.cache_invalidate(self, *patterns)
-
-    # -- warming ---------------------------------------------------------------------------
-
-    _warmer: CacheWarmer | None = None
+    # the functions of `coherent_cache.decorators` and `CacheWarmer`'s methods, bound here
+    cached = _decorators.cached
+    cache_invalidate = _decorators.cache_invalidate
 
     @property
     def warmer(self) -> CacheWarmer:
         """This manager's `CacheWarmer` (made on first use)."""
         if self._warmer is None:
-            self._warmer = CacheWarmer(self)
+            launcher = WarmLauncher(self._warm_task_group, self._warm_supervisor)
+            self._warmer = CacheWarmer(self, telemetry=self._telemetry, launcher=launcher)
         return self._warmer
 
-    async def warm_cache(
-        self,
-        data_source: DataSource,
-        batch_size: int = 100,
-        *,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-        progress: ProgressCallback | None = None,
-        name: str | None = None,
-    ) -> WarmResult:
-        """Pre-load ``data_source``'s ``(key, value)`` / ``(key, value, ttl)`` items.
+    warm_cache = WarmerMethod(CacheWarmer.warm_cache)
+    warm_in_background = WarmerMethod(CacheWarmer.warm_in_background)
+    schedule_warming = WarmerMethod(CacheWarmer.schedule_warming)
+    warm_when = WarmerMethod(CacheWarmer.warm_when)
 
-        One pipelined L2 round trip per ``batch_size`` items, no bus message (a fill, not a
-        write), the first ``memory_cache_size`` items also in this instance's L1; bad items
-        are skipped and reported, an L2 outage marks a batch failed and the warm goes on.
-        See `CacheWarmer.warm_cache` and ``docs/warming.md``.
-
-        Raises:
-            CacheClosedError: the manager is not running.
-            Exception: whatever ``data_source`` or ``progress`` raised.
-        """
-        return await self.warmer.warm_cache(
-            data_source, batch_size, ttl=ttl, tier=tier, progress=progress, name=name
-        )
-
-    def warm_in_background(
-        self,
-        data_source: DataSource,
-        batch_size: int = 100,
-        *,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-        progress: ProgressCallback | None = None,
-        name: str | None = None,
-    ) -> WarmHandle:
-        """Start `warm_cache` in the manager's task group and return at once.
-
-        ``await handle.wait()`` gives its `WarmResult` or raises its exception;
-        ``handle.cancel()`` stops it. A failing warm is logged and kept in the handle; it
-        never disturbs the manager. Stopping the manager cancels it.
-
-        Raises:
-            CacheClosedError: the manager is not running.
-        """
+    def _warm_task_group(self) -> TaskGroup:
         if self._state is not _State.RUNNING or self._tg is None:
             raise self._closed_error()
-        return self.warmer._start_background(
-            self._tg, data_source, batch_size, ttl, tier, progress, name
-        )
+        return self._tg
 
-    def schedule_warming(
-        self,
-        data_source: DataSource,
-        *,
-        every: float,
-        on_start: bool = False,
-        name: str | None = None,
-        batch_size: int = 100,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-    ) -> WarmSchedule:
-        """Re-run a warm every ``every`` seconds (and once at start with ``on_start``).
-
-        Supervised as the task ``warm:<name>`` (``get_stats()["tasks"]``); a failing run is
-        logged and counted in the returned `WarmSchedule`, which `WarmSchedule.cancel`
-        stops. May be called before `start`: it begins when the manager starts.
-        ``data_source`` is read again on every run, so it must be a function (or a
-        re-iterable), not an iterator.
-
-        Raises:
-            CacheClosedError: the manager was stopped.
-            ValueError, TypeError: bad arguments.
-        """
+    def _warm_supervisor(self) -> Supervisor | None:
         if self._state is _State.CLOSED:
             raise self._closed_error()
-        return self.warmer._add_schedule(
-            data_source,
-            name=name,
-            batch_size=batch_size,
-            ttl=ttl,
-            tier=tier,
-            every=every,
-            on_start=on_start,
-            supervisor=self._supervisor if self._state is _State.RUNNING else None,
-        )
-
-    def warm_when(
-        self,
-        data_source: DataSource,
-        *,
-        hit_rate_below: float | None = 0.5,
-        on_start: bool = False,
-        check_every: float = 10.0,
-        min_requests: int = 100,
-        name: str | None = None,
-        batch_size: int = 100,
-        ttl: TTL = USE_DEFAULT,
-        tier: CacheTier = CacheTier.BOTH,
-    ) -> WarmSchedule:
-        """Warm when the L1 hit rate drops below ``hit_rate_below``, and/or on start.
-
-        Every ``check_every`` seconds the L1 hit rate since the previous check (or warm)
-        is computed; once that window holds at least ``min_requests`` lookups and its rate
-        is below the threshold, the warm runs. ``on_start=True`` also warms once as soon as
-        the manager runs; ``hit_rate_below=None, on_start=True`` warms on start only.
-        Supervised and cancellable like `schedule_warming`.
-
-        Raises:
-            CacheClosedError: the manager was stopped.
-            ValueError, TypeError: bad arguments, or neither a threshold nor ``on_start``.
-        """
-        if self._state is _State.CLOSED:
-            raise self._closed_error()
-        return self.warmer._add_schedule(
-            data_source,
-            name=name,
-            batch_size=batch_size,
-            ttl=ttl,
-            tier=tier,
-            hit_rate_below=hit_rate_below,
-            check_every=check_every,
-            min_requests=min_requests,
-            on_start=on_start,
-            supervisor=self._supervisor if self._state is _State.RUNNING else None,
-        )
-
-    def _start_warmers(self) -> None:
-        """Launch the warmers scheduled before `start` (called once the manager runs)."""
-        if self._warmer is not None and self._supervisor is not None:
-            self._warmer._launch_schedules(self._supervisor)
+        return self._supervisor if self._state is _State.RUNNING else None
 
 
 def create_cache_manager(config: CacheConfig | None = None) -> CacheManager:

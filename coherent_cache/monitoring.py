@@ -1,25 +1,225 @@
-"""CacheMonitor: a periodic ``cache.stats`` log event and alert hooks over the stats."""
+"""The cache's statistics and health, and CacheMonitor: a periodic ``cache_stats`` log
+event and alert hooks over those statistics."""
 
 from __future__ import annotations
 
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, final
+from typing import Any, Literal, Protocol, TypedDict, final
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from ._supervisor import Supervisor, TaskInfo, TaskState
+from ._telemetry import LatencyHistogram, LatencyStats
+from .bus import BusStats
 from .errors import CacheClosedError
+from .l1 import ActorStats
+from .multitier import MultiTierCache, TierStats
 
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-    from .manager import CacheManager, CacheStats
-
-__all__ = ["AlertHook", "AlertKind", "CacheMonitor", "MonitorReport"]
+__all__ = [
+    "AlertHook",
+    "AlertKind",
+    "BusInfo",
+    "CacheMonitor",
+    "CacheStats",
+    "HealthReport",
+    "LatencyInfo",
+    "LoaderStats",
+    "MonitorReport",
+    "MonitoredCache",
+]
 
 log = structlog.get_logger("coherent_cache")
+
+
+class BusInfo(BusStats):
+    """The invalidation bus in `CacheStats`: the subscriber, publishing and the L1 mailbox."""
+
+    published: int
+    mailbox: ActorStats
+
+
+class LatencyInfo(TypedDict):
+    """Latency per tier in `CacheStats`, from fixed log-scale buckets (about 19 % wide).
+
+    ``l1``: L1 lookups of ``get``, ``get_or_set`` and decorated calls (one in 64 is timed,
+    `multitier.L1_LATENCY_SAMPLE`); ``l2``: round trips of successful Redis calls.
+    """
+
+    l1: LatencyStats
+    l2: LatencyStats
+
+
+class LoaderStats(TypedDict):
+    """``get_or_set`` figures in `CacheStats`."""
+
+    hits: int
+    misses: int
+    loads: int
+    errors: int
+    stale_served: int
+    lock_waits: int
+    discarded: int
+
+
+class CacheStats(TierStats):
+    """Everything `CacheManager.get_stats` reports: the seed's shape plus bus and tasks."""
+
+    bus: BusInfo
+    tasks: dict[str, TaskInfo]
+    loader: LoaderStats
+    latency: LatencyInfo
+
+
+class HealthReport(TypedDict):
+    """What `CacheManager.health` returns."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    reasons: list[str]
+    l2_connected: bool | None
+    bus_connected: bool | None
+    tasks: dict[str, TaskInfo]
+
+
+def collect_stats(
+    tiers: MultiTierCache,
+    *,
+    bus: BusStats | None,
+    channel: str,
+    origin: str,
+    mailbox: ActorStats,
+    tasks: dict[str, TaskInfo],
+    loader: LoaderStats,
+) -> CacheStats:
+    """`CacheStats` from the figures of the parts (``bus=None``: no bus)."""
+    l2 = tiers.l2
+    latency: LatencyInfo = {
+        "l1": tiers.l1_latency.stats(),
+        "l2": (l2.latency if l2 is not None else LatencyHistogram()).stats(),
+    }
+    return {
+        **tiers.stats(),
+        "bus": _bus_info(
+            bus,
+            channel=channel,
+            origin=origin,
+            published=l2.published if l2 is not None else 0,
+            mailbox=mailbox,
+        ),
+        "tasks": {name: TaskInfo(**info) for name, info in tasks.items()},
+        "loader": loader,
+        "latency": latency,
+    }
+
+
+def _bus_info(
+    bus: BusStats | None, *, channel: str, origin: str, published: int, mailbox: ActorStats
+) -> BusInfo:
+    if bus is None:
+        return {
+            "enabled": False,
+            "connected": False,
+            "channel": channel,
+            "origin": origin,
+            "published": 0,
+            "received": 0,
+            "applied": 0,
+            "own_skipped": 0,
+            "dropped": 0,
+            "unauthenticated": 0,
+            "losses": 0,
+            "recoveries": 0,
+            "connect_attempts": 0,
+            "last_loss_at": None,
+            "last_recovery_at": None,
+            "mailbox": mailbox,
+        }
+    return {
+        "enabled": True,
+        "connected": bus["connected"],
+        "channel": bus["channel"],
+        "origin": origin,
+        "published": published,
+        "received": bus["received"],
+        "applied": bus["applied"],
+        "own_skipped": bus["own_skipped"],
+        "dropped": bus["dropped"],
+        "unauthenticated": bus["unauthenticated"],
+        "losses": bus["losses"],
+        "recoveries": bus["recoveries"],
+        "connect_attempts": bus["connect_attempts"],
+        "last_loss_at": bus["last_loss_at"],
+        "last_recovery_at": bus["last_recovery_at"],
+        "mailbox": mailbox,
+    }
+
+
+async def check_health(
+    *,
+    state: str,
+    ping: Callable[[], Awaitable[bool]] | None,
+    bus_connected: bool | None,
+    max_stale_on_bus_loss: float,
+    tasks: dict[str, TaskInfo],
+) -> HealthReport:
+    """The health report (see `CacheManager.health`).
+
+    Args:
+        state: the manager's state (``new``, ``running``, ``closed``).
+        ping: one bounded PING of the L2 (``None``: no L2); not called unless running.
+        bus_connected: whether the bus is subscribed (``None``: no bus).
+        max_stale_on_bus_loss: quoted in the reason of a lost bus.
+        tasks: the background tasks' states.
+    """
+    running = state == "running"
+    reasons: list[str] = []
+    unhealthy = False
+    if not running:
+        unhealthy = True
+        reasons.append(f"cache manager is {state}")
+    l2_ok: bool | None = None
+    if ping is not None and running:
+        l2_ok = await ping()
+        if not l2_ok:
+            reasons.append("redis unreachable: serving from L1 and loaders")
+    if bus_connected is not None and not bus_connected and running:
+        reasons.append(
+            "invalidation bus disconnected: L1 entries are served at most "
+            f"{max_stale_on_bus_loss:g}s after the loss"
+        )
+    for name, info in tasks.items():
+        if info["state"] == TaskState.FAILED:
+            unhealthy = True
+            reasons.append(f"background task {name} failed: {info['last_error']}")
+    status: Literal["healthy", "degraded", "unhealthy"] = (
+        "unhealthy" if unhealthy else "degraded" if reasons else "healthy"
+    )
+    return {
+        "status": status,
+        "reasons": reasons,
+        "l2_connected": l2_ok,
+        "bus_connected": bus_connected,
+        "tasks": tasks,
+    }
+
+
+class MonitoredCache(Protocol):
+    """What a `CacheMonitor` watches: a `CacheManager` (its public surface)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def supervisor(self) -> Supervisor | None: ...
+
+    @property
+    def log(self) -> Any: ...
+
+    def stats(self) -> CacheStats: ...
+
 
 AlertKind = Literal["low_hit_rate", "high_error_rate"]
 AlertHook = Callable[[AlertKind, dict[str, Any]], Awaitable[None] | None]
@@ -27,7 +227,7 @@ AlertHook = Callable[[AlertKind, dict[str, Any]], Awaitable[None] | None]
 
 
 class MonitorReport(TypedDict):
-    """What one monitoring interval measured (also the fields of the ``cache.stats`` event)."""
+    """What one monitoring interval measured (also the fields of the ``cache_stats`` event)."""
 
     interval_s: float
     l1_hit_rate: float | None
@@ -51,7 +251,7 @@ class MonitorReport(TypedDict):
 
 @final
 class CacheMonitor:
-    """Logs a ``cache.stats`` event every ``interval`` seconds and raises alerts.
+    """Logs a ``cache_stats`` event every ``interval`` seconds and raises alerts.
 
     The loop runs as the supervised background task ``monitor`` of its `CacheManager`
     (``get_stats()["tasks"]``); ``CacheConfig.enable_monitoring`` starts one with the
@@ -69,14 +269,14 @@ class CacheMonitor:
             the last interval exceed this.
         on_alert: called as ``on_alert(kind, details)`` (sync or async); an exception it
             raises is logged and does not stop the monitor. Alerts are logged either way
-            (``cache.alert``, warning).
+            (``cache_alert``, warning).
         name: the background task's name; ``monitor`` unless taken (then ``monitor-2``...).
         timer: monotonic clock (tests).
     """
 
     def __init__(
         self,
-        manager: CacheManager,
+        manager: MonitoredCache,
         *,
         interval: float = 60.0,
         hit_rate_alert_below: float | None = None,
@@ -117,18 +317,14 @@ class CacheMonitor:
         """
         if self.running:
             return
-        supervisor = self.manager._supervisor
+        supervisor = self.manager.supervisor
         if supervisor is None or not self.manager.running:
             raise CacheClosedError("start the CacheManager before its monitor")
-        await self._launch(supervisor)
-
-    async def _launch(self, supervisor: Supervisor) -> None:
-        """Start the loop under ``supervisor`` (the manager's, also while it starts)."""
         base, n = self.name, 1
         while self.name in supervisor.tasks and supervisor.tasks[self.name]["state"] in (
-            "starting",
-            "running",
-            "backoff",
+            TaskState.STARTING,
+            TaskState.RUNNING,
+            TaskState.BACKOFF,
         ):
             n += 1
             self.name = f"{base}-{n}"
@@ -223,9 +419,9 @@ class CacheMonitor:
         report["alerts"] = [kind for kind, _ in alerts]
         self.reports += 1
         logger = self.manager.log
-        logger.info("cache.stats", **report)
+        logger.info("cache_stats", **report)
         for kind, details in alerts:
-            logger.warning("cache.alert", kind=kind, **details)
+            logger.warning("cache_alert", kind=kind, **details)
             if self.on_alert is not None:
                 try:
                     result = self.on_alert(kind, details)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, TypedDict, final
 
+import anyio.lowlevel
+
 from . import _telemetry
+from ._flight import FillToken, Flight
 from .bus import BusMessage
 from .config import CacheTier
 from .errors import BackendError
@@ -21,10 +23,8 @@ from .types import MISSING, TTL, USE_DEFAULT, check_ttl
 
 __all__ = ["MultiTierCache", "TierStats"]
 
-_RETRY: Final[Any] = object()
-"""A shared L2 read whose first caller was cancelled: each joiner reads for itself."""
 L1_LATENCY_SAMPLE: Final = 64
-"""`get` times one L1 lookup in 64 (when the hit count is a multiple of 64): timing every
+"""`peek` times one L1 lookup in 64 (when the hit count is a multiple of 64): timing every
 one (two clock reads and a bucket increment) would add about a tenth to an L1 hit."""
 
 
@@ -39,16 +39,6 @@ class TierStats(TypedDict):
     total_deletes: int
     l2_enabled: bool
     namespace: str
-
-
-@final
-class FillToken:
-    """One L2 read in flight whose result may be copied into L1, unless made stale."""
-
-    __slots__ = ("stale",)
-
-    def __init__(self) -> None:
-        self.stale = False
 
 
 @final
@@ -99,10 +89,10 @@ class MultiTierCache:
         self.default_ttl = default_ttl
         self.namespace = namespace
         self._fills: dict[str, list[FillToken]] = {}
-        # L2 read-throughs in flight: key -> (its fill token, the future of its result).
-        self._reads: dict[str, tuple[FillToken, asyncio.Future[Any]]] = {}
+        # L2 read-throughs in flight, shared by concurrent misses of one key.
+        self._reads: dict[str, Flight] = {}
         self.l1_latency = _telemetry.LatencyHistogram()
-        """Durations of L1 lookups by `get` (one in 64 is timed, `L1_LATENCY_SAMPLE`)."""
+        """Durations of L1 lookups by `peek` (one in 64 is timed, `L1_LATENCY_SAMPLE`)."""
         self._hits = 0
         self._misses = 0
         self._sets = 0
@@ -155,14 +145,14 @@ class MultiTierCache:
             for fill in fills:
                 fill.stale = True
 
-    # -- reads -----------------------------------------------------------------------------
+    # -- reads: two entrances, `peek` (the hot path) and `read` ----------------------------
 
-    def l1_get(self, key: str) -> Any:
+    def peek(self, key: str) -> Any:
         """The fresh L1 value of ``key``, counted as a hit, or `MISSING` (not counted yet).
 
-        The hot path of `get` (and `CacheManager.get`): no coroutine, no validation before
-        the lookup. Only valid keys are ever stored, so an invalid key cannot hit; it is
-        validated on the miss path (`get_after_l1_miss`), or here if it is not hashable.
+        The hot path of ``get``, ``get_or_set`` and decorated calls: no coroutine, no
+        validation before the lookup. Only valid keys are ever stored, so an invalid key
+        cannot hit; the caller validates it before `read` (an unhashable one raises here).
         """
         try:
             if self._hits & 63:  # L1_LATENCY_SAMPLE - 1, literal: this is the hot path
@@ -178,101 +168,60 @@ class MultiTierCache:
             self._hits += 1
         return value
 
-    async def get_after_l1_miss(self, key: str, tier: CacheTier, default: Any) -> Any:
-        """`get` after `l1_get` returned `MISSING` (or without it, for ``tier=L2``)."""
-        validate_key(key)
-        value = MISSING
-        if tier is CacheTier.L2:
-            if self.l2 is not None:
-                value = await self.l2.get(key, MISSING)
-        elif tier is CacheTier.BOTH and self.l2 is not None:
-            found = await self._fill_from_l2(key)
-            if found is not None and found[1]:
-                value = found[0]
-        if value is MISSING:
-            self._misses += 1
-            return default
-        self._hits += 1
-        return value
-
-    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
-        """Return the value of ``key`` from the tiers asked for, or ``default``."""
-        if tier is not CacheTier.L2:
-            value = self.l1_get(key)
-            if value is not MISSING:
-                return value
-        return await self.get_after_l1_miss(key, tier, default)
-
-    async def lookup(self, key: str, tier: CacheTier = CacheTier.BOTH) -> tuple[Any, str | None]:
-        """Like `get`, but return ``(value, tier that answered)``; ``(MISSING, None)`` on a miss.
-
-        The traced path of `CacheManager.get` (it needs the tier for the span). `get` keeps
-        its own copy of this logic on purpose: building the tuple costs ~8 % of an L1 hit.
-        """
-        validate_key(key)
-        value = MISSING
-        answered: str | None = None
-        if tier is CacheTier.L2:
-            if self.l2 is not None:
-                value = await self.l2.get(key, MISSING)
-                answered = "l2"
-        else:
-            started = time.perf_counter_ns()
-            value = self.l1.get(key, MISSING)
-            self.l1_latency.record(time.perf_counter_ns() - started)
-            answered = "l1"
-            if value is MISSING and tier is CacheTier.BOTH and self.l2 is not None:
-                answered = "l2"
-                found = await self._fill_from_l2(key)
-                if found is not None and found[1]:
-                    value = found[0]
-        if value is MISSING:
-            self._misses += 1
-            return MISSING, None
-        self._hits += 1
-        return value, answered
-
-    def l1_hit(self, key: str) -> Any:
-        """The fresh L1 value of ``key`` or `MISSING`; counted like a get (no validation)."""
-        value = self.l1.get(key, MISSING)
-        if value is not MISSING:
-            self._hits += 1
-        return value
-
-    def count_miss(self) -> None:
-        """Count a miss in the totals (a `get_or_set` caller that joined a load in flight)."""
-        self._misses += 1
-
-    async def get_entry(
-        self, key: str, tier: CacheTier = CacheTier.BOTH
+    async def read(
+        self, key: str, tier: CacheTier = CacheTier.BOTH, *, allow_stale: bool = False
     ) -> tuple[Any, bool] | None:
-        """``(value, fresh)`` of ``key``, stale entries included, or ``None``.
+        """``(value, fresh)`` of ``key`` after `peek` missed (or, for ``tier=L2``, instead of
+        it), or ``None``; counted in the totals (a fresh value is a hit, anything else a miss).
 
-        Used by ``get_or_set``: a stale entry can still be served while it is refreshed.
-        Counted in the totals (a fresh value is a hit); not in the L1 figures.
+        ``key`` must be valid (checked by the caller, at the public boundary).
+
+        - ``allow_stale=False`` (``get``): L1 held no fresh value, so only L2 is read: for
+          ``BOTH`` with the fill-race guard and one shared read per key (`_fill_from_l2`),
+          for ``L2`` with a plain ``GET``. Only fresh values are returned.
+        - ``allow_stale=True`` (``get_or_set``): L1's entry first, stale ones included,
+          then L2 (``BOTH``: guarded and shared; ``L2``: its entry, not installed).
+
+        After a ``BOTH`` read found nothing fresh in L2, L1 is looked at again: a
+        concurrent fill or load may have installed the key meanwhile.
         """
-        found = await self._lookup_entry(key, tier)
+        found: tuple[Any, bool] | None = None
+        if allow_stale and tier is not CacheTier.L2:
+            found = self.l1.get_entry(key)
+        l2 = self.l2
+        if found is None and l2 is not None and tier is not CacheTier.L1:
+            if tier is CacheTier.BOTH:
+                found = await self._fill_from_l2(key)
+                if found is None or not found[1]:
+                    again = self.l1.get_entry(key)
+                    if again is not None and again[1]:
+                        found = again
+            elif allow_stale:
+                entry_ttl = await l2.get_entry_with_ttl(key)
+                if entry_ttl is not None:
+                    found = entry_ttl[0].value, entry_ttl[0].is_fresh()
+            else:
+                value = await l2.get(key, MISSING)
+                if value is not MISSING:
+                    found = value, True
         if found is not None and found[1]:
             self._hits += 1
-        else:
-            self._misses += 1
-        return found
+            return found
+        self._misses += 1
+        return found if allow_stale else None
 
-    async def _lookup_entry(self, key: str, tier: CacheTier) -> tuple[Any, bool] | None:
-        validate_key(key)
+    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
+        """Return the value of ``key`` from the tiers asked for, or ``default``.
+
+        `peek`, then `read` on a miss.
+        """
         if tier is not CacheTier.L2:
-            found = self.l1.get_entry(key)
-            if found is not None or tier is CacheTier.L1:
-                return found
-        if self.l2 is None:
-            return None
-        if tier is CacheTier.L2:
-            l2_found = await self.l2.get_entry_with_ttl(key)
-            if l2_found is None:
-                return None
-            entry = l2_found[0]
-            return entry.value, entry.is_fresh()
-        return await self._fill_from_l2(key)
+            value = self.peek(key)
+            if value is not MISSING:
+                return value
+        validate_key(key)
+        found = await self.read(key, tier)
+        return default if found is None else found[0]
 
     def begin_fill(self, key: str) -> FillToken:
         """Start tracking a read of ``key`` whose result may be cached; see `end_fill`.
@@ -300,21 +249,21 @@ class MultiTierCache:
         a read may predate a write whose result the caller must see.
         """
         shared = self._reads.get(key)
-        if shared is not None and not shared[0].stale:
-            found = await asyncio.shield(shared[1])
-            if found is not _RETRY:
-                return found  # type: ignore[no-any-return]
+        if shared is not None and not shared.fill.stale:
+            await shared.wait()
+            if shared.value is not MISSING:
+                return shared.value  # type: ignore[no-any-return]
+            # its first caller was cancelled: read for ourselves
         fill = self.begin_fill(key)
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._reads[key] = (fill, answer)
-        found = _RETRY  # if this caller is cancelled, the joiners read for themselves
+        flight = self._reads[key] = Flight(fill)
         try:
             found = await self._read_and_install(key, fill)
+            flight.value = found
             return found
         finally:
             self.end_fill(key, fill)
-            answer.set_result(found)
-            if self._reads.get(key, (None, None))[1] is answer:
+            flight.finish()
+            if self._reads.get(key) is flight:
                 del self._reads[key]
 
     async def _read_and_install(self, key: str, fill: FillToken) -> tuple[Any, bool] | None:
@@ -379,6 +328,26 @@ class MultiTierCache:
         seconds = self.resolve_ttl(ttl)
         tag_tuple = validate_tags(tags)
         stale = check_ttl(stale_ttl) if stale_ttl is not None else None
+        return await self.store(
+            key, value, seconds, tier, tags=tag_tuple, stale_ttl=stale, publish=publish,
+            own_fill=own_fill,
+        )  # fmt: skip
+
+    async def store(
+        self,
+        key: str,
+        value: Any,
+        seconds: float | None,
+        tier: CacheTier,
+        *,
+        tags: tuple[str, ...],
+        stale_ttl: float | None,
+        publish: bool,
+        own_fill: FillToken | None,
+    ) -> bool:
+        """`set` with arguments already checked (a valid key, resolved TTLs, valid tags):
+        the store of a load, whose `LoadPolicy` was checked once."""
+        tag_tuple, stale = tags, stale_ttl
         raw = self.serializer.dumps(value, key=key)
         fresh_until = None
         if stale is not None and seconds is not None:
@@ -420,6 +389,59 @@ class MultiTierCache:
                     # Neither L2 nor the other instances have this value: like a write made
                     # while the bus is down, serve it for a bounded time only.
                     self._cap_unconfirmed(key, decoded, seconds, tag_tuple)
+
+    async def store_fills(
+        self,
+        items: Sequence[tuple[str, bytes, float | None, bytes]],
+        tier: CacheTier,
+        l1_budget: int,
+    ) -> tuple[int, int, BackendError | None]:
+        """Store a batch of fills (a warm): ``(key, payload, ttl, encoded value)`` items.
+
+        With an L2 (``BOTH``, ``L2``): one pipelined round trip, no bus message (a fill,
+        not a write). Each item holds a fill token meanwhile: an invalidation of its key
+        while the batch is in flight (local write, bus message, pattern clear,
+        resubscription) makes it stale, and a stale item is neither installed in L1 nor
+        allowed to disturb what L1 holds now. Other items drop any older L1 copy (fencing
+        reads that fetched the previous L2 value); for ``BOTH`` the first ``l1_budget`` of
+        them are installed in L1. Without an L2 (``L1``, or none configured) every item
+        goes to L1.
+
+        Returns:
+            ``(items installed in L1, L1 budget left, the L2 error or None)``.
+        """
+        loads = self.serializer.loads
+        l2 = self.l2 if tier is not CacheTier.L1 else None
+        if l2 is None:
+            for key, _payload, seconds, raw in items:
+                self.invalidate_local(key)
+                self.l1.set(key, loads(raw), seconds)
+            await anyio.lowlevel.checkpoint()
+            return len(items), l1_budget, None
+        to_l1 = tier is CacheTier.BOTH
+        fills = [self.begin_fill(key) for key, *_ in items]
+        error: BackendError | None = None
+        sent = self.l1.now()  # L2 TTLs count from the SETs: L1's count from before them
+        try:
+            await l2.set_payloads([(k, p, s) for k, p, s, _ in items], raise_errors=True)
+        except BackendError as exc:
+            error = exc
+        finally:
+            for (key, *_), fill in zip(items, fills, strict=True):
+                self.end_fill(key, fill)
+        installed = 0
+        for (key, _payload, seconds, raw), fill in zip(items, fills, strict=True):
+            bound = to_l1 and l1_budget > 0
+            if bound:
+                l1_budget -= 1
+            if fill.stale:
+                continue
+            self.invalidate_local(key)
+            left = None if seconds is None else seconds - (self.l1.now() - sent)
+            if bound and (left is None or left > 0):
+                self.l1.set(key, loads(raw), left)
+                installed += 1
+        return installed, l1_budget, error
 
     def _cap_unconfirmed(
         self, key: str, value: Any, seconds: float | None, tags: tuple[str, ...]

@@ -28,13 +28,17 @@ TTL: TypeAlias = float | Literal[UseDefault.USE_DEFAULT] | None
 
 class _Missing(enum.Enum):
     MISSING = "MISSING"
+    NOT_LOOKED = "NOT_LOOKED"
 
     def __repr__(self) -> str:
-        return "MISSING"
+        return self.value
 
 
 MISSING: Final[Any] = _Missing.MISSING
 """The package's one "no value" sentinel (a cached value may be ``None``)."""
+
+NOT_LOOKED: Final[Any] = _Missing.NOT_LOOKED
+"""`LoadEngine.fast_hit`: L1 was not consulted (the call is traced, or the cache is closed)."""
 
 
 def check_ttl(ttl: object) -> float | None:

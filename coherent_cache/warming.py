@@ -14,20 +14,39 @@ import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
+from typing import (
+    Any,
+    Concatenate,
+    Final,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeAlias,
+    TypeVar,
+    final,
+    overload,
+)
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._supervisor import Supervisor
+from ._telemetry import Telemetry
+from ._warm_input import (
+    Batches,
+    check_count,
+    check_fraction,
+    check_positive,
+    shown_key,
+    source_name,
+)
 from .config import CacheTier
-from .errors import BackendError, CacheClosedError, CacheError
+from .errors import CacheClosedError, CacheError
 from .keys import key_prefix, validate_key
+from .l1 import InMemoryCache
+from .multitier import MultiTierCache
 from .types import TTL, USE_DEFAULT, check_ttl
-
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-    from .manager import CacheManager
 
 __all__ = [
     "CacheWarmer",
@@ -35,8 +54,11 @@ __all__ = [
     "ProgressCallback",
     "WarmHandle",
     "WarmItem",
+    "WarmLauncher",
     "WarmResult",
     "WarmSchedule",
+    "WarmTarget",
+    "WarmerMethod",
 ]
 
 
@@ -141,60 +163,66 @@ class _BadItem(Exception):
     """An item that is not a ``(key, value)`` or ``(key, value, ttl)`` sequence."""
 
 
-def _source_name(source: object) -> str:
-    name = getattr(source, "__name__", None)
-    return name if isinstance(name, str) and name else type(source).__qualname__
+@final
+@dataclass(frozen=True, slots=True)
+class WarmLauncher:
+    """How a `CacheWarmer` starts background work in its manager.
+
+    Attributes:
+        task_group: the running manager's task group (background warms), or raises
+            `CacheClosedError` when the manager is not running.
+        supervisor: the running manager's supervisor (schedules), ``None`` before the
+            manager starts (schedules then wait for `CacheWarmer.launch_schedules`); raises
+            `CacheClosedError` once it was stopped.
+    """
+
+    task_group: Callable[[], TaskGroup]
+    supervisor: Callable[[], Supervisor | None]
 
 
-def _shown_key(key: object) -> str:
-    return key if isinstance(key, str) else repr(key)
+class WarmTarget(Protocol):
+    """What a `CacheWarmer` warms: a `CacheManager` (its public surface)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def log(self) -> Any: ...
+
+    @property
+    def l1(self) -> InMemoryCache: ...
+
+    @property
+    def multi_tier(self) -> MultiTierCache: ...
+
+    @property
+    def warmer(self) -> CacheWarmer: ...
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @final
-class _Batches:
-    """Reads a data source ``size`` items at a time, so a large one never sits in memory."""
+class WarmerMethod(Generic[P, R]):
+    """A `CacheManager` method that is the same method of the manager's `CacheWarmer`
+    (``cache.warm_when(...)`` is ``cache.warmer.warm_when(...)``)."""
 
-    def __init__(self, source: object) -> None:
-        self._source = source
-        self._aiter: AsyncIterator[object] | None = None
-        self._iter: Iterator[object] | None = None
+    def __init__(self, method: Callable[Concatenate[CacheWarmer, P], R]) -> None:
+        self._method = method
+        self.__doc__ = method.__doc__
+        self.__wrapped__ = method
 
-    async def open(self) -> None:
-        produced: Any = self._source
-        if callable(produced) and not isinstance(produced, AsyncIterable | Iterable):
-            produced = produced()
-            if inspect.isawaitable(produced):
-                produced = await produced
-        if isinstance(produced, AsyncIterable):
-            self._aiter = aiter(produced)
-        elif isinstance(produced, Iterable) and not isinstance(produced, str | bytes):
-            self._iter = iter(produced)
-        else:
-            raise TypeError(
-                "data_source must be an async function returning (key, value) items, an "
-                f"async iterable or an iterable of them; got {type(produced).__qualname__}"
-            )
+    @overload
+    def __get__(self, manager: None, owner: type[Any] | None = None) -> WarmerMethod[P, R]: ...
 
-    async def next(self, size: int) -> list[object]:
-        if self._aiter is not None:
-            batch: list[object] = []
-            while len(batch) < size:
-                try:
-                    batch.append(await anext(self._aiter))
-                except StopAsyncIteration:
-                    break
-            return batch
-        assert self._iter is not None
-        return list(itertools.islice(self._iter, size))
+    @overload
+    def __get__(self, manager: WarmTarget, owner: type[Any] | None = None) -> Callable[P, R]: ...
 
-    async def aclose(self) -> None:
-        """Finalise an async generator source now (it may hold a database cursor)."""
-        closer = getattr(self._aiter if self._aiter is not None else self._iter, "aclose", None)
-        if closer is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await closer()
-        elif self._iter is not None and hasattr(self._iter, "close"):
-            self._iter.close()
+    def __get__(self, manager: WarmTarget | None, owner: type[Any] | None = None) -> Any:
+        if manager is None:
+            return self
+        return self._method.__get__(manager.warmer)
 
 
 @final
@@ -202,14 +230,29 @@ class CacheWarmer:
     """Load many entries into a `CacheManager`'s tiers in pipelined batches.
 
     ``CacheWarmer(cache).warm_cache(data_source)`` is what ``cache.warm_cache(...)`` runs;
-    the manager adds background, scheduled and conditional warming on top.
+    the manager's ``warm_in_background``, ``schedule_warming`` and ``warm_when`` are the
+    methods of the same names of its warmer (``cache.warmer``).
 
     Args:
         manager: the cache to warm (it must be running when a warm starts).
+        telemetry: where the ``cache.warm`` spans go; the manager's (``manager.warmer``'s)
+            when omitted.
+        launcher: how background work starts in the manager; ``manager.warmer``'s when
+            omitted.
     """
 
-    def __init__(self, manager: CacheManager) -> None:
+    def __init__(
+        self,
+        manager: WarmTarget,
+        *,
+        telemetry: Telemetry | None = None,
+        launcher: WarmLauncher | None = None,
+    ) -> None:
         self.manager = manager
+        self.launcher: WarmLauncher = launcher if launcher is not None else manager.warmer.launcher
+        """How background warms and schedules start in the manager."""
+        self.telemetry: Telemetry = telemetry if telemetry is not None else manager.warmer.telemetry
+        """The instrumentation of the ``cache.warm`` spans."""
         self._schedules: dict[str, WarmSchedule] = {}
 
     async def warm_cache(
@@ -263,9 +306,9 @@ class CacheWarmer:
         progress: ProgressCallback | None,
         name: str | None,
     ) -> _Options:
-        _check_count("batch_size", batch_size)
+        check_count("batch_size", batch_size)
         return _Options(
-            name=name if name is not None else _source_name(data_source),
+            name=name if name is not None else source_name(data_source),
             batch_size=batch_size,
             ttl=self.manager.multi_tier.resolve_ttl(ttl),
             tier=CacheTier(tier),
@@ -273,7 +316,7 @@ class CacheWarmer:
         )
 
     async def _warm(self, source: object, opts: _Options, tally: _Tally) -> WarmResult:
-        with self.manager._telemetry.span(
+        with self.telemetry.span(
             "cache.warm", {"cache.warm.name": opts.name, "cache.warm.batch_size": opts.batch_size}
         ) as span:
             result = await self._warm_batches(source, opts, tally)
@@ -292,7 +335,7 @@ class CacheWarmer:
         if not self.manager.running:
             raise CacheClosedError("cannot warm a CacheManager that is not running")
         tally.started = time.monotonic()
-        batches = _Batches(source)
+        batches = Batches(source)
         l1_budget = self.manager.l1.maxsize
         last_log = -math.inf
         try:
@@ -364,7 +407,7 @@ class CacheWarmer:
             raw = serializer.dumps(item[1], key=key)
             return key, serializer.pack(raw, key=key), seconds, raw
         except (CacheError, _BadItem) as exc:
-            shown = _shown_key(key)
+            shown = shown_key(key)
             tally.skipped.append((shown, f"{type(exc).__name__}: {exc}"))
             if len(tally.skipped) <= _LOGGED_SKIPS:
                 self.manager.log.warning(
@@ -381,45 +424,11 @@ class CacheWarmer:
         """Write one batch; return what is left of the L1 budget."""
         multi = self.manager.multi_tier
         prepared = [p for p in (self._prepare(item, opts, tally) for item in batch) if p]
-        l2 = multi.l2 if opts.tier is not CacheTier.L1 else None
-        if l2 is None:
-            if opts.tier is CacheTier.L2:
-                tally.failed += len(prepared)  # no L2 configured
-                return l1_budget
-            # L1 alone: every item (the eviction policy makes room), nothing in flight.
-            for key, _payload, seconds, raw in prepared:
-                multi.invalidate_local(key)
-                multi.l1.set(key, multi.serializer.loads(raw), seconds)
-            tally.written += len(prepared)
-            tally.l1_written += len(prepared)
-            await anyio.lowlevel.checkpoint()
+        if opts.tier is CacheTier.L2 and multi.l2 is None:
+            tally.failed += len(prepared)  # no L2 configured
             return l1_budget
-        to_l1 = opts.tier is CacheTier.BOTH
-        # A fill token per item: an invalidation of the key while the batch is in flight
-        # (local write, bus message, pattern clear, resubscription) makes it stale, and a
-        # stale item is neither installed in L1 nor allowed to disturb what L1 holds now.
-        fills = [multi.begin_fill(key) for key, *_ in prepared]
-        error: BackendError | None = None
-        sent = multi.l1.now()  # L2 TTLs count from the SETs: L1's count from before them
-        try:
-            await l2.set_payloads([(k, p, s) for k, p, s, _ in prepared], raise_errors=True)
-        except BackendError as exc:
-            error = exc
-        finally:
-            for (key, *_), fill in zip(prepared, fills, strict=True):
-                multi.end_fill(key, fill)
-        for (key, _payload, seconds, raw), fill in zip(prepared, fills, strict=True):
-            bound = to_l1 and l1_budget > 0
-            if bound:
-                l1_budget -= 1
-            if fill.stale:
-                continue
-            # Drop an older L1 copy and fence reads that fetched the previous L2 value.
-            multi.invalidate_local(key)
-            left = None if seconds is None else seconds - (multi.l1.now() - sent)
-            if bound and (left is None or left > 0):
-                multi.l1.set(key, multi.serializer.loads(raw), left)
-                tally.l1_written += 1
+        installed, l1_budget, error = await multi.store_fills(prepared, opts.tier, l1_budget)
+        tally.l1_written += installed
         if error is None:
             tally.written += len(prepared)
         else:
@@ -438,20 +447,89 @@ class CacheWarmer:
 
     # -- background work (driven by CacheManager) ---------------------------------------------
 
-    def _start_background(
+    def warm_in_background(
         self,
-        tg: TaskGroup,
         data_source: DataSource,
-        batch_size: int,
-        ttl: TTL,
-        tier: CacheTier,
-        progress: ProgressCallback | None,
-        name: str | None,
+        batch_size: int = 100,
+        *,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+        progress: ProgressCallback | None = None,
+        name: str | None = None,
     ) -> WarmHandle:
+        """Start `warm_cache` in the manager's task group and return at once.
+
+        ``await handle.wait()`` gives its `WarmResult` or raises its exception;
+        ``handle.cancel()`` stops it. A failing warm is logged and kept in the handle; it
+        never disturbs the manager. Stopping the manager cancels it.
+
+        Raises:
+            CacheClosedError: the manager is not running.
+        """
+        tg = self.launcher.task_group()
         opts = self._options(data_source, batch_size, ttl, tier, progress, name)
         handle = WarmHandle(opts.name)
         tg.start_soon(handle._run, self, data_source, opts, name=f"warm:{opts.name}")
         return handle
+
+    def schedule_warming(
+        self,
+        data_source: DataSource,
+        *,
+        every: float,
+        on_start: bool = False,
+        name: str | None = None,
+        batch_size: int = 100,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+    ) -> WarmSchedule:
+        """Re-run a warm every ``every`` seconds (and once at start with ``on_start``).
+
+        Supervised as the task ``warm:<name>`` (``get_stats()["tasks"]``); a failing run is
+        logged and counted in the returned `WarmSchedule`, which `WarmSchedule.cancel`
+        stops. May be called before `start`: it begins when the manager starts.
+        ``data_source`` is read again on every run, so it must be a function (or a
+        re-iterable), not an iterator.
+
+        Raises:
+            CacheClosedError: the manager was stopped.
+            ValueError, TypeError: bad arguments.
+        """
+        return self._add_schedule(
+            data_source, name=name, batch_size=batch_size, ttl=ttl, tier=tier, every=every,
+            on_start=on_start,
+        )  # fmt: skip
+
+    def warm_when(
+        self,
+        data_source: DataSource,
+        *,
+        hit_rate_below: float | None = 0.5,
+        on_start: bool = False,
+        check_every: float = 10.0,
+        min_requests: int = 100,
+        name: str | None = None,
+        batch_size: int = 100,
+        ttl: TTL = USE_DEFAULT,
+        tier: CacheTier = CacheTier.BOTH,
+    ) -> WarmSchedule:
+        """Warm when the L1 hit rate drops below ``hit_rate_below``, and/or on start.
+
+        Every ``check_every`` seconds the L1 hit rate since the previous check (or warm)
+        is computed; once that window holds at least ``min_requests`` lookups and its rate
+        is below the threshold, the warm runs. ``on_start=True`` also warms once as soon as
+        the manager runs; ``hit_rate_below=None, on_start=True`` warms on start only.
+        Supervised and cancellable like `schedule_warming`.
+
+        Raises:
+            CacheClosedError: the manager was stopped.
+            ValueError, TypeError: bad arguments, or neither a threshold nor ``on_start``.
+        """
+        return self._add_schedule(
+            data_source, name=name, batch_size=batch_size, ttl=ttl, tier=tier,
+            hit_rate_below=hit_rate_below, check_every=check_every, min_requests=min_requests,
+            on_start=on_start,
+        )  # fmt: skip
 
     def _add_schedule(
         self,
@@ -466,19 +544,19 @@ class CacheWarmer:
         check_every: float = 10.0,
         min_requests: int = 100,
         on_start: bool = False,
-        supervisor: Supervisor | None,
     ) -> WarmSchedule:
+        supervisor = self.launcher.supervisor()  # raises once the manager was stopped
         if isinstance(data_source, Iterator | AsyncIterator):
             raise TypeError(
                 "a scheduled warmer reads its data source on every run: pass an async "
                 "function (or a re-iterable), not an iterator"
             )
         if every is not None:
-            _check_positive("every", every)
+            check_positive("every", every)
         if hit_rate_below is not None:
-            _check_fraction("hit_rate_below", hit_rate_below)
-        _check_positive("check_every", check_every)
-        _check_count("min_requests", min_requests)
+            check_fraction("hit_rate_below", hit_rate_below)
+        check_positive("check_every", check_every)
+        check_count("min_requests", min_requests)
         if every is None and hit_rate_below is None and not on_start:
             raise ValueError("nothing would trigger this warmer: give hit_rate_below or on_start")
         opts = self._options(data_source, batch_size, ttl, tier, None, name)
@@ -505,29 +583,11 @@ class CacheWarmer:
             schedule._launch(supervisor)
         return schedule
 
-    def _launch_schedules(self, supervisor: Supervisor) -> None:
-        """Start the warmers registered before the manager started."""
+    def launch_schedules(self, supervisor: Supervisor) -> None:
+        """Start the schedules registered before the manager started (the manager calls
+        this once it runs)."""
         for schedule in list(self._schedules.values()):
             schedule._launch(supervisor)
-
-
-def _check_count(what: str, count: object) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"{what} must be a positive int, got {count!r}")
-
-
-def _check_fraction(what: str, rate: object) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
-        raise ValueError(f"{what} must be in (0, 1], got {rate!r}")
-
-
-def _check_positive(what: str, seconds: object) -> None:
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not 0 < seconds < math.inf
-    ):
-        raise ValueError(f"{what} must be a positive number of seconds, got {seconds!r}")
 
 
 @final

@@ -262,7 +262,8 @@ class TestStaleWhileRevalidate:
         reader = await make_manager()
         await writer.get_or_set("k", Loader("v1"), ttl=0.05, stale_ttl=30)
         await eventually(
-            lambda: writer.multi_tier.get_entry("k", CacheTier.L2), expect=("v1", False)
+            lambda: writer.multi_tier.read("k", CacheTier.L2, allow_stale=True),
+            expect=("v1", False),
         )
         assert None is await reader.get("k")  # plain get never returns stale values
         refresh = Loader("v2")

@@ -1,4 +1,4 @@
-"""CacheMonitor (cache.stats events, alerts), latency percentiles, memory estimate."""
+"""CacheMonitor (cache_stats events, alerts), latency percentiles, memory estimate."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from .conftest import FakeClock, ManagerFactory, eventually
 
 
 def stats_events(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    """The captured ``cache.stats`` events."""
-    return [entry for entry in logs if entry["event"] == "cache.stats"]
+    """The captured ``cache_stats`` events."""
+    return [entry for entry in logs if entry["event"] == "cache_stats"]
 
 
 class TestMonitorLoop:
-    """enable_monitoring runs a supervised monitor that logs cache.stats."""
+    """enable_monitoring runs a supervised monitor that logs cache_stats."""
 
     async def test_logs_cache_stats_every_interval(self, make_manager: ManagerFactory) -> None:
-        """A cache.stats event per interval, with hit rates, sizes, errors and bus figures,
+        """A cache_stats event per interval, with hit rates, sizes, errors and bus figures,
         bound to the manager's namespace and origin; the task is visible in stats."""
         with structlog.testing.capture_logs() as logs:
             cache = await make_manager(monitoring_interval=0.02)
@@ -116,7 +116,7 @@ class TestAlerts:
             assert [("low_hit_rate", {"hit_rate": 0.25, "threshold": 0.5, "lookups": 4})] == (
                 alerts
             )
-            assert ["cache.stats", "cache.alert"] == [entry["event"] for entry in logs]
+            assert ["cache_stats", "cache_alert"] == [entry["event"] for entry in logs]
             await cache.get("a")
             clock.tick(10)
             assert [] == (await monitor.check())["alerts"]  # 100 % over the last interval

@@ -30,6 +30,7 @@ import structlog
 from pydantic import TypeAdapter
 from starlette.applications import Starlette
 
+from coherent_cache._supervisor import TaskState
 from coherent_cache.config import CacheConfig
 from coherent_cache.errors import CacheError
 from coherent_cache.keys import MAX_KEY_LENGTH
@@ -170,7 +171,7 @@ def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRoute
         report = await cache.health()
         stats = await cache.get_stats()
         l1_task = stats["tasks"].get("l1_actor")
-        l1_failed = l1_task is not None and l1_task["state"] == "failed"
+        l1_failed = l1_task is not None and l1_task["state"] == TaskState.FAILED
         l1_status = "healthy" if cache.running and not l1_failed else "unhealthy"
         l2_connected = report["l2_connected"]
         if cache.l2 is None:
