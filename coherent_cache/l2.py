@@ -361,7 +361,11 @@ class RedisCache:
 
         ``remaining_ttl_seconds`` is ``None`` for a key without expiry. Misses, stale
         entries, bad payloads and outages all return ``None``.
+
+        Raises:
+            InvalidKeyError: ``key`` is not a valid key.
         """
+        validate_key(key)
         found = await self.get_entry_with_ttl(key)
         if found is None:
             return None
@@ -373,9 +377,9 @@ class RedisCache:
     async def get_entry_with_ttl(self, key: str) -> tuple[StoredEntry, float | None] | None:
         """Return the stored entry (stale ones too) and its remaining TTL, or ``None``.
 
-        Counts a hit for a fresh entry and a miss otherwise.
+        Counts a hit for a fresh entry and a miss otherwise. The read path of
+        `MultiTierCache`: ``key`` must be valid (checked once, at the public boundary).
         """
-        validate_key(key)
         name = redis_key(self.namespace, key)
 
         try:
