@@ -327,10 +327,10 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
-        if value_type is not None:
-            decode = value_decoder(value_type)
-            return await self._cache.get(key, tier, default=default, decode=decode)
         tel = self._telemetry
+        if value_type is not None:  # traced like the rest, when telemetry is on
+            decoded = value_decoder(value_type)
+            return await self._cache.get(key, tier, default=default, decode=decoded, tel=tel)
         if tel.active:
             return await self._cache.get_traced(key, tier, default, tel)
         # Telemetry.poll() inlined: this is the L1-hit path.

@@ -259,13 +259,17 @@ class MultiTierCache:
         *,
         default: Any = None,
         decode: Decoder | None = None,
+        tel: _telemetry.Telemetry | None = None,
     ) -> Any:
         """Return the value of ``key`` from the tiers asked for, or ``default``.
 
         `peek`, then `read` on a miss. With ``decode`` (a declared type), an L1 value is
         validated too (an instance of the type passes as is); one that does not validate
-        is a miss, counted in `type_mismatches`.
+        is a miss, counted in `type_mismatches`. With ``tel``, traced as `get_traced` when
+        telemetry is on.
         """
+        if tel is not None and (tel.active or tel.poll()):
+            return await self.get_traced(key, tier, default, tel, decode)
         if tier is not CacheTier.L2:
             value = self.peek(key)
             if value is not MISSING:
@@ -278,16 +282,24 @@ class MultiTierCache:
         return default if found is None else found[0]
 
     async def get_traced(
-        self, key: str, tier: CacheTier, default: Any, tel: _telemetry.Telemetry
+        self,
+        key: str,
+        tier: CacheTier,
+        default: Any,
+        tel: _telemetry.Telemetry,
+        decode: Decoder | None = None,
     ) -> Any:
         """`get` with a ``cache.get`` span and a duration record (a provider is set)."""
         started = time.perf_counter()
         with tel.span("cache.get", tel.key_attributes(key)) as span:
             value = self.peek(key) if tier is not CacheTier.L2 else MISSING
             answered: str | None = "l1"
-            if value is MISSING:
+            if value is not MISSING and decode is not None:
+                value = self.checked(value, decode)  # an L1 value of another type: a miss
+                answered = None if value is MISSING else answered
+            elif value is MISSING:
                 validate_key(key)
-                found = await self.read(key, tier)
+                found = await self.read(key, tier, decode=decode)
                 value = MISSING if found is None else found[0]
                 answered = "l2" if found is not None else None
             hit = value is not MISSING
