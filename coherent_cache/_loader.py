@@ -22,8 +22,9 @@ from anyio.abc import TaskGroup
 from ._breaker import BreakerState
 from ._flight import FillToken, Flight
 from ._telemetry import Telemetry
+from ._typed import Decoder
 from .config import CacheConfig, CacheTier
-from .errors import BackendError, CacheClosedError, InvalidTTLError
+from .errors import BackendError, CacheClosedError, InvalidTTLError, SerializationError
 from .keys import key_prefix, validate_key, validate_tags
 from .l2 import RedisCache
 from .monitoring import LoaderStats
@@ -72,6 +73,8 @@ class LoadPolicy:
     cache_none: bool = True
     should_cache: Callable[[Any], bool] | None = None
     ttl_jitter: float = 0.0
+    decode: Decoder | None = None
+    """The declared type's decoder (`_typed.decoder_of`); ``None``: JSON-native values."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -135,7 +138,10 @@ class LoadEngine:
             "stale_served": 0,
             "lock_waits": 0,
             "discarded": 0,
+            "unencodable": 0,
+            "type_mismatches": 0,
         }
+        self._unencodable_prefixes: set[str] = set()
 
     def open(self, tg: TaskGroup) -> None:
         """Accept loads; run them in ``tg`` (the manager's task group)."""
@@ -147,16 +153,20 @@ class LoadEngine:
 
     def stats(self) -> LoaderStats:
         """The ``loader`` figures of `CacheStats` (a copy)."""
-        return LoaderStats(**self._stats)
+        stats = LoaderStats(**self._stats)
+        stats["type_mismatches"] = self._cache.type_mismatches
+        return stats
 
     # -- entrances -------------------------------------------------------------------------
 
-    def fast_hit(self, key: str) -> Any:
+    def fast_hit(self, key: str, decode: Decoder | None = None) -> Any:
         """The untraced L1 fast path of a load (``get_or_set``, decorated calls).
 
         Returns the fresh L1 value of ``key`` (a loader hit), `MISSING` after an L1 miss
         (counted: continue with `load`, after validating the key), or `NOT_LOOKED` when
         the engine is closed or the call is to be traced (continue with `get_or_set`).
+        With ``decode`` (``get_or_set(value_type=...)``), an L1 value that does not
+        validate is a miss; decorated calls trust L1 (their fills and stores are typed).
         """
         if self._tg is None:
             return NOT_LOOKED
@@ -168,11 +178,18 @@ class LoadEngine:
             return NOT_LOOKED
         hit = self._cache.peek(key)
         if hit is not MISSING:
+            if decode is not None and (hit := self._cache.checked(hit, decode)) is MISSING:
+                return hit
             self._stats["hits"] += 1
         return hit
 
     async def get_or_set(
-        self, key: str, loader: Loader, tier: CacheTier, policy: Callable[[], LoadPolicy]
+        self,
+        key: str,
+        loader: Loader,
+        tier: CacheTier,
+        policy: Callable[[], LoadPolicy],
+        decode: Decoder | None = None,
     ) -> Any:
         """A whole load after `fast_hit` returned `NOT_LOOKED` (or for ``tier=L2``).
 
@@ -185,6 +202,8 @@ class LoadEngine:
         if tel.active or tel.poll():
             with tel.operation("get_or_set", tel.key_attributes(key)) as span:
                 hit = self._cache.peek(key) if tier is not CacheTier.L2 else MISSING
+                if hit is not MISSING and decode is not None:
+                    hit = self._cache.checked(hit, decode)
                 if hit is not MISSING:
                     self._stats["hits"] += 1
                     span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
@@ -197,6 +216,8 @@ class LoadEngine:
                 return value
         if tier is not CacheTier.L2:
             hit = self._cache.peek(key)
+            if hit is not MISSING and decode is not None:
+                hit = self._cache.checked(hit, decode)
             if hit is not MISSING:
                 self._stats["hits"] += 1
                 return hit
@@ -208,14 +229,14 @@ class LoadEngine:
         cache = self._cache
         flight = self._flights.get(key) if policy.tier is not CacheTier.L2 else None
         if flight is not None and not flight.fill.stale:
-            found = await cache.read(key, CacheTier.L1, allow_stale=True)
+            found = await cache.read(key, CacheTier.L1, allow_stale=True, decode=policy.decode)
             if found is None:
                 # A load of this key is under way and L1 holds nothing: join it without an
                 # L2 read (its first caller read L2 just before starting it).
                 self._stats["misses"] += 1
                 return await flight.result(), "miss"
         else:
-            found = await cache.read(key, policy.tier, allow_stale=True)
+            found = await cache.read(key, policy.tier, allow_stale=True, decode=policy.decode)
         if found is not None:
             value, fresh = found
             if fresh:
@@ -299,17 +320,34 @@ class LoadEngine:
             ttl *= 1 + self._random.uniform(-policy.ttl_jitter, policy.ttl_jitter)
         # Our own store must not make this flight's token stale (late callers would start a
         # second load); any other invalidation during the store still does.
-        await self._cache.store(
-            key,
-            value,
-            ttl,
-            policy.tier,
-            tags=policy.tags,
-            stale_ttl=policy.stale_ttl,
-            publish=False,
-            own_fill=fill,
-        )
+        try:
+            await self._cache.store(
+                key,
+                value,
+                ttl,
+                policy.tier,
+                tags=policy.tags,
+                stale_ttl=policy.stale_ttl,
+                publish=False,
+                own_fill=fill,
+                decode=policy.decode,
+            )
+        except SerializationError as exc:
+            self._unencodable(key, exc)  # the loader's work is not lost to a cache problem
         return value
+
+    def _unencodable(self, key: str, exc: SerializationError) -> None:
+        """Count a loader result that cannot be cached; log it once per key prefix."""
+        self._stats["unencodable"] += 1
+        prefix = key_prefix(key)
+        if prefix not in self._unencodable_prefixes and len(self._unencodable_prefixes) < 1024:
+            self._unencodable_prefixes.add(prefix)
+            self.log.error(
+                "cache_value_unencodable",
+                key_prefix=prefix,
+                value_type=getattr(exc.value_type, "__qualname__", None),
+                detail=str(exc),
+            )
 
     async def _load_locked(
         self, key: str, loader: Loader, policy: LoadPolicy, l2: RedisCache, fill: FillToken
@@ -330,7 +368,7 @@ class LoadEngine:
                 acquired = False
             if acquired:
                 break
-            found = await self._cache.read(key, policy.tier, allow_stale=True)
+            found = await self._cache.read(key, policy.tier, allow_stale=True, decode=policy.decode)
             if found is not None and found[1]:
                 self._stats["lock_waits"] += 1
                 return found[0]
@@ -347,7 +385,9 @@ class LoadEngine:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew_lease, l2, key, token)
                 # The holder before us may have stored the value just before we got the lock.
-                found = await self._cache.read(key, policy.tier, allow_stale=True)
+                found = await self._cache.read(
+                    key, policy.tier, allow_stale=True, decode=policy.decode
+                )
                 if found is not None and found[1]:
                     value = found[0]
                 else:

@@ -253,6 +253,13 @@ class CacheConfig(BaseModel):
     """Lease in seconds of the cross-instance loader lock, renewed every third of it while
     the loader runs (a crashed holder frees the key after at most this long)."""
 
+    # typed values (issue 15)
+    l1_copy_on_read: bool = False
+    """Every value read from L1 (``get``, ``get_or_set``, decorator hits) is the caller's
+    own deep copy, so mutating it never changes what later reads return. Off: L1 hands out
+    the object it holds, shared by every reader in the process (see docs/serialization.md
+    for the cost of copies)."""
+
     if not TYPE_CHECKING:
         # At run time, turn pydantic's ValidationError into our typed ConfigurationError;
         # type checkers keep seeing pydantic's generated keyword signature.

@@ -37,6 +37,7 @@ from typing import (
 import anyio.to_thread
 
 from ._loader import LoadEngine, LoadPolicy
+from ._typed import return_decoder, value_decoder
 from .config import CacheConfig, CacheTier
 from .errors import ConfigurationError, InvalidKeyError
 from .keys import (
@@ -526,6 +527,7 @@ class CachedDecorator:
         exclude: tuple[str, ...],
         key_builder: Callable[..., str] | None,
         tags: tuple[str, ...],
+        declared: bool = False,
     ) -> None:
         self._manager = manager
         self._policy = policy
@@ -533,10 +535,14 @@ class CachedDecorator:
         self._exclude = exclude
         self._key_builder = key_builder
         self._tags = tags
+        self._declared = declared
 
     def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]:
         inner, kind = _unwrap_descriptor(func)
         sig = _Signature(inner)
+        policy = self._policy
+        if not self._declared:  # no value_type=: the return annotation decides
+            policy = dataclasses.replace(policy, decode=return_decoder(inner))
         prefix: Any = self._key_prefix  # checked: a caller may pass anything
         if prefix is None:
             module = getattr(inner, "__module__", None)
@@ -576,7 +582,7 @@ class CachedDecorator:
             exclude=exclude,
             key_builder=key_builder,
             tags=tags,
-            policy=self._policy,
+            policy=policy,
             plan=_KeyPlan.of(sig, exclude, keys) if key_builder is None else None,
         )
         return CachedFunction(spec)
@@ -584,10 +590,10 @@ class CachedDecorator:
 
 def cached(
     manager: DecoratedCache,
-    *,
     ttl: TTL = USE_DEFAULT,
     key_prefix: str | None = None,
     tier: CacheTier = CacheTier.BOTH,
+    *,
     exclude: str | Collection[str] = (),
     key_builder: Callable[..., str] | None = None,
     cache_none: bool = True,
@@ -598,6 +604,7 @@ def cached(
     loader_timeout: float | None = None,
     lock: bool | None = None,
     tags: str | Collection[str] = (),
+    value_type: Any = None,
 ) -> CachedDecorator:
     """Cache a function's results in ``manager``, keyed by its arguments.
 
@@ -605,8 +612,12 @@ def cached(
     becomes a `CachedFunction`: ``await f(...)`` returns the cached result or runs ``f``
     once per key (single-flight) through `CacheManager.get_or_set`. A sync function runs
     in a worker thread (``anyio.to_thread.run_sync``), so it never blocks the event loop,
-    and the decorated function must be awaited. Results round-trip through JSON: a tuple
-    comes back from the cache as a list.
+    and the decorated function must be awaited. Results are stored in their JSON form and
+    decoded with the function's return annotation (``typing.get_type_hints``: string
+    annotations included), so a hit returns the declared type: Pydantic models,
+    dataclasses, ``UUID``, ``datetime``, ``Decimal``, ``Enum``, ``tuple``, ``set``,
+    ``bytes``, ``dict[int, ...]``, alone or nested (see ``docs/serialization.md``).
+    ``ttl``, ``key_prefix`` and ``tier`` may be passed positionally (the seed's order).
 
     The key is ``<key_prefix>:<v1>:<v2>...``: the bound arguments in signature order with
     defaults applied, ``*args`` values in order, ``**kwargs`` sorted as ``name=value``,
@@ -632,9 +643,12 @@ def cached(
             ``None`` follows ``CacheConfig.lock_by_default``.
         tags: tags of every entry (``"user:{user_id}"`` templates filled from the
             arguments), for `CacheManager.invalidate_tags`.
+        value_type: the type hits decode to, instead of the return annotation (``Any``:
+            no decoding).
 
     Raises:
-        ConfigurationError: ``exclude`` names no parameter, or ``key_prefix`` is empty.
+        ConfigurationError: ``exclude`` names no parameter, ``key_prefix`` is empty, or
+            pydantic cannot decode ``value_type``.
         InvalidKeyError: a tag template names no parameter.
         InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not positive, or
             ``ttl_jitter`` is not in [0, 1).
@@ -649,6 +663,7 @@ def cached(
         cache_none=cache_none,
         should_cache=_should_cache(unless, condition),
         ttl_jitter=ttl_jitter,
+        decode=None if value_type is None else value_decoder(value_type),
     )
     if key_builder is not None and not callable(key_builder):
         raise ConfigurationError("key_builder must be callable", field="key_builder")
@@ -659,6 +674,7 @@ def cached(
         exclude=_as_names(exclude, "exclude"),
         key_builder=key_builder,
         tags=_as_names(tags, "tags"),
+        declared=value_type is not None,
     )
 
 

@@ -7,7 +7,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Self, TypeVar, cast, final
+from typing import Any, Self, TypeVar, cast, final, overload
 
 import anyio
 import structlog
@@ -22,6 +22,7 @@ from ._invalidation import BusApplier
 from ._loader import LoadEngine, LoadPolicy
 from ._supervisor import Supervisor
 from ._telemetry import LatencyStats, Telemetry
+from ._typed import value_decoder
 from .bus import InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
 from .errors import CacheClosedError
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+D = TypeVar("D")
 
 
 class _State(enum.Enum):
@@ -131,6 +133,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             origin=self.origin,
             publish=use_bus,
             unconfirmed_write_ttl=cfg.max_stale_on_bus_loss if use_bus else None,
+            copy_on_read=cfg.l1_copy_on_read,
         )
         self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size, logger=self.log)
         if use_bus:
@@ -298,25 +301,42 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
     # -- operations ------------------------------------------------------------------------
 
-    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
+    @overload
+    async def get(self, key: str, tier: CacheTier = ..., *, default: Any = ...) -> Any: ...
+    @overload
+    async def get(self, key: str, tier: CacheTier = ..., *, value_type: type[R]) -> R | None: ...
+    @overload
+    async def get(
+        self, key: str, tier: CacheTier = ..., *, default: D, value_type: type[R]
+    ) -> R | D: ...
+    async def get(
+        self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None,
+        value_type: Any = None,
+    ) -> Any:  # fmt: skip
         """Return the cached value of ``key``, or ``default`` (``None``) when absent.
 
         With ``tier=BOTH`` an L1 miss reads L2 and copies the value into L1 for at most its
-        remaining L2 TTL (capped by ``memory_cache_ttl``).
+        remaining L2 TTL (capped by ``memory_cache_ttl``). With ``value_type``, the value is
+        decoded as that type (an L2 value before it enters L1; an L1 value is validated, an
+        instance passing as is); one that does not validate is a miss.
 
         Raises:
             InvalidKeyError: ``key`` is not a non-empty str of at most 1024 bytes.
             CacheClosedError: the manager is not running.
+            ConfigurationError: pydantic cannot decode ``value_type``.
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
         tel = self._telemetry
+        if value_type is not None:  # traced like the rest, when telemetry is on
+            decoded = value_decoder(value_type)
+            return await self._cache.get(key, tier, default=default, decode=decoded, tel=tel)
         if tel.active:
-            return await self._get_observed(key, tier, default)
+            return await self._cache.get_traced(key, tier, default, tel)
         # Telemetry.poll() inlined: this is the L1-hit path.
         tel.countdown -= 1
         if tel.countdown <= 0 and tel.recheck():
-            return await self._get_observed(key, tier, default)
+            return await self._cache.get_traced(key, tier, default, tel)
         cache = self._cache
         if tier is not CacheTier.L2:
             value = cache.peek(key)
@@ -325,26 +345,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         validate_key(key)
         found = await cache.read(key, tier)
         return default if found is None else found[0]
-
-    async def _get_observed(self, key: str, tier: CacheTier, default: Any) -> Any:
-        """`get` with a ``cache.get`` span and a duration record (a provider is set)."""
-        tel = self._telemetry
-        started = time.perf_counter()
-        with tel.span("cache.get", tel.key_attributes(key)) as span:
-            value = self._cache.peek(key) if tier is not CacheTier.L2 else MISSING
-            answered: str | None = "l1"
-            if value is MISSING:
-                validate_key(key)
-                found = await self._cache.read(key, tier)
-                value = MISSING if found is None else found[0]
-                answered = "l2" if found is not None else None
-            hit = value is not MISSING
-            if span.is_recording():
-                span.set_attribute("cache.hit", hit)
-                if answered is not None:
-                    span.set_attribute("cache.tier", answered)
-        tel.record_duration(time.perf_counter() - started, "get", answered)
-        return value if hit else default
 
     async def set(
         self,
@@ -412,6 +412,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         cache_none: bool = True,
         should_cache: Callable[[Any], bool] | None = None,
         ttl_jitter: float = 0.0,
+        value_type: type[R] | None = None,
     ) -> R:
         """Return the cached value of ``key``, or run ``loader`` once, cache and return it.
 
@@ -433,18 +434,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         - A ``None`` result is cached unless ``cache_none=False``; ``should_cache(result)``
           returning False skips caching. ``ttl_jitter=0.1`` spreads each entry's TTL over
           ±10 % so entries written together do not expire together.
-        - Loader results are stored without a bus message (a fill, not a write).
+        - Loader results are stored without a bus message (a fill, not a write). A result
+          that cannot be encoded is returned but not cached (logged once per key prefix as
+          ``cache_value_unencodable``, counted in ``loader["unencodable"]``).
+        - ``value_type``: L2 values decode to it (one that does not validate is a miss).
 
         Raises:
             Exception: whatever the loader raised (shared by every waiting caller).
             InvalidKeyError, InvalidTTLError: bad arguments.
-            SerializationError: the loader's result cannot be encoded.
             CacheClosedError: the manager is not running.
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
-        engine = self._loader
-        hit = engine.fast_hit(key) if tier is not CacheTier.L2 else NOT_LOOKED
+        engine, decode = self._loader, None if value_type is None else value_decoder(value_type)
+        hit = engine.fast_hit(key, decode) if tier is not CacheTier.L2 else NOT_LOOKED
         if hit is not NOT_LOOKED and hit is not MISSING:
             return cast("R", hit)
 
@@ -460,11 +463,12 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             cache_none=cache_none,
             should_cache=should_cache,
             ttl_jitter=ttl_jitter,
+            decode=decode,
         )
         if hit is MISSING:  # untraced, and L1 missed
             validate_key(key)
             return cast("R", (await engine.load(key, loader, policy()))[0])
-        return cast("R", await engine.get_or_set(key, loader, tier, policy))
+        return cast("R", await engine.get_or_set(key, loader, tier, policy, decode))
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""

@@ -63,6 +63,10 @@ class LoaderStats(TypedDict):
     stale_served: int
     lock_waits: int
     discarded: int
+    unencodable: int
+    """Loader results that could not be encoded: returned to the caller, not cached."""
+    type_mismatches: int
+    """L2 values that did not validate against the declared type: served as misses."""
 
 
 class CacheStats(TierStats):

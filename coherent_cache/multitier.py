@@ -12,13 +12,14 @@ import anyio.lowlevel
 
 from . import _telemetry
 from ._flight import FillToken, Flight
+from ._typed import Decoder, TypeMismatch, copy_value
 from .bus import BusMessage
 from .config import CacheTier
-from .errors import BackendError
+from .errors import BackendError, SerializationError
 from .keys import compile_pattern, validate_key, validate_pattern, validate_tags
 from .l1 import InMemoryCache, L1Stats
 from .l2 import L2Stats, RedisCache
-from .serializer import CacheSerializer, now_ms
+from .serializer import CacheSerializer, StoredEntry, now_ms
 from .types import MISSING, TTL, USE_DEFAULT, check_ttl
 
 __all__ = ["MultiTierCache", "TierStats"]
@@ -79,8 +80,13 @@ class MultiTierCache:
         origin: str | None = None,
         publish: bool = False,
         unconfirmed_write_ttl: float | None = None,
+        copy_on_read: bool = False,
     ) -> None:
         self.l1 = l1
+        self.copy_on_read = copy_on_read
+        """Return a deep copy of every value read from L1 (``l1_copy_on_read``)."""
+        self.type_mismatches = 0
+        """L2 values that did not validate against a declared type (served as misses)."""
         self.unconfirmed_write_ttl = unconfirmed_write_ttl
         self.l2 = l2
         self.origin = origin
@@ -166,10 +172,17 @@ class MultiTierCache:
             raise
         if value is not MISSING:
             self._hits += 1
+            if self.copy_on_read:
+                return copy_value(value)
         return value
 
     async def read(
-        self, key: str, tier: CacheTier = CacheTier.BOTH, *, allow_stale: bool = False
+        self,
+        key: str,
+        tier: CacheTier = CacheTier.BOTH,
+        *,
+        allow_stale: bool = False,
+        decode: Decoder | None = None,
     ) -> tuple[Any, bool] | None:
         """``(value, fresh)`` of ``key`` after `peek` missed (or, for ``tier=L2``, instead of
         it), or ``None``; counted in the totals (a fresh value is a hit, anything else a miss).
@@ -184,44 +197,118 @@ class MultiTierCache:
 
         After a ``BOTH`` read found nothing fresh in L2, L1 is looked at again: a
         concurrent fill or load may have installed the key meanwhile.
+
+        ``decode`` (a declared type's, `_typed.decoder_of`) turns a value read from L2 into
+        that type before it is installed in L1; a value that does not validate is a miss,
+        counted in `type_mismatches`, and is not installed; an L1 value is validated too
+        (an instance of the type passes as is).
         """
         found: tuple[Any, bool] | None = None
         if allow_stale and tier is not CacheTier.L2:
             found = self.l1.get_entry(key)
+            if found is not None and decode is not None:
+                found = self._decoded(found[0], found[1], decode)
         l2 = self.l2
         if found is None and l2 is not None and tier is not CacheTier.L1:
             if tier is CacheTier.BOTH:
-                found = await self._fill_from_l2(key)
+                found = await self._fill_from_l2(key, decode)
                 if found is None or not found[1]:
                     again = self.l1.get_entry(key)
+                    if again is not None and decode is not None:
+                        again = self._decoded(again[0], again[1], decode)
                     if again is not None and again[1]:
                         found = again
             elif allow_stale:
                 entry_ttl = await l2.get_entry_with_ttl(key)
                 if entry_ttl is not None:
-                    found = entry_ttl[0].value, entry_ttl[0].is_fresh()
+                    found = self._decoded(entry_ttl[0].value, entry_ttl[0].is_fresh(), decode)
             else:
                 value = await l2.get(key, MISSING)
                 if value is not MISSING:
-                    found = value, True
+                    found = self._decoded(value, True, decode)
         if found is not None and found[1]:
             self._hits += 1
+            if self.copy_on_read:
+                return copy_value(found[0]), True
             return found
         self._misses += 1
+        if found is not None and allow_stale and self.copy_on_read:
+            return copy_value(found[0]), found[1]
         return found if allow_stale else None
 
-    async def get(self, key: str, tier: CacheTier = CacheTier.BOTH, *, default: Any = None) -> Any:
+    def checked(self, value: Any, decode: Decoder) -> Any:
+        """An L1 value as the declared type (an instance passes as is), or `MISSING`
+        (counted in `type_mismatches`) when it does not validate."""
+        typed = self._decoded(value, True, decode)
+        return MISSING if typed is None else typed[0]
+
+    def _decoded(self, value: Any, fresh: bool, decode: Decoder | None) -> tuple[Any, bool] | None:
+        """``(value decoded, fresh)``, or ``None`` (counted) when it does not validate."""
+        if decode is None:
+            return value, fresh
+        try:
+            return decode(value), fresh
+        except TypeMismatch:
+            self.type_mismatches += 1
+            return None
+
+    async def get(
+        self,
+        key: str,
+        tier: CacheTier = CacheTier.BOTH,
+        *,
+        default: Any = None,
+        decode: Decoder | None = None,
+        tel: _telemetry.Telemetry | None = None,
+    ) -> Any:
         """Return the value of ``key`` from the tiers asked for, or ``default``.
 
-        `peek`, then `read` on a miss.
+        `peek`, then `read` on a miss. With ``decode`` (a declared type), an L1 value is
+        validated too (an instance of the type passes as is); one that does not validate
+        is a miss, counted in `type_mismatches`. With ``tel``, traced as `get_traced` when
+        telemetry is on.
         """
+        if tel is not None and (tel.active or tel.poll()):
+            return await self.get_traced(key, tier, default, tel, decode)
         if tier is not CacheTier.L2:
             value = self.peek(key)
             if value is not MISSING:
-                return value
+                if decode is None:
+                    return value
+                value = self.checked(value, decode)
+                return default if value is MISSING else value
         validate_key(key)
-        found = await self.read(key, tier)
+        found = await self.read(key, tier, decode=decode)
         return default if found is None else found[0]
+
+    async def get_traced(
+        self,
+        key: str,
+        tier: CacheTier,
+        default: Any,
+        tel: _telemetry.Telemetry,
+        decode: Decoder | None = None,
+    ) -> Any:
+        """`get` with a ``cache.get`` span and a duration record (a provider is set)."""
+        started = time.perf_counter()
+        with tel.span("cache.get", tel.key_attributes(key)) as span:
+            value = self.peek(key) if tier is not CacheTier.L2 else MISSING
+            answered: str | None = "l1"
+            if value is not MISSING and decode is not None:
+                value = self.checked(value, decode)  # an L1 value of another type: a miss
+                answered = None if value is MISSING else answered
+            elif value is MISSING:
+                validate_key(key)
+                found = await self.read(key, tier, decode=decode)
+                value = MISSING if found is None else found[0]
+                answered = "l2" if found is not None else None
+            hit = value is not MISSING
+            if span.is_recording():
+                span.set_attribute("cache.hit", hit)
+                if answered is not None:
+                    span.set_attribute("cache.tier", answered)
+        tel.record_duration(time.perf_counter() - started, "get", answered)
+        return value if hit else default
 
     def begin_fill(self, key: str) -> FillToken:
         """Start tracking a read of ``key`` whose result may be cached; see `end_fill`.
@@ -241,7 +328,7 @@ class MultiTierCache:
             if not fills:
                 del self._fills[key]
 
-    async def _fill_from_l2(self, key: str) -> tuple[Any, bool] | None:
+    async def _fill_from_l2(self, key: str, decode: Decoder | None) -> tuple[Any, bool] | None:
         """Read ``key`` from L2 and copy it into L1 unless the read was made stale.
 
         Concurrent misses of one key share one read (single-flight of the L2 look-up):
@@ -252,12 +339,16 @@ class MultiTierCache:
         if shared is not None and not shared.fill.stale:
             await shared.wait()
             if shared.value is not MISSING:
-                return shared.value  # type: ignore[no-any-return]
+                found: tuple[Any, bool] | None = shared.value
+                if found is None or decode is None:
+                    return found
+                # its first caller may have declared another type (or none)
+                return self._decoded(found[0], found[1], decode)
             # its first caller was cancelled: read for ourselves
         fill = self.begin_fill(key)
         flight = self._reads[key] = Flight(fill)
         try:
-            found = await self._read_and_install(key, fill)
+            found = await self._read_and_install(key, fill, decode)
             flight.value = found
             return found
         finally:
@@ -266,13 +357,20 @@ class MultiTierCache:
             if self._reads.get(key) is flight:
                 del self._reads[key]
 
-    async def _read_and_install(self, key: str, fill: FillToken) -> tuple[Any, bool] | None:
+    async def _read_and_install(
+        self, key: str, fill: FillToken, decode: Decoder | None
+    ) -> tuple[Any, bool] | None:
         assert self.l2 is not None
         sent = self.l1.now()
         found = await self.l2.get_entry_with_ttl(key)
         if found is None:
             return None
         entry, remaining = found
+        if decode is not None:
+            typed = self._decoded(entry.value, True, decode)
+            if typed is None:
+                return None  # an older schema: a miss, not installed
+            entry = StoredEntry(typed[0], entry.fresh_until_ms, entry.tags)
         if remaining is not None:  # count it from the request: a slow reply must not stretch it
             remaining -= self.l1.now() - sent
         fresh_for = entry.fresh_seconds()
@@ -344,20 +442,39 @@ class MultiTierCache:
         stale_ttl: float | None,
         publish: bool,
         own_fill: FillToken | None,
+        decode: Decoder | None = None,
     ) -> bool:
         """`set` with arguments already checked (a valid key, resolved TTLs, valid tags):
-        the store of a load, whose `LoadPolicy` was checked once."""
+        the store of a load, whose `LoadPolicy` was checked once.
+
+        L1 receives the value decoded from its encoding (so it shares no object with the
+        caller), with ``decode`` (a declared type) when given.
+
+        Raises:
+            SerializationError: also when the encoded value does not decode as the
+                declared type; no tier is written.
+        """
         tag_tuple, stale = tags, stale_ttl
         raw = self.serializer.dumps(value, key=key)
         fresh_until = None
         if stale is not None and seconds is not None:
             fresh_until = now_ms() + math.ceil(seconds * 1000)
         payload = self.serializer.pack(raw, key=key, fresh_until_ms=fresh_until, tags=tag_tuple)
-        self._sets += 1
-        self.invalidate_local(key, keep=own_fill)
         decoded: Any = MISSING
         if tier is not CacheTier.L2:
             decoded = self.serializer.loads(raw)
+            if decode is not None:
+                try:
+                    decoded = decode(decoded)
+                except TypeMismatch as exc:
+                    raise SerializationError(
+                        f"the value for key {key!r} does not read back as its declared type: {exc}",
+                        value_type=type(value),
+                        key=key,
+                    ) from None
+        self._sets += 1
+        self.invalidate_local(key, keep=own_fill)
+        if decoded is not MISSING:
             self.l1.set(
                 key, decoded, seconds, stale_for=0.0 if fresh_until is None else stale or 0.0,
                 tags=tag_tuple,

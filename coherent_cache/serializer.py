@@ -18,12 +18,20 @@ Anything else (another program's value, truncated bytes, a pickle) is rejected w
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime
+import decimal
+import enum
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import orjson
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from .errors import DeserializationError, SerializationError, ValueTooLargeError
 
@@ -81,7 +89,41 @@ class _Unencodable(TypeError):
         self.value_type = value_type
 
 
-def _reject(obj: object) -> object:
+def _json_default(obj: object) -> object:
+    """The JSON form of what orjson does not encode itself: Pydantic models, ``Decimal``,
+    ``set``/``frozenset`` and ``bytes`` (base64, which `_typed` decodes back)."""
+    if isinstance(obj, BaseModel):
+        try:
+            return obj.model_dump(mode="json")
+        except PydanticSerializationError:
+            raise _Unencodable(type(obj)) from None
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    if isinstance(obj, bytes | bytearray):
+        return base64.b64encode(obj).decode("ascii")
+    raise _Unencodable(type(obj))
+
+
+def _msgpack_default(obj: object) -> object:
+    """The MessagePack form of models, dataclasses and the other typed values (bytes
+    stay MessagePack bin)."""
+    if isinstance(obj, BaseModel):
+        try:
+            return obj.model_dump(mode="python")
+        except PydanticSerializationError:
+            raise _Unencodable(type(obj)) from None
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, uuid.UUID | decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, datetime.date | datetime.time):
+        return obj.isoformat()
+    if isinstance(obj, set | frozenset):
+        return list(obj)
     raise _Unencodable(type(obj))
 
 
@@ -89,12 +131,15 @@ class CacheSerializer:
     """Encode values for Redis and decode them back.
 
     Values are JSON: ``dict`` (keys become strings), ``list``/``tuple`` (read back as
-    ``list``), ``str``, ``int`` (64-bit), ``float``, ``bool``, ``None``, plus what orjson
-    encodes natively (dataclasses, ``datetime``, ``UUID``, ``Enum``, numpy arrays), which read
-    back as their JSON form.
+    ``list``), ``str``, ``int`` (64-bit), ``float``, ``bool``, ``None``, plus the JSON form
+    of Pydantic models (``model_dump(mode="json")``), dataclasses, ``datetime``/``date``/
+    ``time`` (ISO 8601), ``UUID``, ``Decimal`` (a string), ``Enum`` (its value),
+    ``set``/``frozenset`` (a list), ``bytes`` (base64) and numpy arrays. Read back without a
+    declared type they stay in that JSON form; `coherent_cache._typed` decodes them into a
+    declared type.
 
-    With ``format="msgpack"`` values are MessagePack instead (the same types, plus
-    ``bytes``; dict keys keep their types; tuples read back as lists).
+    With ``format="msgpack"`` values are MessagePack instead (the same types, ``bytes`` as
+    bin; dict keys keep their types; tuples read back as lists).
 
     Args:
         format: ``"json"`` (orjson, the default) or ``"msgpack"`` (extra ``msgpack``).
@@ -181,7 +226,7 @@ class CacheSerializer:
         if self._msgpack is not None:
             return self._dumps_msgpack(data, key)
         try:
-            return orjson.dumps(data, default=_reject, option=_JSON_OPTIONS)
+            return orjson.dumps(data, default=_json_default, option=_JSON_OPTIONS)
         except TypeError as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, _Unencodable) else None
             value_type = cause.value_type if cause is not None else type(data)
@@ -194,7 +239,7 @@ class CacheSerializer:
 
     def _dumps_msgpack(self, data: Any, key: str | None) -> bytes:
         try:
-            packed: bytes = self._msgpack.packb(data, default=_reject, use_bin_type=True)
+            packed: bytes = self._msgpack.packb(data, default=_msgpack_default, use_bin_type=True)
         except _Unencodable as exc:
             raise self._unencodable(exc.value_type, key, exc) from exc
         except (TypeError, ValueError, OverflowError) as exc:

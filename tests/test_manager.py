@@ -103,7 +103,7 @@ class TestContractOnEveryTier:
         with pytest.raises(InvalidKeyError):
             await cache.set("", 1, tier=tier)
         with pytest.raises(InvalidKeyError):
-            await cache.get(42, tier=tier)  # type: ignore[arg-type]
+            await cache.get(42, tier=tier)  # type: ignore[call-overload]
         with pytest.raises(InvalidTTLError):
             await cache.set("k", 1, ttl=0, tier=tier)
         with pytest.raises(InvalidTTLError):
@@ -226,7 +226,7 @@ class TestMultiTier:
         """A rejected value leaves both L1 and Redis without the key."""
         cache = await make_manager()
         with pytest.raises(SerializationError):
-            await cache.set("bad", {1, 2, 3}, ttl=60)
+            await cache.set("bad", {"x": object()}, ttl=60)
         assert None is cache.l1.peek("bad")
         assert 0 == await raw_redis.exists(f"{namespace}:bad")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,20 @@ def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 
 class TestSpans:
     """Every public operation is a span with the cache's attributes."""
+
+    async def test_typed_get_is_traced(
+        self, traced: CacheManager, exporter: InMemorySpanExporter
+    ) -> None:
+        """``get(value_type=...)`` makes the same ``cache.get`` spans, decoding the value."""
+        await traced.set("d", "2026-01-02", tier=CacheTier.L2)
+        assert datetime.date(2026, 1, 2) == await traced.get("d", value_type=datetime.date)
+        assert datetime.date(2026, 1, 2) == await traced.get("d", value_type=datetime.date)
+        assert "none" == await traced.get("d", default="none", value_type=uuid.UUID)
+        found = [
+            (attrs(s)["cache.hit"], attrs(s).get("cache.tier"))
+            for s in spans_named(exporter, "cache.get")
+        ]
+        assert [(True, "l2"), (True, "l1"), (False, None)] == found
 
     async def test_get_hit_and_miss_spans(
         self, traced: CacheManager, exporter: InMemorySpanExporter, namespace: str

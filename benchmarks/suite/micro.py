@@ -15,6 +15,8 @@ use it with the test extra alone.
 from __future__ import annotations
 
 import asyncio
+import copy
+import datetime
 import gc
 import itertools
 import time
@@ -27,6 +29,7 @@ import anyio
 import anyio.lowlevel
 import cachetools
 import orjson
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from benchmarks.suite._common import ratio, spread
@@ -39,6 +42,37 @@ KEYS: Final = 1000
 """Keys stored in L2 by every system (the concurrent rows read k0..k999)."""
 RAW_TIMEOUT: Final = 0.5
 """socket_timeout of the raw redis.asyncio client: coherent_cache's operation_timeout."""
+
+
+class Profile(BaseModel):
+    """The 20-field model of the ``decorator_hit_model`` row (a typical API response)."""
+
+    id: int
+    name: str
+    email: str = "user@example.com"
+    active: bool = True
+    age: int = 33
+    score: float = 0.75
+    country: str = "NL"
+    city: str = "Utrecht"
+    street: str = "Oudegracht 1"
+    zip_code: str = "3511"
+    phone: str = "+31 30 000 0000"
+    created: datetime.datetime = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    updated: datetime.datetime = datetime.datetime(2026, 2, 3, 4, 5, 6)
+    plan: str = "pro"
+    seats: int = 5
+    tags: list[str] = ["a", "b", "c"]
+    locale: str = "nl-NL"
+    timezone: str = "Europe/Amsterdam"
+    verified: bool = True
+    notes: str | None = None
+
+
+async def profile(x: int) -> Profile:
+    """The function of the ``decorator_hit_model`` row, for every system."""
+    return Profile(id=x, name=f"user-{x}")
+
 
 Runner = Callable[[int], Awaitable[int]]
 """Run ``n`` units; return how many operations failed or returned a wrong value."""
@@ -58,7 +92,14 @@ ROWS: Final[dict[str, Row]] = {
     r.key: r
     for r in (
         Row("l1_hit", "L1 hit, `await cache.get(k)`", "µs/op", "≤ 1.35× cachetools"),
+        Row("l1_hit_copy", "L1 hit, copy-on-read on", "µs/op", "reported"),
         Row("decorator_hit", "decorator hit, `await f(7)`", "µs/op", "≤ 2.5 µs"),
+        Row(
+            "decorator_hit_model",
+            "decorator hit returning a 20-field Pydantic model",
+            "µs/op",
+            "≤ 2.5 µs",
+        ),
         Row(
             "two_tier_l1_hit",
             "two-tier L1 hit, bus running",
@@ -178,6 +219,9 @@ async def raw_subjects(
     async def ttl_get(key: str) -> Any:
         return ttl_cache.get(key)
 
+    async def ttl_get_copy(key: str) -> Any:
+        return copy.deepcopy(ttl_cache.get(key))
+
     missing = object()
     memo: dict[int, Any] = {}
     memo_ttl: cachetools.TTLCache[int, Any] = cachetools.TTLCache(maxsize=1000, ttl=TTL)
@@ -197,6 +241,14 @@ async def raw_subjects(
             value = memo_ttl[x] = await user(x)
         return value
 
+    model_memo: dict[int, Any] = {}
+
+    async def dict_memo_model(x: int) -> Any:
+        value = model_memo.get(x, missing)
+        if value is missing:
+            value = model_memo[x] = await profile(x)
+        return value
+
     for row in rows:
         if row in ("l1_hit", "two_tier_l1_hit"):
             subjects += [
@@ -209,6 +261,24 @@ async def raw_subjects(
                     baseline=True,
                 ),
             ]
+        elif row == "l1_hit_copy":
+            subjects += [
+                Subject(row, "raw", "cachetools.TTLCache in async def", sequential(ttl_get, "hot")),
+                Subject(
+                    row,
+                    "raw",
+                    "cachetools.TTLCache + copy.deepcopy",
+                    sequential(ttl_get_copy, "hot"),
+                    baseline=True,
+                ),
+            ]
+        elif row == "decorator_hit_model":
+            await dict_memo_model(HIT_ARG)
+            subjects.append(
+                Subject(
+                    row, "raw", "dict memo", sequential(dict_memo_model, HIT_ARG), baseline=True
+                )
+            )
         elif row == "decorator_hit":
             await dict_memo(HIT_ARG)
             await ttl_memo(HIT_ARG)
@@ -298,12 +368,16 @@ async def coherent_subjects(
     subjects: list[Subject] = []
     single = CacheManager(CacheConfig(redis_url=None, namespace=f"bench-{token}-l1"))
     multi = CacheManager(CacheConfig(redis_url=url, namespace=f"bench-{token}-mt"))
-    for manager in (single, multi):
+    copying = CacheManager(
+        CacheConfig(redis_url=None, namespace=f"bench-{token}-cp", l1_copy_on_read=True)
+    )
+    for manager in (single, multi, copying):
         with anyio.fail_after(30):
             await manager.start()
         stack.push_async_callback(manager.stop)
     await single.set("hot", VALUE, TTL)
     await multi.set("hot", VALUE, TTL)
+    await copying.set("hot", VALUE, TTL)
 
     calls = 0
 
@@ -325,6 +399,26 @@ async def coherent_subjects(
         if row == "l1_hit":
             subjects.append(
                 Subject(row, "coherent_cache", "L1 only", sequential(single.get, "hot"))
+            )
+        elif row == "l1_hit_copy":
+            subjects.append(
+                Subject(
+                    row,
+                    "coherent_cache",
+                    "L1 only, l1_copy_on_read=True",
+                    sequential(copying.get, "hot"),
+                )
+            )
+        elif row == "decorator_hit_model":
+            typed = single.cached(ttl=TTL, key_prefix="profile")(profile)
+            await typed(HIT_ARG)
+            subjects.append(
+                Subject(
+                    row,
+                    "coherent_cache",
+                    "@cache.cached -> Profile, L1 only",
+                    sequential(typed, HIT_ARG),
+                )
             )
         elif row == "decorator_hit":
             await decorated(HIT_ARG)

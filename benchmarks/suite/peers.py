@@ -31,6 +31,7 @@ from benchmarks.suite.micro import (
     concurrency,
     concurrent,
     key_names,
+    profile,
     sequential,
 )
 
@@ -78,6 +79,10 @@ async def cashews_subjects(
     for row in rows:
         if row == "l1_hit":
             subjects.append(Subject(row, "cashews", "mem://", sequential(mem.get, "hot")))
+        elif row == "decorator_hit_model":
+            f = mem(ttl=TTL, prefix="dec-model")(profile)
+            await f(HIT_ARG)
+            subjects.append(Subject(row, "cashews", "@cache, defaults", sequential(f, HIT_ARG)))
         elif row == "decorator_hit":
             for protected in (True, False):
                 f = mem(ttl=TTL, prefix=f"dec-{protected}", protected=protected)(_user())
@@ -152,6 +157,13 @@ async def aiocache_subjects(
                     Subject(
                         row, "aiocache", f"SimpleMemoryCache, {variant}", sequential(mem.get, "hot")
                     )
+                )
+            elif row == "decorator_hit_model":
+                f = cached(ttl=TTL, namespace=f"decm-{token}-{variant}", **timeout)(profile)
+                stack.push_async_callback(f.cache.clear)
+                await f(HIT_ARG)
+                subjects.append(
+                    Subject(row, "aiocache", f"@cached, {variant}", sequential(f, HIT_ARG))
                 )
             elif row == "decorator_hit":
                 f = cached(ttl=TTL, namespace=f"dec-{token}-{variant}", **timeout)(_user())

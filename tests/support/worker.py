@@ -113,6 +113,22 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
                     bus_at = now
                 await anyio.sleep(0.005)
         return {"value": {"l2_at": l2_at, "bus_at": bus_at}}
+    if op == "typed_call":
+        # A decorated function of tests/support/typed_values.py, twice (L2 then L1 here):
+        # whether each result has the declared type and value, and whether it loaded.
+        from tests.support.typed_values import CASES, conforms, functions
+
+        calls: list[str] = []
+        tp, expected = CASES[cmd["case"]]
+        func = functions(cache, calls)[cmd["case"]]
+        results = [await func(int(cmd.get("arg", 1))) for _ in range(2)]
+        return {
+            "value": {
+                "typed": [conforms(r, tp) for r in results],
+                "equal": [r == expected for r in results],
+                "calls": calls,
+            }
+        }
     if op == "rss":
         return {"value": _rss_bytes()}
     raise ValueError(f"unknown op {op!r}")
