@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, final
+from typing import Any, Final, Literal, final
 
 import anyio
 import structlog
@@ -23,12 +23,12 @@ from ._breaker import BreakerState
 from ._flight import FillToken, Flight
 from ._telemetry import Telemetry
 from .config import CacheConfig, CacheTier
-from .errors import BackendError, CacheClosedError, InvalidTTLError
+from .errors import BackendError, CacheClosedError, InvalidTTLError, LoaderTimeoutError
 from .keys import key_prefix, validate_key, validate_tags
 from .l2 import RedisCache
 from .monitoring import LoaderStats
 from .multitier import MultiTierCache
-from .types import MISSING, NOT_LOOKED, check_ttl
+from .types import MISSING, NOT_LOOKED, USE_DEFAULT, UseDefault, check_ttl
 
 __all__ = ("LoadEngine", "LoadPolicy", "Outcome")
 
@@ -36,6 +36,13 @@ Outcome = Literal["hit", "stale", "miss"]
 """How a load was answered: a fresh hit, a stale value, or a miss (the loader's result)."""
 
 Loader = Callable[[], Awaitable[Any]]
+
+TTLOf = Callable[[Any], float | None]
+"""A TTL chosen by the result: called with the loaded value, returns seconds or ``None``."""
+
+REFRESH_MARKS_MAX: Final = 4096
+"""Keys whose current entry already had its refresh-ahead attempt, remembered at most (the
+record is dropped beyond: at worst an entry is refreshed twice)."""
 
 
 def check_jitter(jitter: object) -> float:
@@ -49,21 +56,36 @@ def check_jitter(jitter: object) -> float:
     return float(jitter)
 
 
+def check_refresh_ahead(fraction: object) -> float:
+    """``refresh_ahead`` as a fraction in (0, 1), else `InvalidTTLError`."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise InvalidTTLError(
+            f"refresh_ahead must be a fraction of the TTL in (0, 1), got {fraction!r}",
+            ttl=fraction,
+        )
+    return float(fraction)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class LoadPolicy:
     """Every option of a load, checked when built (``get_or_set`` documents each).
 
     ``ttl`` is resolved (``default_ttl`` already substituted for `USE_DEFAULT`) and
-    ``lock`` too (``lock_by_default`` for ``None``).
+    ``lock`` too (``lock_by_default`` for ``None``); so are ``loader_hard_timeout`` and
+    ``refresh_ahead`` (their `CacheConfig` defaults). ``ttl`` may be a callable of the
+    loaded value (`TTLOf`); ``none_ttl`` `USE_DEFAULT` means a ``None`` gets ``ttl``.
+    ``refresh_ahead`` is dropped (``None``) when ``ttl`` is ``None`` or ``tier`` is L2.
 
     Raises:
-        InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not a positive
-            number (``ttl`` may be ``None``), or ``ttl_jitter`` is not in [0, 1).
+        InvalidTTLError: ``ttl``, ``stale_ttl``, ``loader_timeout``,
+            ``loader_hard_timeout`` or ``none_ttl`` is not a positive number (``ttl`` and
+            ``none_ttl`` may be ``None``), ``ttl_jitter`` is not in [0, 1), or
+            ``refresh_ahead`` not in (0, 1).
         InvalidKeyError: a tag is not a valid tag.
     """
 
-    ttl: float | None
+    ttl: float | TTLOf | None
     tier: CacheTier = CacheTier.BOTH
     tags: tuple[str, ...] = ()
     lock: bool = False
@@ -72,10 +94,14 @@ class LoadPolicy:
     cache_none: bool = True
     should_cache: Callable[[Any], bool] | None = None
     ttl_jitter: float = 0.0
+    loader_hard_timeout: float | None = None
+    refresh_ahead: float | None = None
+    none_ttl: float | UseDefault | None = USE_DEFAULT
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "ttl", check_ttl(self.ttl))
+        if not callable(self.ttl):
+            set_(self, "ttl", check_ttl(self.ttl))
         if self.stale_ttl is not None:
             set_(self, "stale_ttl", check_ttl(self.stale_ttl))
         if self.loader_timeout is not None:
@@ -83,6 +109,50 @@ class LoadPolicy:
         set_(self, "ttl_jitter", check_jitter(self.ttl_jitter))
         set_(self, "tier", CacheTier(self.tier))
         set_(self, "tags", validate_tags(self.tags))
+        if self.loader_hard_timeout is not None:
+            set_(self, "loader_hard_timeout", check_ttl(self.loader_hard_timeout))
+        if self.none_ttl is not USE_DEFAULT:
+            set_(self, "none_ttl", check_ttl(self.none_ttl))
+        if self.refresh_ahead is not None:
+            fraction = check_refresh_ahead(self.refresh_ahead)
+            off = self.ttl is None or self.tier is CacheTier.L2
+            set_(self, "refresh_ahead", None if off else fraction)
+
+    @classmethod
+    def of_call(
+        cls,
+        config: CacheConfig,
+        ttl: float | TTLOf | UseDefault | None,
+        tier: CacheTier,
+        tags: Iterable[str],
+        lock: bool | None,
+        stale_ttl: float | None,
+        loader_timeout: float | None,
+        cache_none: bool,
+        should_cache: Callable[[Any], bool] | None,
+        ttl_jitter: float,
+        loader_hard_timeout: float | UseDefault | None,
+        refresh_ahead: float | UseDefault | None,
+        none_ttl: float | UseDefault | None,
+    ) -> LoadPolicy:
+        """The policy of a ``get_or_set`` call or a decorator: `USE_DEFAULT` and ``lock=None``
+        resolved from ``config``."""
+        return cls(
+            ttl=config.default_ttl if ttl is USE_DEFAULT else ttl,
+            tier=tier,
+            tags=tuple(tags),
+            lock=config.lock_by_default if lock is None else lock,
+            stale_ttl=stale_ttl,
+            loader_timeout=loader_timeout,
+            cache_none=cache_none,
+            should_cache=should_cache,
+            ttl_jitter=ttl_jitter,
+            loader_hard_timeout=config.loader_hard_timeout
+            if loader_hard_timeout is USE_DEFAULT
+            else loader_hard_timeout,
+            refresh_ahead=config.refresh_ahead if refresh_ahead is USE_DEFAULT else refresh_ahead,
+            none_ttl=none_ttl,
+        )
 
     def with_tags(self, tags: tuple[str, ...]) -> LoadPolicy:
         """This policy with other tags (a decorated call's rendered tag templates)."""
@@ -126,6 +196,8 @@ class LoadEngine:
         self._closed_error = closed_error
         self._tg: TaskGroup | None = None
         self._flights: dict[str, Flight] = {}
+        # key -> the fresh-until of the L1 entry whose refresh-ahead was already started
+        self._refresh_marks: dict[str, float] = {}
         self._random = random.Random()
         self._stats: LoaderStats = {
             "hits": 0,
@@ -135,6 +207,9 @@ class LoadEngine:
             "stale_served": 0,
             "lock_waits": 0,
             "discarded": 0,
+            "refreshes": 0,
+            "hard_timeouts": 0,
+            "ttl_errors": 0,
         }
 
     def open(self, tg: TaskGroup) -> None:
@@ -172,12 +247,18 @@ class LoadEngine:
         return hit
 
     async def get_or_set(
-        self, key: str, loader: Loader, tier: CacheTier, policy: Callable[[], LoadPolicy]
+        self,
+        key: str,
+        loader: Loader,
+        tier: CacheTier,
+        policy: Callable[[], LoadPolicy],
+        refresh: bool = False,
     ) -> Any:
         """A whole load after `fast_hit` returned `NOT_LOOKED` (or for ``tier=L2``).
 
         Raises the closed error when closed; traces the call (``get_or_set`` span) when
-        telemetry is on. ``key`` is validated and ``policy()`` built only after an L1 miss.
+        telemetry is on. ``key`` is validated and ``policy()`` built only after an L1 miss,
+        or after a hit when ``refresh`` (the policy may have a ``refresh_ahead``).
         """
         if self._tg is None:
             raise self._closed_error()
@@ -188,6 +269,8 @@ class LoadEngine:
                 if hit is not MISSING:
                     self._stats["hits"] += 1
                     span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
+                    if refresh:
+                        self.refresh_if_due(key, loader, policy(), hit)
                     return hit
                 validate_key(key)
                 value, outcome = await self.load(key, loader, policy())
@@ -199,6 +282,8 @@ class LoadEngine:
             hit = self._cache.peek(key)
             if hit is not MISSING:
                 self._stats["hits"] += 1
+                if refresh:
+                    self.refresh_if_due(key, loader, policy(), hit)
                 return hit
         validate_key(key)
         return (await self.load(key, loader, policy()))[0]
@@ -213,13 +298,15 @@ class LoadEngine:
                 # A load of this key is under way and L1 holds nothing: join it without an
                 # L2 read (its first caller read L2 just before starting it).
                 self._stats["misses"] += 1
-                return await flight.result(), "miss"
+                return await self._wait(key, flight, policy), "miss"
         else:
             found = await cache.read(key, policy.tier, allow_stale=True)
         if found is not None:
             value, fresh = found
             if fresh:
                 self._stats["hits"] += 1
+                if policy.refresh_ahead is not None:
+                    self.refresh_if_due(key, loader, policy, value)
                 return value, "hit"
             self._stats["stale_served"] += 1
             flight = self._flight(key, loader, policy)
@@ -233,7 +320,97 @@ class LoadEngine:
                     return value, "stale"
             return value, "stale"
         self._stats["misses"] += 1
-        return await self._flight(key, loader, policy).result(), "miss"
+        return await self._wait(key, self._flight(key, loader, policy), policy), "miss"
+
+    async def _wait(self, key: str, flight: Flight, policy: LoadPolicy) -> Any:
+        """The flight's result, or `LoaderTimeoutError` after ``loader_hard_timeout``.
+
+        Only the wait is bounded: the flight runs on in the task group and fills the cache.
+        """
+        timeout = policy.loader_hard_timeout
+        if timeout is None:
+            return await flight.result()
+        with anyio.move_on_after(timeout):
+            return await flight.result()
+        self._stats["hard_timeouts"] += 1
+        raise LoaderTimeoutError(
+            f"the loader of {key_prefix(key)!r}... did not finish within {timeout} s "
+            "(loader_hard_timeout); it goes on in the background",
+            key=key,
+            timeout=timeout,
+        )
+
+    # -- refresh-ahead ---------------------------------------------------------------------
+
+    def refresh_if_due(self, key: str, loader: Loader, policy: LoadPolicy, value: Any) -> None:
+        """After a fresh hit of ``value``: start one background refresh of ``key`` if its L1
+        entry passed ``refresh_ahead`` of its TTL (``policy.refresh_ahead`` is set).
+
+        The TTL counted is the policy's (capped by the entry's own length: an L1 cap, or an
+        entry copied from L2 with what remained of its TTL); one refresh is started per L1
+        entry and none while a load of the key is in flight.
+        """
+        fraction = policy.refresh_ahead
+        window = self._cache.l1.fresh_window(key) if fraction is not None else None
+        if window is None or self._tg is None:
+            return
+        stored, fresh = window
+        span = fresh - stored
+        ttl = policy.ttl
+        if isinstance(ttl, float) and ttl < span:
+            span = ttl
+        assert fraction is not None
+        if fresh - self._cache.l1.now() > (1 - fraction) * span or span == float("inf"):
+            return
+        marks = self._refresh_marks
+        if marks.get(key) == fresh or key in self._flights:
+            return
+        if len(marks) >= REFRESH_MARKS_MAX:
+            marks.clear()
+        marks[key] = fresh
+        flight = self._flights[key] = Flight(self._cache.begin_fill(key))
+        self._stats["refreshes"] += 1
+        self._tg.start_soon(
+            self._run_flight, key, loader, policy, flight, (value, (1 - fraction) * span)
+        )
+
+    async def _refresh_locked(
+        self,
+        key: str,
+        loader: Loader,
+        policy: LoadPolicy,
+        l2: RedisCache,
+        fill: FillToken,
+        refresh: tuple[Any, float],
+    ) -> Any:
+        """A refresh-ahead under the lease lock: one instance of the fleet loads.
+
+        Never waits: if another instance holds the lock (it is refreshing), or L2 already
+        holds an entry that is not due (refreshed elsewhere), this instance keeps serving
+        its entry (``refresh[0]``) until it expires and then reads L2's.
+        """
+        value, due_within = refresh
+        token = secrets.token_hex(16)
+        try:
+            if not await l2.try_lock(key, token, self._config.lock_lease):
+                return value
+        except BackendError:
+            return value  # keep serving; the entry expires as usual
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew_lease, l2, key, token)
+                found = await l2.get_entry_with_ttl(key)
+                left = None if found is None else found[0].fresh_seconds()
+                if found is None or (left is not None and left <= due_within):
+                    value = await self._call_and_store(key, loader, policy, fill)
+                tg.cancel_scope.cancel()
+            return value
+        finally:
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._config.operation_timeout * 2),
+            ):
+                await l2.unlock(key, token)
 
     # -- flights ---------------------------------------------------------------------------
 
@@ -250,10 +427,19 @@ class LoadEngine:
         return flight
 
     async def _run_flight(
-        self, key: str, loader: Loader, policy: LoadPolicy, flight: Flight
+        self,
+        key: str,
+        loader: Loader,
+        policy: LoadPolicy,
+        flight: Flight,
+        refresh: tuple[Any, float] | None = None,
     ) -> None:
         try:
-            flight.value = await self._load(key, loader, policy, flight.fill)
+            if refresh is not None and policy.lock and self._l2 is not None:
+                load = self._refresh_locked(key, loader, policy, self._l2, flight.fill, refresh)
+            else:
+                load = self._load(key, loader, policy, flight.fill)
+            flight.value = await load
         except Exception as exc:
             flight.error = exc
             self._stats["errors"] += 1
@@ -294,7 +480,9 @@ class LoadEngine:
             policy.should_cache is not None and not policy.should_cache(value)
         ):
             return value
-        ttl = policy.ttl
+        ttl = self._ttl_of(key, value, policy)
+        if ttl is MISSING:
+            return value
         if ttl is not None and policy.ttl_jitter:
             ttl *= 1 + self._random.uniform(-policy.ttl_jitter, policy.ttl_jitter)
         # Our own store must not make this flight's token stale (late callers would start a
@@ -310,6 +498,28 @@ class LoadEngine:
             own_fill=fill,
         )
         return value
+
+    def _ttl_of(self, key: str, value: Any, policy: LoadPolicy) -> Any:
+        """The TTL of a loaded ``value``: ``none_ttl`` for a ``None`` when set, the result of
+        a callable ``ttl``, else ``ttl``. `MISSING` (not cached) when the callable raised
+        or returned no valid TTL: logged as ``ttl_callable_failed``, counted in
+        ``ttl_errors``; the caller still gets ``value``."""
+        if value is None and policy.none_ttl is not USE_DEFAULT:
+            return policy.none_ttl
+        ttl = policy.ttl
+        if not callable(ttl):
+            return ttl
+        try:
+            return check_ttl(ttl(value))
+        except Exception as exc:
+            self._stats["ttl_errors"] += 1
+            self.log.warning(
+                "ttl_callable_failed",
+                key_prefix=key_prefix(key),
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+            return MISSING
 
     async def _load_locked(
         self, key: str, loader: Loader, policy: LoadPolicy, l2: RedisCache, fill: FillToken

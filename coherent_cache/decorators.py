@@ -47,7 +47,7 @@ from .keys import (
     literal_of,
     validate_key,
 )
-from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT, UseDefault
 
 __all__ = [
     "AUTO_EXCLUDED_TYPES",
@@ -386,6 +386,18 @@ class _CachedSpec:
                 key=value,
             ) from exc
 
+    def refresh(
+        self,
+        key: str,
+        hit: Any,
+        arguments: dict[str, Any] | None,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """After a hit: the refresh-ahead of ``key`` if due (the decorator has one)."""
+        loader = functools.partial(_run, self.func, self.is_async, args, kwargs)
+        self.engine.refresh_if_due(key, loader, self.policy_of(arguments, args, kwargs), hit)
+
     def policy_of(
         self, arguments: dict[str, Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> LoadPolicy:
@@ -458,6 +470,8 @@ class CachedFunction(Generic[P, R]):
             hit = engine.fast_hit(key)
             if hit is not NOT_LOOKED:
                 if hit is not MISSING:
+                    if spec.policy.refresh_ahead is not None:
+                        spec.refresh(key, hit, arguments, full, kwargs)
                     return hit
                 # L1 missed, untraced: the load, after get_or_set's own L1 fast path
                 validate_key(key)
@@ -470,6 +484,7 @@ class CachedFunction(Generic[P, R]):
             loader,
             spec.policy.tier,
             functools.partial(spec.policy_of, arguments, full, kwargs),
+            spec.policy.refresh_ahead is not None,
         )
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -585,7 +600,7 @@ class CachedDecorator:
 def cached(
     manager: DecoratedCache,
     *,
-    ttl: TTL = USE_DEFAULT,
+    ttl: TTL | Callable[[Any], float | None] = USE_DEFAULT,
     key_prefix: str | None = None,
     tier: CacheTier = CacheTier.BOTH,
     exclude: str | Collection[str] = (),
@@ -598,6 +613,9 @@ def cached(
     loader_timeout: float | None = None,
     lock: bool | None = None,
     tags: str | Collection[str] = (),
+    loader_hard_timeout: float | UseDefault | None = USE_DEFAULT,
+    refresh_ahead: float | UseDefault | None = USE_DEFAULT,
+    none_ttl: float | UseDefault | None = USE_DEFAULT,
 ) -> CachedDecorator:
     """Cache a function's results in ``manager``, keyed by its arguments.
 
@@ -616,7 +634,8 @@ def cached(
 
     Args:
         manager: the cache.
-        ttl: seconds; ``None`` for no expiry; `USE_DEFAULT` for ``default_ttl``.
+        ttl: seconds; ``None`` for no expiry; `USE_DEFAULT` for ``default_ttl``; or a
+            callable of the result returning seconds or ``None``.
         key_prefix: first part of every key; ``module.qualname`` of the function by default.
         tier: where results are cached.
         exclude: parameter names left out of the key.
@@ -632,6 +651,12 @@ def cached(
             ``None`` follows ``CacheConfig.lock_by_default``.
         tags: tags of every entry (``"user:{user_id}"`` templates filled from the
             arguments), for `CacheManager.invalidate_tags`.
+        loader_hard_timeout: a caller waits at most this long for the function, then gets
+            `LoaderTimeoutError` (the call goes on and fills the cache); `USE_DEFAULT`:
+            ``CacheConfig.loader_hard_timeout``; ``None``: unbounded.
+        refresh_ahead: a hit past this fraction of its TTL starts one background refresh;
+            `USE_DEFAULT`: ``CacheConfig.refresh_ahead``; ``None``: off.
+        none_ttl: the TTL of a cached ``None`` (`USE_DEFAULT`: ``ttl``).
 
     Raises:
         ConfigurationError: ``exclude`` names no parameter, or ``key_prefix`` is empty.
@@ -639,17 +664,11 @@ def cached(
         InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not positive, or
             ``ttl_jitter`` is not in [0, 1).
     """
-    config = manager.config
-    policy = LoadPolicy(
-        ttl=config.default_ttl if ttl is USE_DEFAULT else ttl,
-        tier=tier,
-        lock=config.lock_by_default if lock is None else lock,
-        stale_ttl=stale_ttl,
-        loader_timeout=loader_timeout,
-        cache_none=cache_none,
-        should_cache=_should_cache(unless, condition),
-        ttl_jitter=ttl_jitter,
-    )
+    policy = LoadPolicy.of_call(
+        manager.config, ttl, tier, (), lock, stale_ttl, loader_timeout, cache_none,
+        _should_cache(unless, condition), ttl_jitter, loader_hard_timeout, refresh_ahead,
+        none_ttl,
+    )  # fmt: skip
     if key_builder is not None and not callable(key_builder):
         raise ConfigurationError("key_builder must be callable", field="key_builder")
     return CachedDecorator(

@@ -40,7 +40,7 @@ from .monitoring import (
 )
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
-from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT, UseDefault
 from .warming import CacheWarmer, WarmerMethod, WarmLauncher
 
 __all__ = [
@@ -402,7 +402,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self,
         key: str,
         loader: Callable[[], Awaitable[R]],
-        ttl: TTL = USE_DEFAULT,
+        ttl: TTL | Callable[[R], float | None] = USE_DEFAULT,
         tier: CacheTier = CacheTier.BOTH,
         *,
         tags: Iterable[str] = (),
@@ -412,6 +412,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         cache_none: bool = True,
         should_cache: Callable[[Any], bool] | None = None,
         ttl_jitter: float = 0.0,
+        loader_hard_timeout: float | UseDefault | None = USE_DEFAULT,
+        refresh_ahead: float | UseDefault | None = USE_DEFAULT,
+        none_ttl: float | UseDefault | None = USE_DEFAULT,
     ) -> R:
         """Return the cached value of ``key``, or run ``loader`` once, cache and return it.
 
@@ -434,37 +437,38 @@ class CacheManager(anyio.AsyncContextManagerMixin):
           returning False skips caching. ``ttl_jitter=0.1`` spreads each entry's TTL over
           ±10 % so entries written together do not expire together.
         - Loader results are stored without a bus message (a fill, not a write).
+        - ``loader_hard_timeout``, ``refresh_ahead`` (`USE_DEFAULT`: the config's), a
+          callable ``ttl`` and ``none_ttl``: docs/decorators.md, "Load options".
 
         Raises:
             Exception: whatever the loader raised (shared by every waiting caller).
             InvalidKeyError, InvalidTTLError: bad arguments.
             SerializationError: the loader's result cannot be encoded.
             CacheClosedError: the manager is not running.
+            LoaderTimeoutError: ``loader_hard_timeout`` passed before the loader ended.
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
         engine = self._loader
         hit = engine.fast_hit(key) if tier is not CacheTier.L2 else NOT_LOOKED
-        if hit is not NOT_LOOKED and hit is not MISSING:
+        refresh = refresh_ahead is not None and (
+            refresh_ahead is not USE_DEFAULT or self.config.refresh_ahead is not None
+        )
+        if hit is not NOT_LOOKED and hit is not MISSING and not refresh:
             return cast("R", hit)
 
         # A partial, not a closure: a closure's cells would slow down the hit path above.
         policy = functools.partial(
-            LoadPolicy,
-            ttl=self.config.default_ttl if ttl is USE_DEFAULT else ttl,
-            tier=tier,
-            tags=tuple(tags),
-            lock=self.config.lock_by_default if lock is None else lock,
-            stale_ttl=stale_ttl,
-            loader_timeout=loader_timeout,
-            cache_none=cache_none,
-            should_cache=should_cache,
-            ttl_jitter=ttl_jitter,
-        )
+            LoadPolicy.of_call, self.config, ttl, tier, tags, lock, stale_ttl, loader_timeout,
+            cache_none, should_cache, ttl_jitter, loader_hard_timeout, refresh_ahead, none_ttl,
+        )  # fmt: skip
+        if hit is not NOT_LOOKED and hit is not MISSING:
+            engine.refresh_if_due(key, loader, policy(), hit)
+            return cast("R", hit)
         if hit is MISSING:  # untraced, and L1 missed
             validate_key(key)
             return cast("R", (await engine.load(key, loader, policy()))[0])
-        return cast("R", await engine.get_or_set(key, loader, tier, policy))
+        return cast("R", await engine.get_or_set(key, loader, tier, policy, refresh))
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""

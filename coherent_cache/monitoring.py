@@ -63,6 +63,12 @@ class LoaderStats(TypedDict):
     stale_served: int
     lock_waits: int
     discarded: int
+    refreshes: int
+    """Refresh-ahead loads started (``refresh_ahead``)."""
+    hard_timeouts: int
+    """Callers that got `LoaderTimeoutError` (``loader_hard_timeout``)."""
+    ttl_errors: int
+    """Results left uncached because a callable ``ttl`` raised or returned no valid TTL."""
 
 
 class CacheStats(TierStats):
