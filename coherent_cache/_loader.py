@@ -224,6 +224,10 @@ class LoadEngine:
         """The ``loader`` figures of `CacheStats` (a copy)."""
         return LoaderStats(**self._stats)
 
+    def in_flight(self, key: str) -> bool:
+        """Whether a load (or refresh) of ``key`` is running in this instance."""
+        return key in self._flights
+
     # -- entrances -------------------------------------------------------------------------
 
     def fast_hit(self, key: str) -> Any:
@@ -400,7 +404,10 @@ class LoadEngine:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew_lease, l2, key, token)
                 found = await l2.get_entry_with_ttl(key)
-                left = None if found is None else found[0].fresh_seconds()
+                left = None
+                if found is not None:  # how long L2's entry stays fresh; None: for ever
+                    left = found[0].fresh_seconds()
+                    left = found[1] if left is None else left
                 if found is None or (left is not None and left <= due_within):
                     value = await self._call_and_store(key, loader, policy, fill)
                 tg.cancel_scope.cancel()

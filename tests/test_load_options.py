@@ -246,6 +246,30 @@ class TestRefreshAhead:
         assert 2 == len(calls)
         assert 90_000 < await raw_redis.pttl(f"{namespace}:f:1") <= 100_000
 
+    @pytest.mark.parametrize(("l2_left_ms", "loads"), [(40_000, 2), (95_000, 1)])
+    async def test_locked_refresh_reloads_only_when_l2_is_due(
+        self,
+        make_manager: ManagerFactory,
+        raw_redis: Redis,
+        namespace: str,
+        clock: FakeClock,
+        l2_left_ms: int,
+        loads: int,
+    ) -> None:
+        """lock=True: the lock holder reloads unless L2's entry is no longer due (another
+        instance refreshed it); either way the hit answered at once."""
+        cache = await make_manager(timer=clock)
+        gate = Gate(lambda n: n, blocked=False)
+        options: dict[str, Any] = {"ttl": 100, "refresh_ahead": 0.5, "lock": True}
+        assert 1 == await cache.get_or_set("k", gate, **options)
+        await raw_redis.pexpire(f"{namespace}:k", l2_left_ms)
+        clock.tick(60)
+        assert 1 == await cache.get_or_set("k", gate, **options)
+        await eventually(lambda: cache.stats()["loader"]["refreshes"], expect=1)
+        await eventually(lambda: not cache.load_engine.in_flight("k"))
+        assert loads == gate.calls
+        assert 0 == await raw_redis.exists(f"{namespace}#lock:k")  # released
+
 
 class TestTtlOfResult:
     async def test_callable_ttl_on_both_tiers(
