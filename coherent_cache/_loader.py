@@ -346,29 +346,41 @@ class LoadEngine:
 
     # -- refresh-ahead ---------------------------------------------------------------------
 
-    def refresh_if_due(self, key: str, loader: Loader, policy: LoadPolicy, value: Any) -> None:
-        """After a fresh hit of ``value``: start one background refresh of ``key`` if its L1
-        entry passed ``refresh_ahead`` of its TTL (``policy.refresh_ahead`` is set).
+    def refresh_due(self, key: str, fraction: float | None, ttl: object) -> bool:
+        """Whether a hit of ``key`` should start its refresh-ahead (cheap: the hit path).
 
-        The TTL counted is the policy's (capped by the entry's own length: an L1 cap, or an
-        entry copied from L2 with what remained of its TTL); one refresh is started per L1
-        entry and none while a load of the key is in flight.
+        Due when the L1 entry has at most ``(1 - fraction)`` of its TTL left: ``ttl`` if it
+        is a number shorter than the entry's own length (an L1 cap, or a copy of an L2
+        entry living for what remained of it), else that length. Not due when a refresh of
+        this entry was already started, or a load of the key is in flight; never when
+        ``fraction`` is ``None``.
         """
-        fraction = policy.refresh_ahead
-        window = self._cache.l1.fresh_window(key) if fraction is not None else None
-        if window is None or self._tg is None:
-            return
+        window = self._cache.l1.fresh_window(key)
+        if window is None or fraction is None:
+            return False
         stored, fresh = window
         span = fresh - stored
-        ttl = policy.ttl
-        if isinstance(ttl, float) and ttl < span:
+        if (type(ttl) is float or type(ttl) is int) and ttl < span:
             span = ttl
-        assert fraction is not None
-        if fresh - self._cache.l1.now() > (1 - fraction) * span or span == float("inf"):
+        return (
+            fresh - self._timer() <= (1 - fraction) * span
+            and span != float("inf")
+            and self._refresh_marks.get(key) != fresh
+            and key not in self._flights
+        )
+
+    def refresh_if_due(self, key: str, loader: Loader, policy: LoadPolicy, value: Any) -> None:
+        """After a fresh hit of ``value``: start one background refresh of ``key`` when
+        `refresh_due` (``policy.refresh_ahead`` set); at most one per L1 entry."""
+        fraction = policy.refresh_ahead
+        if fraction is None or self._tg is None or not self.refresh_due(key, fraction, policy.ttl):
             return
+        window = self._cache.l1.fresh_window(key)
+        assert window is not None
+        stored, fresh = window
+        ttl = policy.ttl
+        span = min(ttl, fresh - stored) if isinstance(ttl, float) else fresh - stored
         marks = self._refresh_marks
-        if marks.get(key) == fresh or key in self._flights:
-            return
         if len(marks) >= REFRESH_MARKS_MAX:
             marks.clear()
         marks[key] = fresh
@@ -387,19 +399,23 @@ class LoadEngine:
         fill: FillToken,
         refresh: tuple[Any, float],
     ) -> Any:
-        """A refresh-ahead under the lease lock: one instance of the fleet loads.
+        """A refresh-ahead under the lease lock (``tier=BOTH``): one instance of the fleet
+        loads, the others adopt its result from L2 before their own copy expires.
 
-        Never waits: if another instance holds the lock (it is refreshing), or L2 already
-        holds an entry that is not due (refreshed elsewhere), this instance keeps serving
-        its entry (``refresh[0]``) until it expires and then reads L2's.
+        The lock holder loads unless L2 already holds an entry that is not due (refreshed
+        elsewhere), which it copies into L1 instead. An instance that finds the lock held
+        polls L2 for the new entry (as a lock waiter does, at most ``lock_timeout``) and
+        copies it into L1. Either way no caller waits: they are served the entry held.
         """
         value, due_within = refresh
         token = secrets.token_hex(16)
         try:
-            if not await l2.try_lock(key, token, self._config.lock_lease):
-                return value
+            acquired = await l2.try_lock(key, token, self._config.lock_lease)
         except BackendError:
             return value  # keep serving; the entry expires as usual
+        if not acquired:
+            await self._adopt_refresh(key, due_within)
+            return value
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew_lease, l2, key, token)
@@ -410,6 +426,8 @@ class LoadEngine:
                     left = found[1] if left is None else left
                 if found is None or (left is not None and left <= due_within):
                     value = await self._call_and_store(key, loader, policy, fill)
+                else:
+                    await self._cache.read(key, CacheTier.BOTH)  # copy L2's entry into L1
                 tg.cancel_scope.cancel()
             return value
         finally:
@@ -418,6 +436,20 @@ class LoadEngine:
                 anyio.move_on_after(self._config.operation_timeout * 2),
             ):
                 await l2.unlock(key, token)
+
+    async def _adopt_refresh(self, key: str, due_within: float) -> None:
+        """Copy L2's entry into L1 until it is one that is not due (another instance's
+        refresh landed), polling like a lock waiter, for at most ``lock_timeout``."""
+        started = self._timer()
+        deadline = started + self._config.lock_timeout
+        l1 = self._cache.l1
+        while True:
+            await self._cache.read(key, CacheTier.BOTH)  # L2 only, installed in L1
+            window = l1.fresh_window(key)
+            now = self._timer()
+            if window is None or window[1] - now > due_within or now >= deadline:
+                return
+            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
 
     # -- flights ---------------------------------------------------------------------------
 
@@ -442,10 +474,12 @@ class LoadEngine:
         refresh: tuple[Any, float] | None = None,
     ) -> None:
         try:
-            if refresh is not None and policy.lock and self._l2 is not None:
-                load = self._refresh_locked(key, loader, policy, self._l2, flight.fill, refresh)
-            else:
+            if refresh is None:
                 load = self._load(key, loader, policy, flight.fill)
+            elif policy.lock and policy.tier is CacheTier.BOTH and self._l2 is not None:
+                load = self._refresh_locked(key, loader, policy, self._l2, flight.fill, refresh)
+            else:  # a refresh of this instance's own (tier L1, or no lock)
+                load = self._call_and_store(key, loader, policy, flight.fill)
             flight.value = await load
         except Exception as exc:
             flight.error = exc

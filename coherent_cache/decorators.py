@@ -394,7 +394,7 @@ class _CachedSpec:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> None:
-        """After a hit: the refresh-ahead of ``key`` if due (the decorator has one)."""
+        """After a hit whose refresh-ahead is due: start it."""
         loader = functools.partial(_run, self.func, self.is_async, args, kwargs)
         self.engine.refresh_if_due(key, loader, self.policy_of(arguments, args, kwargs), hit)
 
@@ -470,7 +470,10 @@ class CachedFunction(Generic[P, R]):
             hit = engine.fast_hit(key)
             if hit is not NOT_LOOKED:
                 if hit is not MISSING:
-                    if spec.policy.refresh_ahead is not None:
+                    policy = spec.policy
+                    if policy.refresh_ahead is not None and engine.refresh_due(
+                        key, policy.refresh_ahead, policy.ttl
+                    ):
                         spec.refresh(key, hit, arguments, full, kwargs)
                     return hit
                 # L1 missed, untraced: the load, after get_or_set's own L1 fast path

@@ -451,10 +451,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             raise self._closed_error()
         engine = self._loader
         hit = engine.fast_hit(key) if tier is not CacheTier.L2 else NOT_LOOKED
-        refresh = refresh_ahead is not None and (
-            refresh_ahead is not USE_DEFAULT or self.config.refresh_ahead is not None
-        )
-        if hit is not NOT_LOOKED and hit is not MISSING and not refresh:
+        fraction = self.config.refresh_ahead if refresh_ahead is USE_DEFAULT else refresh_ahead
+        if hit is not NOT_LOOKED and hit is not MISSING and fraction is None:
             return cast("R", hit)
 
         # A partial, not a closure: a closure's cells would slow down the hit path above.
@@ -463,12 +461,14 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             cache_none, should_cache, ttl_jitter, loader_hard_timeout, refresh_ahead, none_ttl,
         )  # fmt: skip
         if hit is not NOT_LOOKED and hit is not MISSING:
-            engine.refresh_if_due(key, loader, policy(), hit)
+            span = self.config.default_ttl if ttl is USE_DEFAULT else ttl
+            if engine.refresh_due(key, fraction, span):
+                engine.refresh_if_due(key, loader, policy(), hit)
             return cast("R", hit)
         if hit is MISSING:  # untraced, and L1 missed
             validate_key(key)
             return cast("R", (await engine.load(key, loader, policy()))[0])
-        return cast("R", await engine.get_or_set(key, loader, tier, policy, refresh))
+        return cast("R", await engine.get_or_set(key, loader, tier, policy, fraction is not None))
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""
