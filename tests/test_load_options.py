@@ -270,6 +270,31 @@ class TestRefreshAhead:
         assert loads == gate.calls
         assert 0 == await raw_redis.exists(f"{namespace}#lock:k")  # released
 
+    async def test_lock_loser_adopts_the_refreshed_entry_before_its_own_expires(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str, clock: FakeClock
+    ) -> None:
+        """lock=True: A refreshes; B, finding the lock held, copies A's new entry from L2
+        into its L1 in the background, its loader never called and its entry never gone."""
+        a = await make_manager(timer=clock)
+        b = await make_manager(timer=clock)
+        gate_a, gate_b = Gate(lambda n: f"a{n}", blocked=False), Gate("b")
+        options: dict[str, Any] = {"ttl": 100, "refresh_ahead": 0.5, "lock": True}
+        assert "a1" == await a.get_or_set("k", gate_a, **options)
+        assert "a1" == await b.get_or_set("k", gate_b, **options)  # from L2
+        await raw_redis.pexpire(f"{namespace}:k", 40_000)  # L2 as if 60 s old
+        clock.tick(60)
+        gate_a.release = anyio.Event()  # hold A's refresh while B looks
+        assert "a1" == await a.get_or_set("k", gate_a, **options)
+        await eventually(lambda: gate_a.calls, expect=2)  # A holds the lock and loads
+        assert "a1" == await b.get_or_set("k", gate_b, **options)
+        await eventually(lambda: b.stats()["loader"]["refreshes"], expect=1)
+        assert b.load_engine.in_flight("k")  # B polls L2 for A's result
+        gate_a.release.set()
+        await eventually(lambda: b.l1.peek("k"), expect="a2")
+        assert 0 == gate_b.calls
+        window = b.l1.fresh_window("k")
+        assert window is not None and window[1] - clock() > 90  # the new entry's TTL
+
 
 class TestTtlOfResult:
     async def test_callable_ttl_on_both_tiers(
