@@ -196,6 +196,9 @@ class LoadEngine:
         self._closed_error = closed_error
         self._tg: TaskGroup | None = None
         self._flights: dict[str, Flight] = {}
+        # Refresh-ahead flights, apart: a miss never joins one (a refresh that did not load
+        # ends with the value it started from, which may have expired meanwhile).
+        self._refreshing: dict[str, Flight] = {}
         # key -> the fresh-until of the L1 entry whose refresh-ahead was already started
         self._refresh_marks: dict[str, float] = {}
         self._random = random.Random()
@@ -226,7 +229,7 @@ class LoadEngine:
 
     def in_flight(self, key: str) -> bool:
         """Whether a load (or refresh) of ``key`` is running in this instance."""
-        return key in self._flights
+        return key in self._flights or key in self._refreshing
 
     # -- entrances -------------------------------------------------------------------------
 
@@ -367,6 +370,7 @@ class LoadEngine:
             and span != float("inf")
             and self._refresh_marks.get(key) != fresh
             and key not in self._flights
+            and key not in self._refreshing
         )
 
     def refresh_if_due(self, key: str, loader: Loader, policy: LoadPolicy, value: Any) -> None:
@@ -384,7 +388,7 @@ class LoadEngine:
         if len(marks) >= REFRESH_MARKS_MAX:
             marks.clear()
         marks[key] = fresh
-        flight = self._flights[key] = Flight(self._cache.begin_fill(key))
+        flight = self._refreshing[key] = Flight(self._cache.begin_fill(key))
         self._stats["refreshes"] += 1
         self._tg.start_soon(
             self._run_flight, key, loader, policy, flight, (value, (1 - fraction) * span)
@@ -439,10 +443,14 @@ class LoadEngine:
 
     async def _adopt_refresh(self, key: str, due_within: float) -> None:
         """Copy L2's entry into L1 until it is one that is not due (another instance's
-        refresh landed), polling like a lock waiter, for at most ``lock_timeout``."""
-        started = self._timer()
-        deadline = started + self._config.lock_timeout
+        refresh landed), polling like a lock waiter, for at most ``lock_timeout`` and not
+        past the expiry of the entry held (then callers miss and load as usual)."""
         l1 = self._cache.l1
+        started = self._timer()
+        window = l1.fresh_window(key)
+        deadline = started + self._config.lock_timeout
+        if window is not None:
+            deadline = min(deadline, window[1])
         while True:
             await self._cache.read(key, CacheTier.BOTH)  # L2 only, installed in L1
             window = l1.fresh_window(key)
@@ -497,6 +505,8 @@ class LoadEngine:
             self._cache.end_fill(key, flight.fill)
             if self._flights.get(key) is flight:
                 del self._flights[key]
+            elif self._refreshing.get(key) is flight:
+                del self._refreshing[key]
             flight.finish()
 
     async def _load(self, key: str, loader: Loader, policy: LoadPolicy, fill: FillToken) -> Any:
