@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, final
+from typing import Any, Final, Literal, final
 
 import anyio
 import structlog
@@ -24,12 +24,18 @@ from ._flight import FillToken, Flight
 from ._telemetry import Telemetry
 from ._typed import Decoder
 from .config import CacheConfig, CacheTier
-from .errors import BackendError, CacheClosedError, InvalidTTLError, SerializationError
+from .errors import (
+    BackendError,
+    CacheClosedError,
+    InvalidTTLError,
+    LoaderTimeoutError,
+    SerializationError,
+)
 from .keys import key_prefix, validate_key, validate_tags
 from .l2 import RedisCache
 from .monitoring import LoaderStats
 from .multitier import MultiTierCache
-from .types import MISSING, NOT_LOOKED, check_ttl
+from .types import MISSING, NOT_LOOKED, USE_DEFAULT, UseDefault, check_ttl
 
 __all__ = ("LoadEngine", "LoadPolicy", "Outcome")
 
@@ -37,6 +43,13 @@ Outcome = Literal["hit", "stale", "miss"]
 """How a load was answered: a fresh hit, a stale value, or a miss (the loader's result)."""
 
 Loader = Callable[[], Awaitable[Any]]
+
+TTLOf = Callable[[Any], float | None]
+"""A TTL chosen by the result: called with the loaded value, returns seconds or ``None``."""
+
+REFRESH_MARKS_MAX: Final = 4096
+"""Keys whose current entry already had its refresh-ahead attempt, remembered at most (the
+record is dropped beyond: at worst an entry is refreshed twice)."""
 
 
 def check_jitter(jitter: object) -> float:
@@ -50,21 +63,36 @@ def check_jitter(jitter: object) -> float:
     return float(jitter)
 
 
+def check_refresh_ahead(fraction: object) -> float:
+    """``refresh_ahead`` as a fraction in (0, 1), else `InvalidTTLError`."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise InvalidTTLError(
+            f"refresh_ahead must be a fraction of the TTL in (0, 1), got {fraction!r}",
+            ttl=fraction,
+        )
+    return float(fraction)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class LoadPolicy:
     """Every option of a load, checked when built (``get_or_set`` documents each).
 
     ``ttl`` is resolved (``default_ttl`` already substituted for `USE_DEFAULT`) and
-    ``lock`` too (``lock_by_default`` for ``None``).
+    ``lock`` too (``lock_by_default`` for ``None``); so are ``loader_hard_timeout`` and
+    ``refresh_ahead`` (their `CacheConfig` defaults). ``ttl`` may be a callable of the
+    loaded value (`TTLOf`); ``none_ttl`` `USE_DEFAULT` means a ``None`` gets ``ttl``.
+    ``refresh_ahead`` is dropped (``None``) when ``ttl`` is ``None`` or ``tier`` is L2.
 
     Raises:
-        InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not a positive
-            number (``ttl`` may be ``None``), or ``ttl_jitter`` is not in [0, 1).
+        InvalidTTLError: ``ttl``, ``stale_ttl``, ``loader_timeout``,
+            ``loader_hard_timeout`` or ``none_ttl`` is not a positive number (``ttl`` and
+            ``none_ttl`` may be ``None``), ``ttl_jitter`` is not in [0, 1), or
+            ``refresh_ahead`` not in (0, 1).
         InvalidKeyError: a tag is not a valid tag.
     """
 
-    ttl: float | None
+    ttl: float | TTLOf | None
     tier: CacheTier = CacheTier.BOTH
     tags: tuple[str, ...] = ()
     lock: bool = False
@@ -75,10 +103,14 @@ class LoadPolicy:
     ttl_jitter: float = 0.0
     decode: Decoder | None = None
     """The declared type's decoder (`_typed.decoder_of`); ``None``: JSON-native values."""
+    loader_hard_timeout: float | None = None
+    refresh_ahead: float | None = None
+    none_ttl: float | UseDefault | None = USE_DEFAULT
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "ttl", check_ttl(self.ttl))
+        if not callable(self.ttl):
+            set_(self, "ttl", check_ttl(self.ttl))
         if self.stale_ttl is not None:
             set_(self, "stale_ttl", check_ttl(self.stale_ttl))
         if self.loader_timeout is not None:
@@ -86,6 +118,53 @@ class LoadPolicy:
         set_(self, "ttl_jitter", check_jitter(self.ttl_jitter))
         set_(self, "tier", CacheTier(self.tier))
         set_(self, "tags", validate_tags(self.tags))
+        if self.loader_hard_timeout is not None:
+            set_(self, "loader_hard_timeout", check_ttl(self.loader_hard_timeout))
+        if self.none_ttl is not USE_DEFAULT:
+            set_(self, "none_ttl", check_ttl(self.none_ttl))
+        if self.refresh_ahead is not None:
+            fraction = check_refresh_ahead(self.refresh_ahead)
+            off = self.ttl is None or self.tier is CacheTier.L2
+            set_(self, "refresh_ahead", None if off else fraction)
+
+    @classmethod
+    def of_call(
+        cls,
+        config: CacheConfig,
+        *,
+        ttl: float | TTLOf | UseDefault | None,
+        tier: CacheTier,
+        tags: Iterable[str],
+        lock: bool | None,
+        stale_ttl: float | None,
+        loader_timeout: float | None,
+        cache_none: bool,
+        should_cache: Callable[[Any], bool] | None,
+        ttl_jitter: float,
+        loader_hard_timeout: float | UseDefault | None,
+        refresh_ahead: float | UseDefault | None,
+        none_ttl: float | UseDefault | None,
+        decode: Decoder | None = None,
+    ) -> LoadPolicy:
+        """The policy of a ``get_or_set`` call or a decorator: `USE_DEFAULT` and ``lock=None``
+        resolved from ``config``."""
+        return cls(
+            ttl=config.default_ttl if ttl is USE_DEFAULT else ttl,
+            tier=tier,
+            tags=tuple(tags),
+            lock=config.lock_by_default if lock is None else lock,
+            stale_ttl=stale_ttl,
+            loader_timeout=loader_timeout,
+            cache_none=cache_none,
+            should_cache=should_cache,
+            ttl_jitter=ttl_jitter,
+            loader_hard_timeout=config.loader_hard_timeout
+            if loader_hard_timeout is USE_DEFAULT
+            else loader_hard_timeout,
+            refresh_ahead=config.refresh_ahead if refresh_ahead is USE_DEFAULT else refresh_ahead,
+            none_ttl=none_ttl,
+            decode=decode,
+        )
 
     def with_tags(self, tags: tuple[str, ...]) -> LoadPolicy:
         """This policy with other tags (a decorated call's rendered tag templates)."""
@@ -129,6 +208,11 @@ class LoadEngine:
         self._closed_error = closed_error
         self._tg: TaskGroup | None = None
         self._flights: dict[str, Flight] = {}
+        # Refresh-ahead flights, apart: a miss never joins one (a refresh that did not load
+        # ends with the value it started from, which may have expired meanwhile).
+        self._refreshing: dict[str, Flight] = {}
+        # key -> the fresh-until of the L1 entry whose refresh-ahead was already started
+        self._refresh_marks: dict[str, float] = {}
         self._random = random.Random()
         self._stats: LoaderStats = {
             "hits": 0,
@@ -140,6 +224,9 @@ class LoadEngine:
             "discarded": 0,
             "unencodable": 0,
             "type_mismatches": 0,
+            "refreshes": 0,
+            "hard_timeouts": 0,
+            "ttl_errors": 0,
         }
         self._unencodable_prefixes: set[str] = set()
 
@@ -156,6 +243,10 @@ class LoadEngine:
         stats = LoaderStats(**self._stats)
         stats["type_mismatches"] = self._cache.type_mismatches
         return stats
+
+    def in_flight(self, key: str) -> bool:
+        """Whether a load (or refresh) of ``key`` is running in this instance."""
+        return key in self._flights or key in self._refreshing
 
     # -- entrances -------------------------------------------------------------------------
 
@@ -190,11 +281,14 @@ class LoadEngine:
         tier: CacheTier,
         policy: Callable[[], LoadPolicy],
         decode: Decoder | None = None,
+        *,
+        refresh: bool = False,
     ) -> Any:
         """A whole load after `fast_hit` returned `NOT_LOOKED` (or for ``tier=L2``).
 
         Raises the closed error when closed; traces the call (``get_or_set`` span) when
-        telemetry is on. ``key`` is validated and ``policy()`` built only after an L1 miss.
+        telemetry is on. ``key`` is validated and ``policy()`` built only after an L1 miss,
+        or after a hit when ``refresh`` (the policy may have a ``refresh_ahead``).
         """
         if self._tg is None:
             raise self._closed_error()
@@ -207,6 +301,8 @@ class LoadEngine:
                 if hit is not MISSING:
                     self._stats["hits"] += 1
                     span.set_attributes({"cache.hit": True, "cache.tier": "l1"})
+                    if refresh:
+                        self.refresh_if_due(key, loader, policy(), hit)
                     return hit
                 validate_key(key)
                 value, outcome = await self.load(key, loader, policy())
@@ -220,6 +316,8 @@ class LoadEngine:
                 hit = self._cache.checked(hit, decode)
             if hit is not MISSING:
                 self._stats["hits"] += 1
+                if refresh:
+                    self.refresh_if_due(key, loader, policy(), hit)
                 return hit
         validate_key(key)
         return (await self.load(key, loader, policy()))[0]
@@ -234,13 +332,15 @@ class LoadEngine:
                 # A load of this key is under way and L1 holds nothing: join it without an
                 # L2 read (its first caller read L2 just before starting it).
                 self._stats["misses"] += 1
-                return await flight.result(), "miss"
+                return await self._wait(key, flight, policy), "miss"
         else:
             found = await cache.read(key, policy.tier, allow_stale=True, decode=policy.decode)
         if found is not None:
             value, fresh = found
             if fresh:
                 self._stats["hits"] += 1
+                if policy.refresh_ahead is not None:
+                    self.refresh_if_due(key, loader, policy, value)
                 return value, "hit"
             self._stats["stale_served"] += 1
             flight = self._flight(key, loader, policy)
@@ -254,7 +354,137 @@ class LoadEngine:
                     return value, "stale"
             return value, "stale"
         self._stats["misses"] += 1
-        return await self._flight(key, loader, policy).result(), "miss"
+        return await self._wait(key, self._flight(key, loader, policy), policy), "miss"
+
+    async def _wait(self, key: str, flight: Flight, policy: LoadPolicy) -> Any:
+        """The flight's result, or `LoaderTimeoutError` after ``loader_hard_timeout``.
+
+        Only the wait is bounded: the flight runs on in the task group and fills the cache.
+        """
+        timeout = policy.loader_hard_timeout
+        if timeout is None:
+            return await flight.result()
+        with anyio.move_on_after(timeout):
+            return await flight.result()
+        self._stats["hard_timeouts"] += 1
+        raise LoaderTimeoutError(
+            f"the loader of {key_prefix(key)!r}... did not finish within {timeout} s "
+            "(loader_hard_timeout); it goes on in the background",
+            key=key,
+            timeout=timeout,
+        )
+
+    # -- refresh-ahead ---------------------------------------------------------------------
+
+    def refresh_due(self, key: str, fraction: float | None, ttl: object) -> bool:
+        """Whether a hit of ``key`` should start its refresh-ahead (cheap: the hit path).
+
+        Due when the L1 entry has at most ``(1 - fraction)`` of its TTL left: ``ttl`` if it
+        is a number shorter than the entry's own length (an L1 cap, or a copy of an L2
+        entry living for what remained of it), else that length. Not due when a refresh of
+        this entry was already started, or a load of the key is in flight; never when
+        ``fraction`` is ``None``.
+        """
+        window = self._cache.l1.fresh_window(key)
+        if window is None or fraction is None:
+            return False
+        stored, fresh = window
+        span = fresh - stored
+        if (type(ttl) is float or type(ttl) is int) and ttl < span:
+            span = ttl
+        return (
+            fresh - self._timer() <= (1 - fraction) * span
+            and span != float("inf")
+            and self._refresh_marks.get(key) != fresh
+            and key not in self._flights
+            and key not in self._refreshing
+        )
+
+    def refresh_if_due(self, key: str, loader: Loader, policy: LoadPolicy, value: Any) -> None:
+        """After a fresh hit of ``value``: start one background refresh of ``key`` when
+        `refresh_due` (``policy.refresh_ahead`` set); at most one per L1 entry."""
+        fraction = policy.refresh_ahead
+        if fraction is None or self._tg is None or not self.refresh_due(key, fraction, policy.ttl):
+            return
+        window = self._cache.l1.fresh_window(key)
+        assert window is not None
+        stored, fresh = window
+        ttl = policy.ttl
+        span = min(ttl, fresh - stored) if isinstance(ttl, float) else fresh - stored
+        marks = self._refresh_marks
+        if len(marks) >= REFRESH_MARKS_MAX:
+            marks.clear()
+        marks[key] = fresh
+        flight = self._refreshing[key] = Flight(self._cache.begin_fill(key))
+        self._stats["refreshes"] += 1
+        self._tg.start_soon(
+            self._run_flight, key, loader, policy, flight, (value, (1 - fraction) * span)
+        )
+
+    async def _refresh_locked(
+        self,
+        key: str,
+        loader: Loader,
+        policy: LoadPolicy,
+        l2: RedisCache,
+        fill: FillToken,
+        refresh: tuple[Any, float],
+    ) -> Any:
+        """A refresh-ahead under the lease lock (``tier=BOTH``): one instance of the fleet
+        loads, the others adopt its result from L2 before their own copy expires.
+
+        The lock holder loads unless L2 already holds an entry that is not due (refreshed
+        elsewhere), which it copies into L1 instead. An instance that finds the lock held
+        polls L2 for the new entry (as a lock waiter does, at most ``lock_timeout``) and
+        copies it into L1. Either way no caller waits: they are served the entry held.
+        """
+        value, due_within = refresh
+        token = secrets.token_hex(16)
+        try:
+            acquired = await l2.try_lock(key, token, self._config.lock_lease)
+        except BackendError:
+            return value  # keep serving; the entry expires as usual
+        if not acquired:
+            await self._adopt_refresh(key, due_within)
+            return value
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew_lease, l2, key, token)
+                found = await l2.get_entry_with_ttl(key)
+                left = None
+                if found is not None:  # how long L2's entry stays fresh; None: for ever
+                    left = found[0].fresh_seconds()
+                    left = found[1] if left is None else left
+                if found is None or (left is not None and left <= due_within):
+                    value = await self._call_and_store(key, loader, policy, fill)
+                else:
+                    await self._cache.read(key, CacheTier.BOTH)  # copy L2's entry into L1
+                tg.cancel_scope.cancel()
+            return value
+        finally:
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._config.operation_timeout * 2),
+            ):
+                await l2.unlock(key, token)
+
+    async def _adopt_refresh(self, key: str, due_within: float) -> None:
+        """Copy L2's entry into L1 until it is one that is not due (another instance's
+        refresh landed), polling like a lock waiter, for at most ``lock_timeout`` and not
+        past the expiry of the entry held (then callers miss and load as usual)."""
+        l1 = self._cache.l1
+        started = self._timer()
+        window = l1.fresh_window(key)
+        deadline = started + self._config.lock_timeout
+        if window is not None:
+            deadline = min(deadline, window[1])
+        while True:
+            await self._cache.read(key, CacheTier.BOTH)  # L2 only, installed in L1
+            window = l1.fresh_window(key)
+            now = self._timer()
+            if window is None or window[1] - now > due_within or now >= deadline:
+                return
+            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
 
     # -- flights ---------------------------------------------------------------------------
 
@@ -271,10 +501,21 @@ class LoadEngine:
         return flight
 
     async def _run_flight(
-        self, key: str, loader: Loader, policy: LoadPolicy, flight: Flight
+        self,
+        key: str,
+        loader: Loader,
+        policy: LoadPolicy,
+        flight: Flight,
+        refresh: tuple[Any, float] | None = None,
     ) -> None:
         try:
-            flight.value = await self._load(key, loader, policy, flight.fill)
+            if refresh is None:
+                load = self._load(key, loader, policy, flight.fill)
+            elif policy.lock and policy.tier is CacheTier.BOTH and self._l2 is not None:
+                load = self._refresh_locked(key, loader, policy, self._l2, flight.fill, refresh)
+            else:  # a refresh of this instance's own (tier L1, or no lock)
+                load = self._call_and_store(key, loader, policy, flight.fill)
+            flight.value = await load
         except Exception as exc:
             flight.error = exc
             self._stats["errors"] += 1
@@ -291,6 +532,8 @@ class LoadEngine:
             self._cache.end_fill(key, flight.fill)
             if self._flights.get(key) is flight:
                 del self._flights[key]
+            elif self._refreshing.get(key) is flight:
+                del self._refreshing[key]
             flight.finish()
 
     async def _load(self, key: str, loader: Loader, policy: LoadPolicy, fill: FillToken) -> Any:
@@ -315,7 +558,9 @@ class LoadEngine:
             policy.should_cache is not None and not policy.should_cache(value)
         ):
             return value
-        ttl = policy.ttl
+        ttl = self._ttl_of(key, value, policy)
+        if ttl is MISSING:
+            return value
         if ttl is not None and policy.ttl_jitter:
             ttl *= 1 + self._random.uniform(-policy.ttl_jitter, policy.ttl_jitter)
         # Our own store must not make this flight's token stale (late callers would start a
@@ -348,6 +593,28 @@ class LoadEngine:
                 value_type=getattr(exc.value_type, "__qualname__", None),
                 detail=str(exc),
             )
+
+    def _ttl_of(self, key: str, value: Any, policy: LoadPolicy) -> Any:
+        """The TTL of a loaded ``value``: ``none_ttl`` for a ``None`` when set, the result of
+        a callable ``ttl``, else ``ttl``. `MISSING` (not cached) when the callable raised
+        or returned no valid TTL: logged as ``ttl_callable_failed``, counted in
+        ``ttl_errors``; the caller still gets ``value``."""
+        if value is None and policy.none_ttl is not USE_DEFAULT:
+            return policy.none_ttl
+        ttl = policy.ttl
+        if not callable(ttl):
+            return ttl
+        try:
+            return check_ttl(ttl(value))
+        except Exception as exc:
+            self._stats["ttl_errors"] += 1
+            self.log.warning(
+                "ttl_callable_failed",
+                key_prefix=key_prefix(key),
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
+            return MISSING
 
     async def _load_locked(
         self, key: str, loader: Loader, policy: LoadPolicy, l2: RedisCache, fill: FillToken

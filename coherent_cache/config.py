@@ -252,6 +252,13 @@ class CacheConfig(BaseModel):
     lock_lease: float = Field(default=5.0, gt=0)
     """Lease in seconds of the cross-instance loader lock, renewed every third of it while
     the loader runs (a crashed holder frees the key after at most this long)."""
+    loader_hard_timeout: float | None = Field(default=None, gt=0)
+    """Default of ``get_or_set``/``cached``'s ``loader_hard_timeout``: longest wait in
+    seconds for a loader before the caller gets `LoaderTimeoutError` (the load goes on in
+    the background and fills the cache); ``None``: wait as long as the loader runs."""
+    refresh_ahead: float | None = Field(default=None, gt=0, lt=1)
+    """Default of ``get_or_set``/``cached``'s ``refresh_ahead``: a fresh hit past this
+    fraction of its TTL starts one background refresh (``0.8``: after 80 %); ``None``: off."""
 
     # typed values (issue 15)
     l1_copy_on_read: bool = False

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import (
     Any,
@@ -36,6 +35,17 @@ from typing import (
 
 import anyio.to_thread
 
+from ._calls import (
+    AUTO_EXCLUDED_TYPES,
+    KeyPlan,
+    Signature,
+    is_async_function,
+    is_context_type,
+    run_function,
+    template_arguments,
+    template_of,
+    unwrap_descriptor,
+)
 from ._loader import LoadEngine, LoadPolicy
 from ._typed import return_decoder, value_decoder
 from .config import CacheConfig, CacheTier
@@ -48,7 +58,7 @@ from .keys import (
     literal_of,
     validate_key,
 )
-from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT, UseDefault
 
 __all__ = [
     "AUTO_EXCLUDED_TYPES",
@@ -65,35 +75,6 @@ P = ParamSpec("P")
 P2 = ParamSpec("P2")
 R = TypeVar("R")
 T = TypeVar("T")
-
-AUTO_EXCLUDED_TYPES: Final[frozenset[str]] = frozenset(
-    {
-        # SQLAlchemy sessions (a session is a connection, never part of what is loaded).
-        "sqlalchemy.ext.asyncio.session.AsyncSession",
-        "sqlalchemy.ext.asyncio.scoping.async_scoped_session",
-        "sqlalchemy.orm.session.Session",
-        "sqlalchemy.orm.scoping.scoped_session",
-        # Starlette / FastAPI request context (FastAPI re-exports Starlette's classes).
-        "starlette.requests.HTTPConnection",
-        "starlette.requests.Request",
-        "starlette.websockets.WebSocket",
-        "starlette.responses.Response",
-        "starlette.background.BackgroundTasks",
-        # httpx clients (httpx sets __module__ to "httpx" on its public classes).
-        "httpx.AsyncClient",
-        "httpx.Client",
-        "httpx._client.AsyncClient",
-        "httpx._client.Client",
-        # A cache manager passed in as a FastAPI dependency.
-        "coherent_cache.manager.CacheManager",
-    }
-)
-"""Fully qualified names of classes whose instances are left out of cache keys.
-
-An argument is excluded when any class in its type's MRO is named here, so subclasses
-(FastAPI's ``BackgroundTasks``, a custom ``Request``) are excluded too. Matching is by
-name: none of these libraries is imported.
-"""
 
 
 class DecoratedCache(Protocol):
@@ -114,47 +95,6 @@ _SKIPPED_NAMES: Final = frozenset({"self", "cls"})
 _mark_coroutine: Callable[[Any], Any] | None = getattr(inspect, "markcoroutinefunction", None)
 
 
-_context_types: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
-def _is_context_type(cls: type) -> bool:
-    """Whether ``cls`` or one of its bases is in `AUTO_EXCLUDED_TYPES` (memoised per type)."""
-    try:
-        return _context_types[cls]
-    except KeyError:
-        found = any(f"{c.__module__}.{c.__qualname__}" in AUTO_EXCLUDED_TYPES for c in cls.__mro__)
-        _context_types[cls] = found
-        return found
-
-
-def _unwrap_descriptor(func: Any) -> tuple[Callable[..., Any], str]:
-    """Return the function inside a classmethod/staticmethod and its kind."""
-    if isinstance(func, classmethod):
-        return func.__func__, "class"
-    if isinstance(func, staticmethod):
-        return func.__func__, "static"
-    if not callable(func):
-        raise TypeError(f"expected a function to decorate, got {type(func).__qualname__}")
-    return func, "function"
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    if inspect.isasyncgenfunction(func):
-        raise TypeError(
-            f"{_describe(func)} is an async generator function: its result cannot be cached"
-        )
-    if inspect.iscoroutinefunction(func):
-        return True
-    call = getattr(func, "__call__", None)  # noqa: B004 - an object with an async __call__
-    return inspect.iscoroutinefunction(call)
-
-
-def _describe(func: Callable[..., Any]) -> str:
-    module = getattr(func, "__module__", None)
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
-    return f"{module}.{name}" if module else name
-
-
 def _as_names(value: str | Iterable[str], option: str) -> tuple[str, ...]:
     """A single str is one name, not its characters."""
     names: tuple[object, ...] = (value,) if isinstance(value, str) else tuple(value)
@@ -168,158 +108,6 @@ def _as_names(value: str | Iterable[str], option: str) -> tuple[str, ...]:
     return tuple(checked)
 
 
-async def _run(func: Callable[..., Any], is_async: bool, args: Any, kwargs: Any) -> Any:
-    """Call ``func``: awaited when async, in a worker thread when sync."""
-    if is_async:
-        return await func(*args, **kwargs)
-    result = await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
-    if inspect.isawaitable(result):  # a sync function that returns an awaitable
-        result = await result
-    return result
-
-
-class _Signature:
-    """A function's signature, prepared to bind call arguments quickly."""
-
-    def __init__(self, func: Callable[..., Any]) -> None:
-        self.func = func
-        self.name = _describe(func)
-        self.sig = inspect.signature(func)
-        params = self.sig.parameters
-        self.names = tuple(params)
-        self.kinds = {name: p.kind for name, p in params.items()}
-        self.var_keyword = next(
-            (n for n, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None
-        )
-        # Fast path: every parameter positional, without defaults: zip(names, args).
-        self._simple = all(
-            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-            for p in params.values()
-        )
-
-    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Name -> value of every parameter, defaults applied, in signature order.
-
-        Raises:
-            TypeError: the arguments do not fit the signature (as calling would).
-        """
-        if self._simple and not kwargs and len(args) == len(self.names):
-            return dict(zip(self.names, args, strict=True))
-        bound = self.sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return bound.arguments
-
-    def has(self, name: str) -> bool:
-        """Whether a template or ``exclude`` may name ``name``."""
-        return name in self.kinds or self.var_keyword is not None
-
-
-def _template(text: object, sig: _Signature, *, what: str) -> KeyTemplate:
-    """A tag or pattern template whose placeholders name parameters of ``sig``."""
-    template = KeyTemplate(text, what=what, owner=sig.name)
-    for field, base in zip(template.fields, template.names, strict=True):
-        if not base or base.isdigit():
-            raise InvalidKeyError(
-                f"{what} {text!r} of {sig.name} has a positional placeholder "
-                f"{{{field}}}: name the parameter, as in {{user_id}}",
-                key=text,
-            )
-        if not sig.has(base):
-            raise InvalidKeyError(
-                f"{what} {text!r} of {sig.name} names {base!r}, which is not a "
-                f"parameter of {sig.name}{sig.sig}",
-                key=text,
-            )
-    return template
-
-
-@final
-@dataclasses.dataclass(frozen=True, slots=True)
-class _KeyPlan:
-    """The key of a plain positional call, without binding (made at decoration time).
-
-    For a function whose parameters are all positional (no ``*args``, ``**kwargs`` or
-    keyword-only ones), called positionally with ``str``, ``int`` or ``float`` values: the
-    key is the prefix and the kept arguments' ``str`` joined, exactly what the general
-    path (`_CachedSpec.key_and_arguments`) builds for them. Anything else (keywords,
-    other types, a key to hash, non-ASCII) returns ``None`` and takes the general path.
-    """
-
-    count: int
-    required: int
-    defaults: tuple[Any, ...]
-    keep: tuple[int, ...]
-    prefix: str
-    separator: str
-    max_length: int
-
-    @classmethod
-    def of(
-        cls, sig: _Signature, exclude: frozenset[str], keys: CacheKeyGenerator
-    ) -> _KeyPlan | None:
-        params = list(sig.sig.parameters.values())
-        if keys.prefix is None or any(
-            p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
-        ):
-            return None
-        defaults = tuple(p.default for p in params if p.default is not p.empty)
-        if any(p.default is p.empty for p in params[len(params) - len(defaults) :]):
-            return None  # pragma: no cover - Python forbids a default before a non-default
-        return cls(
-            count=len(params),
-            required=len(params) - len(defaults),
-            defaults=defaults,
-            keep=tuple(i for i, p in enumerate(params) if p.name not in exclude),
-            prefix=keys.prefix,
-            separator=keys.separator,
-            max_length=keys.max_length,
-        )
-
-    def key(self, args: tuple[Any, ...]) -> str | None:
-        """The key of a positional call with these arguments, or ``None`` (general path)."""
-        n = len(args)
-        if n != self.count:
-            if not self.required <= n < self.count:
-                return None
-            args = (*args, *self.defaults[n - self.required :])
-        keep = self.keep
-        if len(keep) == 1:  # the common case, without a list and a join
-            body = args[keep[0]]
-            kind = type(body)
-            if kind is str:
-                if "%" in body or "=" in body or ":" in body:
-                    return None  # escaped by the general path (`escape_part`)
-            elif kind is int or kind is float:
-                body = str(body)
-            else:
-                return None
-        else:
-            parts: list[str] = []
-            for i in keep:
-                value = args[i]
-                kind = type(value)
-                if kind is str:
-                    if "%" in value or "=" in value or ":" in value:
-                        return None  # escaped by the general path (`escape_part`)
-                    parts.append(value)
-                elif kind is int or kind is float:
-                    parts.append(str(value))
-                else:
-                    return None
-            body = self.separator.join(parts)
-        key = f"{self.prefix}{self.separator}{body}" if body else self.prefix
-        if len(key) > self.max_length or not key.isascii():
-            return None  # hashed or checked byte by byte: the general path does it
-        return key
-
-
-def _template_arguments(sig: _Signature, arguments: dict[str, Any]) -> Mapping[str, Any]:
-    """Bound arguments plus the entries of ``**kwargs``, for filling templates."""
-    if sig.var_keyword is None:
-        return arguments
-    return {**arguments[sig.var_keyword], **arguments}
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _CachedSpec:
     """Everything a `CachedFunction` and its bound forms share."""
@@ -329,14 +117,14 @@ class _CachedSpec:
     func: Callable[..., Any]
     kind: str
     is_async: bool
-    sig: _Signature
+    sig: Signature
     keys: CacheKeyGenerator
     exclude: frozenset[str]
     key_builder: Callable[..., str] | None
     tags: tuple[KeyTemplate, ...]
     policy: LoadPolicy
     """The load options (tags added per call when there are tag templates)."""
-    plan: _KeyPlan | None
+    plan: KeyPlan | None
     """The fast key of plain positional calls (``None``: every call takes the general path)."""
 
     def key_and_arguments(
@@ -362,15 +150,15 @@ class _CachedSpec:
             kind = kinds[name]
             if kind is inspect.Parameter.VAR_POSITIONAL:
                 parts.extend(
-                    self._encode(name, item) for item in value if not _is_context_type(type(item))
+                    self._encode(name, item) for item in value if not is_context_type(type(item))
                 )
             elif kind is inspect.Parameter.VAR_KEYWORD:
                 keyword_parts.extend(
                     (extra, self._encode(extra, value[extra]))
                     for extra in sorted(value)
-                    if extra not in self.exclude and not _is_context_type(type(value[extra]))
+                    if extra not in self.exclude and not is_context_type(type(value[extra]))
                 )
-            elif not _is_context_type(type(value)):
+            elif not is_context_type(type(value)):
                 parts.append(self._encode(name, value))
         return self.keys.key_of_parts(parts, keyword_parts), arguments
 
@@ -387,6 +175,18 @@ class _CachedSpec:
                 key=value,
             ) from exc
 
+    def refresh(
+        self,
+        key: str,
+        hit: Any,
+        arguments: dict[str, Any] | None,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """After a hit whose refresh-ahead is due: start it."""
+        loader = functools.partial(run_function, self.func, self.is_async, args, kwargs)
+        self.engine.refresh_if_due(key, loader, self.policy_of(arguments, args, kwargs), hit)
+
     def policy_of(
         self, arguments: dict[str, Any] | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> LoadPolicy:
@@ -395,7 +195,7 @@ class _CachedSpec:
             return self.policy
         if arguments is None:  # the key came from the plan: bind now (a miss)
             arguments = self.sig.bind(args, kwargs)
-        values = _template_arguments(self.sig, arguments)
+        values = template_arguments(self.sig, arguments)
         return self.policy.with_tags(tuple(tag.render((), values) for tag in self.tags))
 
 
@@ -459,18 +259,24 @@ class CachedFunction(Generic[P, R]):
             hit = engine.fast_hit(key)
             if hit is not NOT_LOOKED:
                 if hit is not MISSING:
+                    policy = spec.policy
+                    if policy.refresh_ahead is not None and engine.refresh_due(
+                        key, policy.refresh_ahead, policy.ttl
+                    ):
+                        spec.refresh(key, hit, arguments, full, kwargs)
                     return hit
                 # L1 missed, untraced: the load, after get_or_set's own L1 fast path
                 validate_key(key)
                 policy = spec.policy_of(arguments, full, kwargs)
-                loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
+                loader = functools.partial(run_function, spec.func, spec.is_async, full, kwargs)
                 return (await engine.load(key, loader, policy))[0]
-        loader = functools.partial(_run, spec.func, spec.is_async, full, kwargs)
+        loader = functools.partial(run_function, spec.func, spec.is_async, full, kwargs)
         return await engine.get_or_set(
             key,
             loader,
             spec.policy.tier,
             functools.partial(spec.policy_of, arguments, full, kwargs),
+            refresh=spec.policy.refresh_ahead is not None,
         )
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -538,8 +344,8 @@ class CachedDecorator:
         self._declared = declared
 
     def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]:
-        inner, kind = _unwrap_descriptor(func)
-        sig = _Signature(inner)
+        inner, kind = unwrap_descriptor(func)
+        sig = Signature(inner)
         policy = self._policy
         if not self._declared:  # no value_type=: the return annotation decides
             policy = dataclasses.replace(policy, decode=return_decoder(inner))
@@ -566,7 +372,7 @@ class CachedDecorator:
                 f"(its signature is {sig.sig})",
                 field="exclude",
             )
-        tags = tuple(_template(t, sig, what="tag") for t in self._tags)
+        tags = tuple(template_of(t, sig, what="tag") for t in self._tags)
         # A hashed key is prefix + ":" + 32 hex digits; let long prefixes still fit.
         max_length = min(MAX_KEY_LENGTH, max(200, len(prefix.encode()) + 1 + 32))
         keys = CacheKeyGenerator(prefix, max_length=max_length)
@@ -576,21 +382,21 @@ class CachedDecorator:
             engine=self._manager.load_engine,
             func=inner,
             kind=kind,
-            is_async=_is_async(inner),
+            is_async=is_async_function(inner),
             sig=sig,
             keys=keys,
             exclude=exclude,
             key_builder=key_builder,
             tags=tags,
             policy=policy,
-            plan=_KeyPlan.of(sig, exclude, keys) if key_builder is None else None,
+            plan=KeyPlan.of(sig, exclude, keys) if key_builder is None else None,
         )
         return CachedFunction(spec)
 
 
 def cached(
     manager: DecoratedCache,
-    ttl: TTL = USE_DEFAULT,
+    ttl: TTL | Callable[[Any], float | None] = USE_DEFAULT,
     key_prefix: str | None = None,
     tier: CacheTier = CacheTier.BOTH,
     *,
@@ -605,6 +411,9 @@ def cached(
     lock: bool | None = None,
     tags: str | Collection[str] = (),
     value_type: Any = None,
+    loader_hard_timeout: float | UseDefault | None = USE_DEFAULT,
+    refresh_ahead: float | UseDefault | None = USE_DEFAULT,
+    none_ttl: float | UseDefault | None = USE_DEFAULT,
 ) -> CachedDecorator:
     """Cache a function's results in ``manager``, keyed by its arguments.
 
@@ -627,7 +436,8 @@ def cached(
 
     Args:
         manager: the cache.
-        ttl: seconds; ``None`` for no expiry; `USE_DEFAULT` for ``default_ttl``.
+        ttl: seconds; ``None`` for no expiry; `USE_DEFAULT` for ``default_ttl``; or a
+            callable of the result returning seconds or ``None``.
         key_prefix: first part of every key; ``module.qualname`` of the function by default.
         tier: where results are cached.
         exclude: parameter names left out of the key.
@@ -645,6 +455,12 @@ def cached(
             arguments), for `CacheManager.invalidate_tags`.
         value_type: the type hits decode to, instead of the return annotation (``Any``:
             no decoding).
+        loader_hard_timeout: a caller waits at most this long for the function, then gets
+            `LoaderTimeoutError` (the call goes on and fills the cache); `USE_DEFAULT`:
+            ``CacheConfig.loader_hard_timeout``; ``None``: unbounded.
+        refresh_ahead: a hit past this fraction of its TTL starts one background refresh;
+            `USE_DEFAULT`: ``CacheConfig.refresh_ahead``; ``None``: off.
+        none_ttl: the TTL of a cached ``None`` (`USE_DEFAULT`: ``ttl``).
 
     Raises:
         ConfigurationError: ``exclude`` names no parameter, ``key_prefix`` is empty, or
@@ -653,16 +469,20 @@ def cached(
         InvalidTTLError: ``ttl``, ``stale_ttl`` or ``loader_timeout`` is not positive, or
             ``ttl_jitter`` is not in [0, 1).
     """
-    config = manager.config
-    policy = LoadPolicy(
-        ttl=config.default_ttl if ttl is USE_DEFAULT else ttl,
+    policy = LoadPolicy.of_call(
+        manager.config,
+        ttl=ttl,
         tier=tier,
-        lock=config.lock_by_default if lock is None else lock,
+        tags=(),
+        lock=lock,
         stale_ttl=stale_ttl,
         loader_timeout=loader_timeout,
         cache_none=cache_none,
         should_cache=_should_cache(unless, condition),
         ttl_jitter=ttl_jitter,
+        loader_hard_timeout=loader_hard_timeout,
+        refresh_ahead=refresh_ahead,
+        none_ttl=none_ttl,
         decode=None if value_type is None else value_decoder(value_type),
     )
     if key_builder is not None and not callable(key_builder):
@@ -734,10 +554,10 @@ class CacheInvalidateDecorator:
         self._patterns = patterns
 
     def __call__(self, func: Callable[P, R]) -> InvalidatingFunction[P, R]:
-        inner, kind = _unwrap_descriptor(func)
-        sig = _Signature(inner)
-        is_async = _is_async(inner)
-        templates = tuple(_template(p, sig, what="pattern") for p in self._patterns)
+        inner, kind = unwrap_descriptor(func)
+        sig = Signature(inner)
+        is_async = is_async_function(inner)
+        templates = tuple(template_of(p, sig, what="pattern") for p in self._patterns)
         templated = any(t.static is None for t in templates)
         manager = self._manager
 
@@ -747,9 +567,9 @@ class CacheInvalidateDecorator:
             # before the function changes anything, and later mutations do not matter.
             values: Mapping[str, Any] = {}
             if templated:
-                values = _template_arguments(sig, sig.bind(args, kwargs))
+                values = template_arguments(sig, sig.bind(args, kwargs))
             patterns = [t.render((), values) for t in templates]
-            result = await _run(inner, is_async, args, kwargs)
+            result = await run_function(inner, is_async, args, kwargs)
             # The change is made: finish invalidating even if the caller is cancelled now
             # (each Redis call is bounded by operation_timeout; a pattern clear makes one
             # SCAN round trip per 1000 keys of the keyspace).

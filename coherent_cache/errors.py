@@ -11,6 +11,7 @@
     ├── DeserializationError(CacheError, ValueError)
     ├── MalformedMessageError(CacheError, ValueError)
     ├── CacheClosedError(CacheError, RuntimeError)
+    ├── LoaderTimeoutError(CacheError, TimeoutError)
     └── BackendError
         ├── BackendUnavailableError
         └── BackendTimeoutError(BackendError, TimeoutError)
@@ -31,6 +32,7 @@ __all__ = [
     "DeserializationError",
     "InvalidKeyError",
     "InvalidTTLError",
+    "LoaderTimeoutError",
     "MalformedMessageError",
     "SerializationError",
     "ValueTooLargeError",
@@ -114,6 +116,21 @@ class MalformedMessageError(CacheError, ValueError):
 
 class CacheClosedError(CacheError, RuntimeError):
     """Raised when a `CacheManager` is used before ``start()`` or after ``stop()``."""
+
+
+class LoaderTimeoutError(CacheError, TimeoutError):
+    """Raised to a caller of ``get_or_set`` or a `cached` function that waited
+    ``loader_hard_timeout`` seconds for a loader without getting its result.
+
+    The load itself goes on in the background (other callers of the key join it) and
+    fills L1 and L2 when it ends; ``stop()`` cancels it. ``key`` is the key and
+    ``timeout`` the hard timeout in seconds.
+    """
+
+    def __init__(self, message: str, *, key: str, timeout: float) -> None:
+        super().__init__(message)
+        self.key = key
+        self.timeout = timeout
 
 
 class BackendError(CacheError):

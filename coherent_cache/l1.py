@@ -431,6 +431,14 @@ class InMemoryCache:
             return default
         return entry.value
 
+    def fresh_window(self, key: str) -> tuple[float, float] | None:
+        """``(written at, fresh until)`` of ``key``'s entry on `now`'s clock, or ``None``.
+
+        Not counted, the eviction order untouched: refresh-ahead's "is it due" check.
+        """
+        entry = self._data.peek_entry(key)
+        return None if entry is None else (entry.stored, entry.fresh)
+
     def set(
         self,
         key: str,

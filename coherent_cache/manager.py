@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar, cast, final, overload
 
@@ -14,6 +14,7 @@ import structlog
 from anyio.abc import TaskGroup
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
+from opentelemetry.util.types import AttributeValue
 from redis.asyncio import Redis
 
 from . import decorators as _decorators
@@ -41,7 +42,7 @@ from .monitoring import (
 )
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
-from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT
+from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT, UseDefault
 from .warming import CacheWarmer, WarmerMethod, WarmLauncher
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
 
 R = TypeVar("R")
 D = TypeVar("D")
+T = TypeVar("T")
 
 
 class _State(enum.Enum):
@@ -255,11 +257,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """Connect to Redis (if configured), subscribe to the bus and accept operations.
 
         Returns once L2 answered a PING and the bus subscription is confirmed, or once
-        Redis proved unreachable within about ``connect_timeout``; then the manager serves
-        from L1 and reconnects by itself. Calling it on a running manager does nothing.
-        The background tasks run in a host task of the manager's own (`DetachedHost`), so
-        `start` and `stop` may be called from different tasks, as FastAPI's startup and
-        shutdown handlers do. ``async with manager:`` runs them in the caller's task.
+        Redis proved unreachable within about ``connect_timeout`` (then it serves from L1
+        and reconnects by itself); a no-op when running. Runs in a host task of its own,
+        so `start` and `stop` may be called from different tasks (FastAPI's handlers).
 
         Raises:
             CacheClosedError: the manager was stopped before.
@@ -271,12 +271,10 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         await self._host.start(self)
 
     async def stop(self) -> None:
-        """Stop background tasks and close connections; idempotent.
+        """Stop background tasks and close connections, within a bounded time; idempotent.
 
-        Returns within a bounded time (cancelled tasks close their connections with a
-        1 s limit each). Later operations raise `CacheClosedError`. Inside an
-        ``async with manager:`` block it only closes the manager to new operations; the
-        block's exit releases everything, in the task that entered it.
+        Later operations raise `CacheClosedError`. Inside ``async with manager:`` it only
+        closes the manager to new operations; the block's exit releases everything.
         """
         await self._host.stop()
         self._close()
@@ -287,9 +285,11 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self._tg = None
         self._loader.close()
 
-    async def aclose(self) -> None:
-        """Same as `stop`."""
-        await self.stop()
+    aclose = stop  # the anyio / redis-py name
+
+    def _check_running(self) -> None:
+        if self._state is not _State.RUNNING:
+            raise self._closed_error()
 
     def _closed_error(self) -> CacheClosedError:
         if self._state is _State.NEW:
@@ -368,15 +368,10 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             ValueTooLargeError: the encoded value exceeds ``max_value_size``.
             CacheClosedError: the manager is not running.
         """
-        if self._state is not _State.RUNNING:
-            raise self._closed_error()
-        tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("set", tel.key_attributes(key)) as span:
-                stored = await self._cache.set(key, value, ttl, tier, tags=tags)
-                span.set_attribute("cache.stored", stored)
-                return stored
-        return await self._cache.set(key, value, ttl, tier, tags=tags)
+        self._check_running()
+        return await self._op(
+            "set", "cache.stored", self._cache.set(key, value, ttl, tier, tags=tags), key=key
+        )
 
     async def invalidate_tags(self, *tags: str) -> int:
         """Remove every entry carrying any of ``tags`` from every tier and every instance.
@@ -388,21 +383,19 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         Raises:
             InvalidKeyError: a tag is not a valid tag.
         """
-        if self._state is not _State.RUNNING:
-            raise self._closed_error()
-        tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("invalidate_tags", {"cache.tag_count": len(tags)}) as span:
-                removed = await self._cache.invalidate_tags(*tags)
-                span.set_attribute("cache.removed", removed)
-                return removed
-        return await self._cache.invalidate_tags(*tags)
+        self._check_running()
+        return await self._op(
+            "invalidate_tags",
+            "cache.removed",
+            self._cache.invalidate_tags(*tags),
+            attributes={"cache.tag_count": len(tags)},
+        )
 
     async def get_or_set(
         self,
         key: str,
         loader: Callable[[], Awaitable[R]],
-        ttl: TTL = USE_DEFAULT,
+        ttl: TTL | Callable[[R], float | None] = USE_DEFAULT,
         tier: CacheTier = CacheTier.BOTH,
         *,
         tags: Iterable[str] = (),
@@ -413,74 +406,75 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         should_cache: Callable[[Any], bool] | None = None,
         ttl_jitter: float = 0.0,
         value_type: type[R] | None = None,
+        loader_hard_timeout: float | UseDefault | None = USE_DEFAULT,
+        refresh_ahead: float | UseDefault | None = USE_DEFAULT,
+        none_ttl: float | UseDefault | None = USE_DEFAULT,
     ) -> R:
         """Return the cached value of ``key``, or run ``loader`` once, cache and return it.
 
         - **Single-flight**: concurrent callers of a missing key in this instance share one
-          loader call and all get its result, or its exception (which is not cached). The
-          loader runs in the manager's task group, so a cancelled caller does not cancel it
-          for the others.
-        - **lock=True** (``None``: off): the loader also runs at most once across instances,
-          under a Redis lease lock (set-if-absent with a random token, in Lua so a retry
-          after a timed-out reply finds its own token; renewed while the loader runs,
-          released by compare-and-delete). Other instances poll for the value for up to
-          ``lock_timeout`` seconds, then load anyway. A timed-out lock call is retried
-          while the circuit breaker is closed; once it opens, the loader runs unlocked.
-        - **stale_ttl**: after ``ttl``, the entry is kept ``stale_ttl`` seconds more. A stale
-          hit returns the stale value at once and refreshes it in the background
-          (stale-while-revalidate); with ``loader_timeout``, the caller waits up to that
-          long for the refresh first. If the refresh fails, the stale value keeps being
-          served until ``stale_ttl`` runs out (fail-safe); the error is logged and counted.
-        - A ``None`` result is cached unless ``cache_none=False``; ``should_cache(result)``
-          returning False skips caching. ``ttl_jitter=0.1`` spreads each entry's TTL over
-          ±10 % so entries written together do not expire together.
-        - Loader results are stored without a bus message (a fill, not a write). A result
-          that cannot be encoded is returned but not cached (logged once per key prefix as
-          ``cache_value_unencodable``, counted in ``loader["unencodable"]``).
-        - ``value_type``: L2 values decode to it (one that does not validate is a miss).
+          loader call (run in the manager's task group, so a cancelled caller does not
+          cancel it for the others) and its result or exception (never cached).
+        - ``lock=True``: at most once across instances too, under a Redis lease lock;
+          others poll for the value up to ``lock_timeout``, then load anyway.
+        - ``stale_ttl``: stale-while-revalidate and fail-safe; ``loader_timeout`` bounds
+          how long a caller holding a stale value waits for the refresh.
+        - ``loader_hard_timeout``, ``refresh_ahead`` (`USE_DEFAULT`: the config's), a
+          callable ``ttl``, ``none_ttl``, ``cache_none``, ``should_cache``, ``ttl_jitter``
+          and ``value_type`` (L2 values decode to it; one that does not validate is a miss):
+          the table of load options in docs/decorators.md.
+        - Results are stored without a bus message (a fill, not a write); one that cannot
+          be encoded is returned uncached (logged once per key prefix, counted).
 
         Raises:
             Exception: whatever the loader raised (shared by every waiting caller).
             InvalidKeyError, InvalidTTLError: bad arguments.
             CacheClosedError: the manager is not running.
+            LoaderTimeoutError: ``loader_hard_timeout`` passed before the loader ended.
         """
         if self._state is not _State.RUNNING:
             raise self._closed_error()
         engine, decode = self._loader, None if value_type is None else value_decoder(value_type)
         hit = engine.fast_hit(key, decode) if tier is not CacheTier.L2 else NOT_LOOKED
-        if hit is not NOT_LOOKED and hit is not MISSING:
+        fraction = self.config.refresh_ahead if refresh_ahead is USE_DEFAULT else refresh_ahead
+        if hit is not NOT_LOOKED and hit is not MISSING and fraction is None:
             return cast("R", hit)
 
         # A partial, not a closure: a closure's cells would slow down the hit path above.
         policy = functools.partial(
-            LoadPolicy,
-            ttl=self.config.default_ttl if ttl is USE_DEFAULT else ttl,
+            LoadPolicy.of_call,
+            self.config,
+            ttl=ttl,
             tier=tier,
-            tags=tuple(tags),
-            lock=self.config.lock_by_default if lock is None else lock,
+            tags=tags,
+            lock=lock,
             stale_ttl=stale_ttl,
             loader_timeout=loader_timeout,
             cache_none=cache_none,
             should_cache=should_cache,
             ttl_jitter=ttl_jitter,
+            loader_hard_timeout=loader_hard_timeout,
+            refresh_ahead=refresh_ahead,
+            none_ttl=none_ttl,
             decode=decode,
         )
+        if hit is not NOT_LOOKED and hit is not MISSING:
+            span = self.config.default_ttl if ttl is USE_DEFAULT else ttl
+            if engine.refresh_due(key, fraction, span):
+                engine.refresh_if_due(key, loader, policy(), hit)
+            return cast("R", hit)
         if hit is MISSING:  # untraced, and L1 missed
             validate_key(key)
             return cast("R", (await engine.load(key, loader, policy()))[0])
-        return cast("R", await engine.get_or_set(key, loader, tier, policy, decode))
+        refresh = fraction is not None
+        return cast(
+            "R", await engine.get_or_set(key, loader, tier, policy, decode, refresh=refresh)
+        )
 
     async def delete(self, key: str, tier: CacheTier = CacheTier.BOTH) -> bool:
         """Remove ``key``; return whether a tier held it. This instance's L1 forgets it now."""
-        if self._state is not _State.RUNNING:
-            raise self._closed_error()
-        tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("delete", tel.key_attributes(key)) as span:
-                existed = await self._cache.delete(key, tier)
-                span.set_attribute("cache.hit", existed)
-                return existed
-        return await self._cache.delete(key, tier)
+        self._check_running()
+        return await self._op("delete", "cache.hit", self._cache.delete(key, tier), key=key)
 
     async def clear_pattern(self, pattern: str, tier: CacheTier = CacheTier.BOTH) -> int:
         """Remove keys matching the Redis glob ``pattern`` (``user:*``) from this namespace.
@@ -488,27 +482,34 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         L2 is cleared with SCAN + UNLINK batches, never KEYS. Returns the number of L2 keys
         removed (L1 keys when running on L1 alone).
         """
-        if self._state is not _State.RUNNING:
-            raise self._closed_error()
-        tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("clear_pattern", tel.key_attributes(pattern)) as span:
-                removed = await self._cache.clear_pattern(pattern, tier)
-                span.set_attribute("cache.removed", removed)
-                return removed
-        return await self._cache.clear_pattern(pattern, tier)
+        self._check_running()
+        return await self._op(
+            "clear_pattern", "cache.removed", self._cache.clear_pattern(pattern, tier), key=pattern
+        )
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
         """Remove every key of this namespace (other namespaces are untouched)."""
-        if self._state is not _State.RUNNING:
-            raise self._closed_error()
+        self._check_running()
+        return await self._op("clear", "cache.removed", self._cache.clear(tier))
+
+    async def _op(
+        self,
+        op: str,
+        result: str,
+        call: Awaitable[T],
+        *,
+        key: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> T:
+        """Await ``call``; while tracing, under the span of operation ``op`` (``key``'s
+        attributes or ``attributes``), with its result recorded as the attribute ``result``."""
         tel = self._telemetry
-        if tel.active or tel.poll():
-            with tel.operation("clear") as span:
-                removed = await self._cache.clear(tier)
-                span.set_attribute("cache.removed", removed)
-                return removed
-        return await self._cache.clear(tier)
+        if not (tel.active or tel.poll()):
+            return await call
+        with tel.operation(op, tel.key_attributes(key) if key is not None else attributes) as span:
+            value = await call
+            span.set_attribute(result, cast("AttributeValue", value))
+            return value
 
     def stats(self) -> CacheStats:
         """Like `get_stats`, synchronously."""

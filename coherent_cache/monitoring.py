@@ -67,6 +67,12 @@ class LoaderStats(TypedDict):
     """Loader results that could not be encoded: returned to the caller, not cached."""
     type_mismatches: int
     """L2 values that did not validate against the declared type: served as misses."""
+    refreshes: int
+    """Refresh-ahead loads started (``refresh_ahead``)."""
+    hard_timeouts: int
+    """Callers that got `LoaderTimeoutError` (``loader_hard_timeout``)."""
+    ttl_errors: int
+    """Results left uncached because a callable ``ttl`` raised or returned no valid TTL."""
 
 
 class CacheStats(TierStats):

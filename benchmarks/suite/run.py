@@ -14,6 +14,9 @@ A private valkey/redis server is started the way the tests start theirs
   interleaved round by round, median and spread over rounds, ratio to the raw limit;
 - stampede (`benchmarks.suite.stampede`): 200 callers, one cold key, 50 ms loader, in one
   process and across three;
+- hot key under expiry (`benchmarks.suite.hotkey`): 3 processes x 100 tasks reading one key
+  with a 1 s TTL and a 50 ms loader for 10 s (3 s quick); refresh-ahead against cashews'
+  ``early`` and aiocache; p50/p99/max per read and loader calls;
 - invalidation (`benchmarks.suite.invalidation`, on `benchmarks.standalone.coherence`): the
   stale window between two processes, against raw PUBLISH -> listener;
 - extras (`benchmarks.suite.extras`): L1 memory per entry, L1 cost from 1,000 to 1,000,000
@@ -43,13 +46,13 @@ import anyio
 import orjson
 import structlog
 
-from benchmarks.suite import extras, invalidation, micro, report, stampede
+from benchmarks.suite import extras, hotkey, invalidation, micro, report, stampede
 from benchmarks.suite._common import RESULTS_DIR, ROOT, machine, server_version
 from coherent_cache.testing import RedisServer
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 PNG = ROOT / "docs" / "benchmarks.png"
-ALL_PARTS = ("micro", "stampede", "invalidation", "memory", "scaling", "codecs")
+ALL_PARTS = ("micro", "stampede", "hotkey", "invalidation", "memory", "scaling", "codecs")
 
 
 def log(message: str) -> None:
@@ -152,6 +155,14 @@ async def run_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "stampede",
             "stampede rows",
             lambda: stampede.measure(url, rounds=2 if quick else 9, progress=log),
+        )
+        or []
+    )
+    records += (
+        await part(
+            "hotkey",
+            "hot key under expiry row",
+            lambda: hotkey.measure(url, duration=3.0 if quick else 10.0, progress=log),
         )
         or []
     )

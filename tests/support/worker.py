@@ -60,6 +60,8 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
             for _ in range(int(cmd.get("callers", 1))):
                 tg.start_soon(one)
         return {"value": results}
+    if op == "hot":
+        return {"value": await _hot_key(cache, cmd)}
     if op == "delete":
         return {"value": await cache.delete(cmd["key"], tier)}
     if op == "clear_pattern":
@@ -132,6 +134,48 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
     if op == "rss":
         return {"value": _rss_bytes()}
     raise ValueError(f"unknown op {op!r}")
+
+
+async def _hot_key(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
+    """`callers` tasks reading one key with get_or_set(refresh_ahead=...) for `duration` s.
+
+    The loader records its start time in the Redis list `counter`. Reports the slowest read
+    and the loader misses counted after `warmup` s (a miss is a caller that waited for a
+    load, or joined one).
+    """
+    assert cache.l2 is not None
+    client = cache.l2.client
+    engine = cache.load_engine
+    key, delay = cmd["key"], float(cmd.get("delay", 0.05))
+
+    async def loader() -> Any:
+        await client.rpush(cmd["counter"], time.time())
+        await anyio.sleep(delay)
+        return {"loaded_by": cache.origin}
+
+    options = {"ttl": cmd["ttl"], "lock": bool(cmd.get("lock")), "refresh_ahead": cmd["refresh"]}
+    started = time.monotonic()
+    warm_until, end = started + float(cmd["warmup"]), started + float(cmd["duration"])
+    slowest = [0.0]
+    misses_at_warm: list[int] = []
+
+    async def reader() -> None:
+        while (now := time.monotonic()) < end:
+            await cache.get_or_set(key, loader, **options)
+            if now >= warm_until:
+                if not misses_at_warm:
+                    misses_at_warm.append(engine.stats()["misses"])
+                slowest[0] = max(slowest[0], time.monotonic() - now)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(int(cmd["callers"])):
+            tg.start_soon(reader)
+    return {
+        "misses_after_warmup": engine.stats()["misses"] - misses_at_warm[0],
+        "slowest_after_warmup": slowest[0],
+        "refreshes": engine.stats()["refreshes"],
+    }
 
 
 def _rss_bytes() -> int:
