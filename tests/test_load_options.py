@@ -83,17 +83,17 @@ class TestPolicy:
             }
         )
         assert (0.5, 0.8) == (config.loader_hard_timeout, config.refresh_ahead)
-        base = dict(
-            ttl=10,
-            tier=CacheTier.BOTH,
-            tags=(),
-            lock=None,
-            stale_ttl=None,
-            loader_timeout=None,
-            cache_none=True,
-            should_cache=None,
-            ttl_jitter=0.0,
-        )
+        base = {
+            "ttl": 10,
+            "tier": CacheTier.BOTH,
+            "tags": (),
+            "lock": None,
+            "stale_ttl": None,
+            "loader_timeout": None,
+            "cache_none": True,
+            "should_cache": None,
+            "ttl_jitter": 0.0,
+        }
         policy = LoadPolicy.of_call(
             config,
             **base,  # type: ignore[arg-type]
