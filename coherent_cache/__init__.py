@@ -20,6 +20,7 @@ from .errors import (
     SerializationError,
     ValueTooLargeError,
 )
+from .fleet import FleetReport
 from .keys import CacheKeyGenerator
 from .l1 import InMemoryCache
 from .l2 import RedisCache
@@ -55,6 +56,7 @@ __all__ = [
     "CacheWarmer",
     "ConfigurationError",
     "DeserializationError",
+    "FleetReport",
     "HealthReport",
     "InMemoryCache",
     "InvalidKeyError",

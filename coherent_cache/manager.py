@@ -17,6 +17,7 @@ from opentelemetry.trace import TracerProvider
 from redis.asyncio import Redis
 
 from . import decorators as _decorators
+from . import fleet as _fleet
 from ._host import DetachedHost
 from ._invalidation import BusApplier
 from ._loader import LoadEngine, LoadPolicy
@@ -225,6 +226,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 )
                 self._state = _State.RUNNING
                 self._loader.open(tg)
+                _fleet.start_reporter(self, supervisor)
                 if cfg.enable_monitoring:
                     self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
                     await self.monitor.start_monitoring()
@@ -560,6 +562,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     # the functions of `coherent_cache.decorators` and `CacheWarmer`'s methods, bound here
     cached = _decorators.cached
     cache_invalidate = _decorators.cache_invalidate
+    fleet = _fleet.fleet  # the live instances' reports (`coherent_cache.fleet`)
 
     @property
     def warmer(self) -> CacheWarmer:
