@@ -386,8 +386,10 @@ class FleetReporter:
         return written
 
     async def _call(self, call: Callable[[], Awaitable[Any]]) -> bool:
+        # Shielded (and bounded): a stop waits for a write in flight, so the removal that
+        # follows cannot be overtaken by it.
         try:
-            with anyio.fail_after(self.config.operation_timeout):
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.config.operation_timeout):
                 await call()
         except (*_FAILURES, BackendError) as exc:
             self.failures += 1

@@ -326,3 +326,30 @@ async def _drain(stream: Any) -> bytes:
             chunks.append(await stream.receive())
     except (anyio.EndOfStream, anyio.ClosedResourceError):
         return b"".join(chunks)
+
+
+class TestEndpointErrors:
+    async def test_503_when_redis_is_down_or_the_cache_stopped(
+        self, private_server: RedisServer, namespace: str
+    ) -> None:
+        """Redis not answering, or a stopped cache, is a 503 with an error message (no
+        password in it), never a 500."""
+        config = CacheConfig(
+            redis_url=private_server.url,
+            namespace=namespace,
+            fleet_report_interval=INTERVAL,
+            operation_timeout=0.2,
+        )
+        app = FastAPI(lifespan=cache_lifespan(config))
+        app.include_router(cache_router())
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://t"
+        ) as http:
+            async with app.router.lifespan_context(app):
+                private_server.kill()
+                response = await http.get("/cache/fleet")
+                assert 503 == response.status_code
+                assert "reading the fleet" in response.json()["error"]
+            response = await http.get("/cache/fleet")
+            assert 503 == response.status_code
+            assert "running CacheManager" in response.json()["error"]

@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 
 from coherent_cache._supervisor import TaskState
 from coherent_cache.config import CacheConfig
-from coherent_cache.errors import BackendError, CacheError
+from coherent_cache.errors import BackendError, CacheClosedError, CacheError
 from coherent_cache.keys import MAX_KEY_LENGTH
 from coherent_cache.manager import CacheManager, create_cache_manager
 
@@ -163,7 +163,7 @@ def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRoute
     down, L1 still serves). ``/cache/stats`` returns `CacheManager.get_stats`;
     ``/cache/fleet`` the JSON array of `CacheManager.fleet` (every live instance of the
     namespace, the unhealthy first), or 503 with ``{"error": ...}`` when Redis does not
-    answer. All use `get_cache`, so the app needs `cache_lifespan`.
+    answer or the cache is stopped. All use `get_cache`, so the app needs `cache_lifespan`.
     """
     router = APIRouter(prefix=prefix, tags=list(tags) if tags is not None else ["cache"])
 
@@ -206,7 +206,7 @@ def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRoute
         """`CacheManager.fleet` as a JSON array; 503 when Redis does not answer."""
         try:
             reports = await cache.fleet()
-        except BackendError as exc:
+        except (BackendError, CacheClosedError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         return JSONResponse(jsonable_encoder(reports))
 
