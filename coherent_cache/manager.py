@@ -497,7 +497,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         return await self._cache.clear_pattern(pattern, tier)
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
-        """Remove every key of this namespace (other namespaces are untouched)."""
+        """Remove every entry of this namespace (other namespaces, and the instances' fleet
+        reports, are untouched)."""
         if self._state is not _State.RUNNING:
             raise self._closed_error()
         tel = self._telemetry
