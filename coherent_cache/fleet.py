@@ -338,9 +338,7 @@ class FleetReporter:
     never raised to the caller of a cache operation.
     """
 
-    def __init__(
-        self, manager: FleetMember, *, timer: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, manager: FleetMember) -> None:
         assert manager.l2 is not None
         self.manager = manager
         self.client: L2Client = manager.l2.client
@@ -355,7 +353,6 @@ class FleetReporter:
         self._failing = False
         self._since_prune = 0
         self._rng = random.Random()
-        self._timer = timer
 
     async def report(self) -> bool:
         """Write one report now; return whether Redis took it (never raises a Redis error)."""

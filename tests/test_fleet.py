@@ -128,6 +128,20 @@ class TestReports:
         rest = sorted(o for o in everyone if o != victim.origin)
         await eventually(lambda: _sorted(origins(here)), expect=rest, within=within)
 
+    async def test_the_hash_expires_by_itself_and_reads_drop_dead_fields(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str
+    ) -> None:
+        """The fleet hash carries a TTL of one report's life (so it vanishes when every
+        instance is gone); a field past its deadline is not listed and a read deletes it."""
+        here = await make_manager(fleet_report_interval=INTERVAL)
+        await eventually(lambda: origins(here), expect=[here.origin])
+        key = fleet_key(namespace)
+        life_ms = (EXPIRY_INTERVALS * INTERVAL + here.config.operation_timeout) * 1000
+        assert 0 < await raw_redis.pttl(key) <= life_ms
+        await raw_redis.hset(key, "ghost", b'1 {"origin": "ghost", "namespace": "x"}')
+        assert [here.origin] == await origins(here)
+        assert not await raw_redis.hexists(key, "ghost")
+
     async def test_other_namespaces_are_not_listed(
         self, make_manager: ManagerFactory, namespace: str
     ) -> None:
