@@ -21,6 +21,7 @@ from .errors import (
     SerializationError,
     ValueTooLargeError,
 )
+from .fleet import FleetReport
 from .keys import CacheKeyGenerator
 from .l1 import InMemoryCache
 from .l2 import RedisCache
@@ -56,6 +57,7 @@ __all__ = [
     "CacheWarmer",
     "ConfigurationError",
     "DeserializationError",
+    "FleetReport",
     "HealthReport",
     "InMemoryCache",
     "InvalidKeyError",

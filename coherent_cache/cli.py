@@ -1,8 +1,9 @@
-"""The ``coherent-cache`` command: ``demo``, ``invalidate`` and ``watch``.
+"""The ``coherent-cache`` command: ``demo``, ``invalidate``, ``watch`` and ``fleet``.
 
 ``demo`` shows two app instances, each in its own process, at work on a private Valkey;
 ``invalidate`` drops keys from the L2 and from every instance's L1 (see docs/protocol.md);
-``watch`` prints the invalidation bus as JSON lines. Exit codes: 0 done (``watch`` also on
+``watch`` prints the invalidation bus as JSON lines; ``fleet`` lists the running instances
+of a namespace with their health (see docs/observability.md). Exit codes: 0 done (``watch`` also on
 Ctrl-C), 1 Redis unreachable or failing, 2 bad arguments. Settings not given as options
 come from the ``COHERENT_CACHE_*`` environment variables (e.g.
 ``COHERENT_CACHE_REDIS_PASSWORD``, which keeps the password out of the process list).
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -22,12 +24,13 @@ import anyio.lowlevel
 import orjson
 from redis import exceptions as redis_errors
 
-from ._clients import watch_client
+from ._clients import build_client, close_client, watch_client
 from ._demo_instance import DemoInstance, DemoInstanceError, log_to_stderr
 from ._signing import verify
 from .bus import BusMessage, InvalidationPublisher, make_origin
 from .config import ENV_PREFIX, CacheConfig
 from .errors import BackendError, ConfigurationError, InvalidKeyError, MalformedMessageError
+from .fleet import FleetReport, read_fleet
 from .keys import validate_key, validate_pattern
 from .testing import RedisServer, ServerNotFoundError
 
@@ -453,6 +456,121 @@ def _run_watch(args: argparse.Namespace) -> int:
     return code
 
 
+FLEET_COLUMNS: Final = (
+    "STATUS", "ORIGIN", "HOST", "PID", "VERSION", "UP", "L1 SIZE", "L1 HIT", "L2", "BUS",
+    "MAILBOX", "LOADS", "LOAD ERR", "L1 P99", "L2 P99", "REASONS",
+)  # fmt: skip
+CLEAR_SCREEN: Final = "\x1b[H\x1b[2J"
+
+
+def _dur(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _p99(stats: dict[str, Any]) -> str:
+    p99 = stats.get("p99_ms")
+    return "-" if p99 is None else f"{p99:.2f}ms"
+
+
+def _fleet_row(report: FleetReport, now: float) -> list[str]:
+    l2 = report["l2"]
+    if l2 is None:
+        l2_text = "off"
+    else:
+        l2_text = ("up" if l2["connected"] else "DOWN") + f" err={l2['errors']} {l2['breaker']}"
+    bus = report["bus"]
+    if not bus["enabled"]:
+        bus_text = "off"
+    else:
+        bus_text = ("up" if bus["connected"] else "DOWN") + f" losses={bus['losses']}"
+    return [
+        report["status"].upper() if report["status"] != "healthy" else "healthy",
+        report["origin"],
+        report["host"],
+        str(report["pid"]),
+        report["version"],
+        _dur(now - report["started_at"]),
+        str(report["l1"]["size"]),
+        f"{report['l1']['hit_rate']:.1%}",
+        l2_text,
+        bus_text,
+        str(report["bus"]["mailbox_depth"]),
+        str(report["loader"]["loads"]),
+        str(report["loader"]["errors"]),
+        _p99(dict(report["latency"]["l1"])),
+        _p99(dict(report["latency"]["l2"])),
+        "; ".join(report["reasons"]) or "-",
+    ]
+
+
+def fleet_table(reports: list[FleetReport], *, now: float) -> str:
+    """The ``coherent-cache fleet`` table: a header and one row per instance."""
+    rows = [list(FLEET_COLUMNS), *(_fleet_row(r, now) for r in reports)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(FLEET_COLUMNS) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in rows
+    )
+
+
+async def _fleet(args: argparse.Namespace, config: CacheConfig) -> int:
+    """Print the fleet once, or every ``--interval`` seconds with ``--watch``."""
+    client = build_client(config)
+    shown, refreshes = config.redacted_url(), 0
+    failed = False
+    try:
+        while True:
+            try:
+                reports = await read_fleet(
+                    client,
+                    config.namespace,
+                    within=config.connect_timeout + config.operation_timeout,
+                )
+                failed = False
+            except BackendError as exc:
+                failed = True
+                message = f"reading the fleet at {shown} failed: {_scrub(str(exc), config)}"
+                if not args.watch:
+                    _error(message)
+                    return EXIT_REDIS
+                text = f"! {message} (retrying every {args.interval:g}s)"
+            else:
+                if args.json:
+                    text = orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode()
+                else:
+                    unhealthy = sum(r["status"] != "healthy" for r in reports)
+                    head = (
+                        f"{_plural(len(reports), 'instance')} of namespace "
+                        f"{config.namespace!r} at {shown} ({unhealthy} not healthy)"
+                    )
+                    text = head + "\n" + fleet_table(reports, now=time.time())
+            if args.watch:
+                text = CLEAR_SCREEN + time.strftime("%H:%M:%S ") + text
+            _say(text)
+            refreshes += 1
+            if not args.watch or (args.count is not None and refreshes >= args.count):
+                return EXIT_REDIS if failed else EXIT_OK
+            await anyio.sleep(args.interval)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(config.connect_timeout):
+            await close_client(client)
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    config = _config(args.parser, args)
+    log_to_stderr()
+    try:
+        code: int = anyio.run(_fleet, args, config)
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is how a --watch ends
+    return code
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coherent-cache",
@@ -517,6 +635,38 @@ def _build_parser() -> argparse.ArgumentParser:
         "--duration", type=_positive_float, metavar="SECONDS", help="stop after this long"
     )
     watch.set_defaults(handler=_run_watch, parser=watch)
+
+    fleet = commands.add_parser(
+        "fleet",
+        help="list the running instances of a namespace with their health",
+        description="Print one row per running instance of the namespace (its report in "
+        "Redis, refreshed every fleet_report_interval seconds), the unhealthy first, then "
+        "the degraded. --json prints the list of reports instead. --watch refreshes in "
+        "place every --interval seconds until --count refreshes or Ctrl-C (exit 0). "
+        "Exit 1 if Redis is unreachable (with --watch: if the last read failed).",
+    )
+    for option, help_text in (
+        ("--redis-url", "server of the caches (default: $COHERENT_CACHE_REDIS_URL); a "
+         "password in it is never printed"),
+        ("--namespace", "the caches' namespace (default: $COHERENT_CACHE_NAMESPACE)"),
+    ):  # fmt: skip
+        fleet.add_argument(
+            option, metavar="URL" if option == "--redis-url" else "NS", help=help_text
+        )
+    fleet.set_defaults(channel=None)
+    fleet.add_argument("--json", action="store_true", help="print the reports as a JSON array")
+    fleet.add_argument("--watch", action="store_true", help="refresh in place")
+    fleet.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between two refreshes of --watch (default 2)",
+    )
+    fleet.add_argument(
+        "--count", type=_positive_int, metavar="N", help="with --watch: stop after N refreshes"
+    )
+    fleet.set_defaults(handler=_run_fleet, parser=fleet)
     return parser
 
 

@@ -195,6 +195,10 @@ class CacheConfig(BaseModel):
     trace_full_keys: bool = False
     """Put full keys on spans (``cache.key``); by default only the prefix before the first
     ``:`` (``cache.key_prefix``), since keys can hold personal data."""
+    fleet_report_interval: float = Field(default=5.0, ge=0, le=3600)
+    """Seconds between two fleet reports of this instance in Redis (`CacheManager.fleet`,
+    ``coherent-cache fleet``, ``GET /cache/fleet``); a report expires after 3 intervals
+    plus ``operation_timeout``. ``0`` turns reporting off. Needs an L2."""
 
     default_ttl: float | None = Field(default=3600, gt=0)
     """TTL in seconds of entries written without an explicit ``ttl``; ``None``: no expiry."""

@@ -18,6 +18,7 @@ from opentelemetry.util.types import AttributeValue
 from redis.asyncio import Redis
 
 from . import decorators as _decorators
+from . import fleet as _fleet
 from ._host import DetachedHost
 from ._invalidation import BusApplier
 from ._loader import LoadEngine, LoadPolicy
@@ -230,6 +231,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                 )
                 self._state = _State.RUNNING
                 self._loader.open(tg)
+                _fleet.start_reporter(self, supervisor)
                 if cfg.enable_monitoring:
                     self.monitor = CacheMonitor(self, interval=cfg.monitoring_interval)
                     await self.monitor.start_monitoring()
@@ -488,7 +490,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         )
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:
-        """Remove every key of this namespace (other namespaces are untouched)."""
+        """Remove every entry of this namespace (not other namespaces, nor fleet reports)."""
         self._check_running()
         return await self._op("clear", "cache.removed", self._cache.clear(tier))
 
@@ -565,6 +567,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     # the functions of `coherent_cache.decorators` and `CacheWarmer`'s methods, bound here
     cached = _decorators.cached
     cache_invalidate = _decorators.cache_invalidate
+    fleet = _fleet.fleet  # the live instances' reports (`coherent_cache.fleet`)
 
     @property
     def warmer(self) -> CacheWarmer:
@@ -591,10 +594,6 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
 
 def create_cache_manager(config: CacheConfig | None = None) -> CacheManager:
-    """Build a `CacheManager` (not started) from ``config``, or from the environment.
-
-    Args:
-        config: the settings; when omitted, `CacheConfig.from_env` reads
-            ``COHERENT_CACHE_*`` variables over the defaults.
-    """
+    """Build a `CacheManager` (not started) from ``config``, or, when omitted, from the
+    ``COHERENT_CACHE_*`` environment variables over the defaults (`CacheConfig.from_env`)."""
     return CacheManager(config)

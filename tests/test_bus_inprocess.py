@@ -84,7 +84,7 @@ class TestWhatPublishes:
         assert {channel.encode(): 0} == dict(await raw_redis.pubsub_numsub(channel))
         stats = await a.get_stats()
         assert (False, 0) == (stats["bus"]["enabled"], stats["bus"]["published"])
-        assert {"tag_pruner", "monitor"} == set(stats["tasks"])
+        assert {"tag_pruner", "monitor", "fleet_reporter"} == set(stats["tasks"])
 
     async def test_custom_channel(
         self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str

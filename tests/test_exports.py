@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "coherent_cache.multitier",
     "coherent_cache.manager",
     "coherent_cache.monitoring",
+    "coherent_cache.fleet",
     "coherent_cache.types",
     "coherent_cache.bus",
     "coherent_cache.decorators",

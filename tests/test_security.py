@@ -107,8 +107,8 @@ class TestLeastPrivilegeAcl:
         self, app_url: str, admin: Redis, namespace: str
     ) -> None:
         """get/set/delete/clear_pattern/clear, tags, get_or_set with the loader lock, bus
-        coherence between two managers and health all work, and the server refused no
-        command at all (its ACL LOG stays empty)."""
+        coherence between two managers, health and the fleet reports all work, and the
+        server refused no command at all (its ACL LOG stays empty)."""
         config = CacheConfig(redis_url=app_url, namespace=namespace, lock_lease=1.0)
         async with CacheManager(config) as a, CacheManager(config) as b:
             assert "healthy" == (await a.health())["status"]
@@ -155,6 +155,12 @@ class TestLeastPrivilegeAcl:
                 stats = manager.stats()
                 assert (0, 0) == (stats["l2_cache"]["errors"], stats["bus"]["dropped"])
                 assert "healthy" == (await manager.health())["status"]
+
+            async def listed() -> list[str]:
+                return sorted(report["origin"] for report in await a.fleet())
+
+            # Both report (and pruned, on their first report) under the ACL user.
+            await eventually(listed, expect=sorted([a.origin, b.origin]))
         assert [] == await acl_denials(admin)
 
     async def test_user_cannot_touch_another_namespace(

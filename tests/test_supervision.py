@@ -96,7 +96,9 @@ class TestStatsAndHealth:
         assert (True, True) == (bus["enabled"], bus["connected"])
         assert cache.origin == bus["origin"]
         assert bus["channel"].endswith(":invalidate")
-        assert {"l1_actor", "bus_listener", "tag_pruner", "monitor"} == set(stats["tasks"])
+        assert {"l1_actor", "bus_listener", "tag_pruner", "monitor", "fleet_reporter"} == set(
+            stats["tasks"]
+        )
         assert {"running"} == {t["state"] for t in stats["tasks"].values()}
 
     async def test_healthy_when_everything_is_up(self, make_manager: ManagerFactory) -> None:

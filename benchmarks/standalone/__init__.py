@@ -4,5 +4,7 @@
   (``python -m benchmarks.standalone.coherence``; the suite's invalidation row reuses it);
 - `decorators`: a cached function's hit and miss against cashews and aiocache;
 - `tracing`: the cost of an L1 hit with and without an OpenTelemetry SDK;
-- `cluster_bus`: PUBLISH against SPUBLISH on a local cluster (docs/architecture.md).
+- `cluster_bus`: PUBLISH against SPUBLISH on a local cluster (docs/architecture.md);
+- `fleet`: the CPU and Redis memory of one instance's fleet report, and listing the
+  fleet against a SCAN-based layout (docs/observability.md).
 """

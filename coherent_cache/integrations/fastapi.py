@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 
 from coherent_cache._supervisor import TaskState
 from coherent_cache.config import CacheConfig
-from coherent_cache.errors import CacheError
+from coherent_cache.errors import BackendError, CacheClosedError, CacheError
 from coherent_cache.keys import MAX_KEY_LENGTH
 from coherent_cache.manager import CacheManager, create_cache_manager
 
@@ -154,14 +154,16 @@ def get_cache(request: Request) -> CacheManager:
 
 
 def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRouter:
-    """An `APIRouter` with ``GET /health/cache`` and ``GET /cache/stats``.
+    """An `APIRouter` with ``GET /health/cache``, ``GET /cache/stats`` and ``GET /cache/fleet``.
 
     ``/health/cache`` answers the seed's shape, ``{"status", "l1_cache": {"status"},
     "l2_cache": {"status"}}`` plus ``reasons``; the overall status is
     `CacheManager.health`'s (``healthy``, ``degraded`` or ``unhealthy``) and the HTTP
     status is 503 when it is ``unhealthy``, else 200 (``degraded``: Redis or the bus is
-    down, L1 still serves). ``/cache/stats`` returns `CacheManager.get_stats`. Both use
-    `get_cache`, so the app needs `cache_lifespan`.
+    down, L1 still serves). ``/cache/stats`` returns `CacheManager.get_stats`;
+    ``/cache/fleet`` the JSON array of `CacheManager.fleet` (every live instance of the
+    namespace, the unhealthy first), or 503 with ``{"error": ...}`` when Redis does not
+    answer or the cache is stopped. All use `get_cache`, so the app needs `cache_lifespan`.
     """
     router = APIRouter(prefix=prefix, tags=list(tags) if tags is not None else ["cache"])
 
@@ -198,6 +200,15 @@ def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRoute
     async def cache_stats(cache: CacheManager = Depends(get_cache)) -> JSONResponse:  # noqa: B008 - FastAPI's dependency idiom
         """`CacheManager.get_stats` as JSON."""
         return JSONResponse(jsonable_encoder(await cache.get_stats()))
+
+    @router.get("/cache/fleet")
+    async def cache_fleet(cache: CacheManager = Depends(get_cache)) -> JSONResponse:  # noqa: B008 - FastAPI's dependency idiom
+        """`CacheManager.fleet` as a JSON array; 503 when Redis does not answer."""
+        try:
+            reports = await cache.fleet()
+        except (BackendError, CacheClosedError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse(jsonable_encoder(reports))
 
     return router
 

@@ -6,6 +6,7 @@ coherence is checked between two OS processes (`tests.support.worker`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,15 @@ class TestCore:
         assert None is await cache.get("user:1")
 
     async def test_clear(self, make_manager: Factory, target: Target, namespace: str) -> None:
-        """clear removes the namespace's entries and tag indexes from every primary."""
+        """clear removes the namespace's entries and tag indexes from every primary; the
+        running instance's fleet report (not cache data) stays."""
         cache: CacheManager = await make_manager()
         for key in KEYS:
             await cache.set(key, 1, ttl=60, tags=["all"])
         assert len(KEYS) == await cache.clear()
         found = await target.keys_on_every_primary(f"{namespace}*")
-        assert [] == [name for keys in found.values() for name in keys]
+        left = [name for keys in found.values() for name in keys]
+        assert [f"{namespace}#fleet".encode()] == left
 
     async def test_tags(self, make_manager: Factory) -> None:
         """invalidate_tags removes every entry carrying the tag, across slots."""
@@ -271,8 +274,25 @@ class TestCoherenceAcrossProcesses:
             assert None is not await worker.call("wait_gone", key="pub:1", within=5)
             assert MISSING == await worker.call("get", key="pub:1")
 
+    async def test_fleet_lists_both(self, pair: tuple[Worker, Worker]) -> None:
+        """Each process reports at start; each lists both (one key, no CROSSSLOT on a
+        cluster; the primary behind the sentinels)."""
+        a, b = pair
+
+        both = sorted([a.origin, b.origin])
+        for worker in (a, b):
+            await eventually(functools.partial(_worker_origins, worker), expect=both)
+
 
 OPERATIONS_DOC = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+
+
+async def _worker_origins(worker: Worker) -> list[str]:
+    return sorted(report["origin"] for report in await worker.call("fleet"))
+
+
+async def _origins(cache: CacheManager) -> list[str]:
+    return sorted(report["origin"] for report in await cache.fleet())
 
 
 def cluster_acl_line(namespace: str, password: str) -> list[str]:
@@ -295,8 +315,8 @@ class TestClusterAcl:
         self, valkey_cluster: ValkeyCluster, namespace: str
     ) -> None:
         """With the documented least-privilege user on every node, reads, writes, tags,
-        the lock, pattern clears and the sharded bus all work, and no node refused a
-        command (every ACL LOG stays empty)."""
+        the lock, pattern clears, the sharded bus and the fleet reports all work, and no
+        node refused a command (every ACL LOG stays empty)."""
         password = "app-s3cret-pw"
         for node in valkey_cluster.nodes:
             assert command(node.port, *cluster_acl_line(namespace, password)) == b"+OK\r\n"
@@ -322,6 +342,9 @@ class TestClusterAcl:
                 await a.set("p:1", 1)
                 assert 1 == await a.clear_pattern("p:*")
                 assert 1 <= await a.clear()
+                await eventually(
+                    lambda: _origins(a), expect=sorted([a.origin, b.origin])
+                )  # the fleet reports, under the same user
             assert [b"*0\r\n"] * len(valkey_cluster.nodes) == [
                 command(node.port, "ACL", "LOG") for node in valkey_cluster.nodes
             ]

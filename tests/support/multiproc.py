@@ -71,10 +71,24 @@ class Worker:
                 with anyio.fail_after(10):
                     await process.wait()
             except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                process.kill()
+                if process.returncode is None:  # not already killed by `kill`
+                    process.kill()
                 await process.wait()
             finally:
                 await process.aclose()
+
+    @property
+    def pid(self) -> int:
+        """The worker process's id."""
+        assert self._process is not None
+        return self._process.pid
+
+    async def kill(self) -> None:
+        """SIGKILL the worker (no clean stop: nothing of it runs after this) and reap it."""
+        assert self._process is not None
+        self._process.kill()
+        with anyio.fail_after(self.timeout):
+            await self._process.wait()
 
     async def call(self, op: str, **args: Any) -> Any:
         """Run one command in the worker and return its ``value``.

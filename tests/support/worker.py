@@ -36,6 +36,8 @@ async def handle(cache: CacheManager, cmd: dict[str, Any]) -> dict[str, Any]:
             cmd["key"], cmd["value"], cmd.get("ttl", 60), tier, tags=cmd.get("tags", ())
         )
         return {"value": value}
+    if op == "fleet":
+        return {"value": await cache.fleet()}
     if op == "invalidate_tags":
         return {"value": await cache.invalidate_tags(*cmd["tags"])}
     if op == "load":
