@@ -360,7 +360,7 @@ class MultiTierCache:
             decoded = self.serializer.loads(raw)
             self.l1.set(
                 key, decoded, seconds, stale_for=0.0 if fresh_until is None else stale or 0.0,
-                tags=tag_tuple,
+                tags=tag_tuple, size=len(raw),
             )  # fmt: skip
         if tier is CacheTier.L1:
             return True
@@ -415,7 +415,7 @@ class MultiTierCache:
         if l2 is None:
             for key, _payload, seconds, raw in items:
                 self.invalidate_local(key)
-                self.l1.set(key, loads(raw), seconds)
+                self.l1.set(key, loads(raw), seconds, size=len(raw))
             await anyio.lowlevel.checkpoint()
             return len(items), l1_budget, None
         to_l1 = tier is CacheTier.BOTH
@@ -439,7 +439,7 @@ class MultiTierCache:
             self.invalidate_local(key)
             left = None if seconds is None else seconds - (self.l1.now() - sent)
             if bound and (left is None or left > 0):
-                self.l1.set(key, loads(raw), left)
+                self.l1.set(key, loads(raw), left, size=len(raw))
                 installed += 1
         return installed, l1_budget, error
 
