@@ -525,8 +525,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     async def get_stats(self) -> CacheStats:
         """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus
         ``bus``, ``tasks``, ``loader`` and ``latency`` (`CacheStats`, ``docs/api.md``).
-        ``l1_cache["memory_bytes"]`` is a sampled estimate. Works in any state, so a
-        health endpoint can report a stopped cache.
+        ``l1_cache["memory_bytes"]`` is accounted under a byte bound, else a sampled
+        estimate. Works in any state, so a health endpoint can report a stopped cache.
         """
         return self.stats()
 

@@ -332,3 +332,56 @@ class TestManagerByteBound:
         assert big == await manager.get("big")
         assert None is manager.l1.peek("big")
         assert (await manager.get_stats())["l1_cache"]["oversize_skipped"] >= 2
+
+
+class TestTTLExpiryFiling:
+    """The TTL policy files keys by expiry second instead of a heap of tuples."""
+
+    def test_expire_matches_a_full_scan(self, clock: FakeClock) -> None:
+        """Under random sets (fractional TTLs, stale periods, overwrites), deletes and
+        clock steps, `expire()` removes exactly the expired entries and an insert never
+        evicts a live entry while one expired a second ago or more is held."""
+        rng = random.Random(3)
+        cache = InMemoryCache(40, 30, CacheStrategy.TTL, timer=clock)
+        values: dict[str, float] = {}  # key -> expiry, as the test computes it
+        for step in range(3_000):
+            key = f"k:{rng.randrange(60)}"
+            op = rng.random()
+            if op < 0.6:
+                ttl = rng.choice([0.3, 0.9, 1.5, 4.0, None])
+                stale = rng.choice([0.0, 0.0, 2.0])
+                long_expired = [k for k, e in values.items() if e + 1 <= clock.now]
+                full = len(values) >= 40 and key not in values
+                cache.set(key, step, ttl, stale_for=stale)
+                if full and long_expired:  # an insert drops those before evicting
+                    for gone in long_expired:
+                        assert gone not in set(cache.keys())
+                held = set(cache.keys())
+                values = {k: e for k, e in values.items() if k in held}
+                life = min(30.0, ttl) if ttl is not None else 30.0
+                values[key] = clock.now + (min(30.0, life + stale) if stale else life)
+            elif op < 0.7:
+                cache.delete(key)
+                values.pop(key, None)
+            elif op < 0.9:
+                clock.tick(rng.choice([0.1, 0.5, 1.0]))
+            else:
+                expected = sum(e <= clock.now for e in values.values())
+                assert expected == cache.expire()
+                values = {k: e for k, e in values.items() if e > clock.now}
+                assert set(values) == set(cache.keys())
+
+    def test_overwrites_do_not_grow_the_filing(self, clock: FakeClock) -> None:
+        """Overwriting one key 10,000 times keeps the filed keys bounded."""
+        cache = InMemoryCache(10, 300, CacheStrategy.TTL, timer=clock)
+        for i in range(10_000):
+            cache.set("k", i, ttl=rng_ttl(i))
+            clock.tick(0.01)
+        store: Any = cache._data
+        assert store.filed <= 2 * len(cache) + 64 + 1
+        assert sum(len(bucket) for bucket in store.buckets.values()) == store.filed
+        assert 9_999 == cache.get("k")
+
+
+def rng_ttl(i: int) -> float:
+    return 1.0 + (i * 7919 % 100)
