@@ -360,7 +360,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
         ``ttl`` defaults to ``default_ttl``; ``None`` means no expiry in L2 (L1 entries
         still live at most ``memory_cache_ttl``). Returns ``False`` if a requested L2 write
-        failed (Redis down); the L1 write still happened. ``tags`` let
+        failed (Redis down); the L1 write still happened. Without an L2 write, ``False``
+        if L1 did not keep it (above 1/8 of ``memory_cache_max_bytes``). ``tags`` let
         `invalidate_tags` remove the entry later.
 
         Raises:

@@ -308,7 +308,8 @@ class MultiTierCache:
         publish: bool = True,
         own_fill: FillToken | None = None,
     ) -> bool:
-        """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed.
+        """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed,
+        or, with no L2 write, if L1 did not keep it (larger than 1/8 of its byte bound).
 
         L1 is written before L2, so this instance reads its own write even while Redis is
         down; the L2 write is not retried. An L2-only write drops this instance's L1 copy.
@@ -356,16 +357,17 @@ class MultiTierCache:
         self._sets += 1
         self.invalidate_local(key, keep=own_fill)
         decoded: Any = MISSING
+        kept = True  # False: L1 did not keep it (above its byte bound's oversize limit)
         if tier is not CacheTier.L2:
             decoded = self.serializer.loads(raw)
-            self.l1.set(
+            kept = self.l1.set(
                 key, decoded, seconds, stale_for=0.0 if fresh_until is None else stale or 0.0,
                 tags=tag_tuple, size=len(raw),
             )  # fmt: skip
         if tier is CacheTier.L1:
-            return True
+            return kept
         if self.l2 is None:
-            return tier is CacheTier.BOTH
+            return tier is CacheTier.BOTH and kept
         notify = (
             BusMessage.delete(
                 (key,), origin=self.origin, traceparent=_telemetry.current_traceparent()

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from coherent_cache import CacheConfig, CacheStrategy, InMemoryCache
+from coherent_cache import CacheConfig, CacheStrategy, CacheTier, InMemoryCache
 from coherent_cache._l1store import ENTRY_COST, entry_cost
 from coherent_cache.l1 import OVERSIZE_FRACTION
 
@@ -332,6 +332,17 @@ class TestManagerByteBound:
         assert big == await manager.get("big")
         assert None is manager.l1.peek("big")
         assert (await manager.get_stats())["l1_cache"]["oversize_skipped"] >= 2
+
+    async def test_l1_only_oversize_write_reports_false(self, make_manager: ManagerFactory) -> None:
+        """Without an L2 write, a value L1 does not keep makes ``set`` return False (it is
+        stored nowhere); a value within the bound returns True."""
+        manager = await make_manager(memory_cache_max_bytes=8_000)
+        assert False is await manager.set("big", "x" * 2_000, ttl=60, tier=CacheTier.L1)
+        assert True is await manager.set("small", "x" * 20, ttl=60, tier=CacheTier.L1)
+        alone = await make_manager(redis_url=None, memory_cache_max_bytes=8_000)
+        assert False is await alone.set("big", "x" * 2_000, ttl=60)
+        assert None is await alone.get("big")
+        assert True is await alone.set("small", "x" * 20, ttl=60)
 
 
 class TestTTLExpiryFiling:
