@@ -57,6 +57,9 @@ class CacheStrategy(enum.StrEnum):
     """Least frequently used."""
     FIFO = "fifo"
     """Oldest insertion first."""
+    TINYLFU = "tinylfu"
+    """W-TinyLFU: a small recency window, then admission by estimated frequency into a
+    segmented LRU; resists scans, keeps the frequently used (see docs/architecture.md)."""
 
 
 class CacheTier(enum.StrEnum):
@@ -174,6 +177,10 @@ class CacheConfig(BaseModel):
     """Longest time in seconds an entry lives in L1, whatever its own TTL."""
     memory_cache_strategy: CacheStrategy = CacheStrategy.TTL
     """Eviction policy of the L1 when it is full."""
+    memory_cache_max_bytes: int | None = Field(default=None, ge=1)
+    """Also bound the L1 by bytes: the accounted size of its entries (key + encoded value +
+    240 bytes each) stays at most this, whatever the strategy; an entry above 1/8 of it is
+    not kept in L1 (it still goes to L2). ``None``: bounded by ``memory_cache_size`` only."""
 
     enable_multi_tier: bool = True
     """``False`` runs on L1 alone, as does ``redis_url=None``."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
 
@@ -15,10 +13,20 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from cachetools import Cache, LFUCache
 
+from ._l1store import (
+    ENTRY_COST,
+    INF,
+    SIZE_BUDGET,
+    Entry,
+    LFUStore,
+    OrderedStore,
+    approx_size,
+    entry_cost,
+)
+from ._tinylfu import TinyLFUStore
 from .config import CacheStrategy
-from .keys import compile_pattern, literal_head
+from .keys import compile_pattern
 from .types import MISSING, check_ttl
 
 __all__ = [
@@ -48,258 +56,20 @@ class L1Stats(TypedDict):
     evictions: int
     strategy: str
     memory_bytes: int
-    """An estimate from a sample of entries (see `InMemoryCache.memory_estimate`)."""
+    """With a byte bound, the accounted bytes (never above ``memory_max_bytes``); without
+    one, an estimate from a sample of entries (see `InMemoryCache.memory_estimate`)."""
+    memory_max_bytes: int | None
+    """The byte bound (``memory_cache_max_bytes``), or ``None``."""
+    size_evictions: int
+    """Entries evicted to stay under the byte bound (not counted in ``evictions``)."""
+    oversize_skipped: int
+    """Writes not kept in L1: the entry was larger than 1/`OVERSIZE_FRACTION` of the bound."""
 
 
 MEMORY_SAMPLE: Final = 32
 """Entries measured by `InMemoryCache.memory_estimate`."""
-_ENTRY_OVERHEAD: Final = 200
-"""Bytes of bookkeeping per entry (dict slots, order links, expiry heap item), roughly."""
-_SIZE_BUDGET: Final = 256
-"""Objects visited per sampled value: deeper or larger values are under-estimated."""
-
-
-def _approx_size(obj: Any, budget: list[int]) -> int:
-    """``sys.getsizeof`` of ``obj`` and its JSON-like contents, visiting at most ``budget``."""
-    if budget[0] <= 0:
-        return 0
-    budget[0] -= 1
-    size = sys.getsizeof(obj)
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            size += _approx_size(key, budget) + _approx_size(value, budget)
-    elif isinstance(obj, list | tuple):
-        for item in obj:
-            size += _approx_size(item, budget)
-    return size
-
-
-@final
-class _Entry:
-    # fresh <= expires: between them the entry is stale (served only by get_or_set's
-    # stale-while-revalidate). Plain entries have fresh == expires.
-    __slots__ = ("expires", "fresh", "stored", "tags", "value")
-
-    def __init__(
-        self, value: Any, expires: float, stored: float, fresh: float, tags: tuple[str, ...]
-    ) -> None:
-        self.value = value
-        self.expires = expires
-        self.stored = stored
-        self.fresh = fresh
-        self.tags = tags
-
-
-@final
-class _SegmentIndex:
-    """Keys by their first segment (up to and including the first ``:``).
-
-    A pattern whose literal head contains a ``:`` (``user:*``, ``user:42:*``) can only
-    match keys of the head's first segment, so a pattern clear visits that bucket instead
-    of every key: O(matches) for the common ``prefix:*`` clears of a large L1. Keys
-    without a ``:`` are not indexed (no such pattern can match them).
-    """
-
-    __slots__ = ("buckets",)
-
-    def __init__(self) -> None:
-        self.buckets: dict[str, set[str]] = {}
-
-    def add(self, key: str) -> None:
-        i = key.find(":")
-        if i >= 0:
-            segment = key[: i + 1]
-            bucket = self.buckets.get(segment)
-            if bucket is None:
-                self.buckets[segment] = {key}
-            else:
-                bucket.add(key)
-
-    def discard(self, key: str) -> None:
-        i = key.find(":")
-        if i >= 0:
-            segment = key[: i + 1]
-            bucket = self.buckets.get(segment)
-            if bucket is not None:
-                bucket.discard(key)
-                if not bucket:
-                    del self.buckets[segment]
-
-    def discard_many(self, keys: list[str]) -> None:
-        """`discard` each key; one set operation when they share a segment (a prefix clear)."""
-        if not keys:
-            return
-        first = keys[0]
-        i = first.find(":")
-        if i >= 0:
-            segment = first[: i + 1]
-            if all(key.startswith(segment) for key in keys):
-                bucket = self.buckets.get(segment)
-                if bucket is not None:
-                    bucket.difference_update(keys)
-                    if not bucket:
-                        del self.buckets[segment]
-                return
-        for key in keys:
-            self.discard(key)
-
-    def candidates(self, pattern: str) -> list[str] | None:
-        """The keys ``pattern`` may match, or ``None`` when it may match any key."""
-        head = literal_head(pattern)
-        i = head.find(":")
-        if i < 0:
-            return None
-        return list(self.buckets.get(head[: i + 1], ()))
-
-    def clear(self) -> None:
-        self.buckets.clear()
-
-
-class _LFU(LFUCache[str, _Entry]):
-    """LFU bookkeeping: cachetools' O(1) frequency lists (its ``get`` counts a use)."""
-
-    evictions = 0
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self.index = _SegmentIndex()
-
-    def popitem(self) -> tuple[str, _Entry]:
-        item = super().popitem()
-        self.evictions += 1
-        return item
-
-    def __delitem__(self, key: str) -> None:  # pop and popitem come through here
-        super().__delitem__(key)
-        self.index.discard(key)
-
-    def clear(self) -> None:
-        super().clear()
-        self.index.clear()
-
-    def pop_many(self, keys: list[str]) -> list[_Entry]:
-        """Remove ``keys``; return the entries that were held."""
-        found = [entry for entry in (self.peek_entry(key) for key in keys) if entry is not None]
-        for key in keys:
-            self.pop(key, None)
-        return found
-
-    def put(self, key: str, entry: _Entry, _now: float) -> None:
-        new = key not in self
-        self[key] = entry
-        if new:
-            self.index.add(key)
-
-    def peek_entry(self, key: str) -> _Entry | None:
-        try:
-            # Cache.__getitem__ skips LFUCache's frequency bookkeeping.
-            entry: _Entry = Cache.__getitem__(self, key)
-        except KeyError:
-            return None
-        return entry
-
-    def iter_keys(self) -> Iterator[str]:
-        return Cache.__iter__(self)
-
-    def expire(self, now: float) -> int:
-        dead = [k for k, e in list(self.items()) if e.expires <= now]
-        for key in dead:
-            self.pop(key, None)
-        return len(dead)
-
-
-@final
-class _Ordered:
-    """LRU, FIFO and TLRU bookkeeping over one ``OrderedDict``, oldest (or least recent) first.
-
-    Entries carry their own expiry, so a read is a C-level ``OrderedDict.get`` plus, for
-    the recency policies, a ``move_to_end`` (cachetools' ``TLRUCache.get`` costs about
-    1.4 µs of Python-level calls for the same). ``by_expiry`` (the TTL strategy, a TLRU)
-    keeps a heap of expiry times so that expired entries are dropped before any live one
-    is evicted, and on every insert, as cachetools' ``TLRUCache`` does.
-    """
-
-    __slots__ = ("by_expiry", "data", "evictions", "heap", "index", "maxsize", "seq")
-
-    def __init__(self, maxsize: int, *, by_expiry: bool) -> None:
-        self.data: OrderedDict[str, _Entry] = OrderedDict()
-        self.index = _SegmentIndex()
-        self.maxsize = maxsize
-        self.by_expiry = by_expiry
-        self.evictions = 0
-        # (expires, seq, key, entry); an item whose entry is no longer data[key] is dead.
-        self.heap: list[tuple[float, int, str, _Entry]] = []
-        self.seq = itertools.count()
-
-    def put(self, key: str, entry: _Entry, now: float) -> None:
-        data = self.data
-        heap = self.heap
-        if self.by_expiry and heap and heap[0][0] <= now:
-            self.expire(now)
-        if key in data:
-            data[key] = entry
-            data.move_to_end(key)  # a write is a use (LRU); FIFO re-queues an overwrite
-        else:
-            while len(data) >= self.maxsize:
-                self.index.discard(data.popitem(last=False)[0])
-                self.evictions += 1
-            data[key] = entry
-            self.index.add(key)
-        if self.by_expiry and entry.expires != _INF:
-            heapq.heappush(heap, (entry.expires, next(self.seq), key, entry))
-            if len(heap) > 2 * len(data) + 64:  # dead items of overwritten / deleted keys
-                self.heap = [item for item in heap if data.get(item[2]) is item[3]]
-                heapq.heapify(self.heap)
-
-    def expire(self, now: float) -> int:
-        """Drop every entry expired at ``now``; return how many."""
-        data = self.data
-        removed = 0
-        if self.by_expiry:
-            heap = self.heap
-            while heap and heap[0][0] <= now:
-                _expires, _seq, key, entry = heapq.heappop(heap)
-                if data.get(key) is entry:
-                    del data[key]
-                    self.index.discard(key)
-                    removed += 1
-            return removed
-        dead = [k for k, e in data.items() if e.expires <= now]
-        for key in dead:
-            del data[key]
-            self.index.discard(key)
-        return len(dead)
-
-    def peek_entry(self, key: str) -> _Entry | None:
-        return self.data.get(key)
-
-    def iter_keys(self) -> Iterator[str]:
-        return iter(self.data)
-
-    def pop(self, key: str, default: Any = None) -> Any:
-        entry = self.data.pop(key, MISSING)
-        if entry is MISSING:
-            return default
-        self.index.discard(key)
-        return entry
-
-    def pop_many(self, keys: list[str]) -> list[_Entry]:
-        """Remove ``keys``; return the entries that were held."""
-        pop = self.data.pop
-        found = [entry for entry in (pop(key, None) for key in keys) if entry is not None]
-        self.index.discard_many(keys)
-        return found
-
-    def clear(self) -> None:
-        self.data.clear()
-        self.heap.clear()
-        self.index.clear()
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-
-_INF: Final = float("inf")
+OVERSIZE_FRACTION: Final = 8
+"""Under a byte bound, an entry accounted above ``max_bytes / 8`` is not kept in L1."""
 
 
 def _is_positive_int(value: object) -> bool:
@@ -308,7 +78,7 @@ def _is_positive_int(value: object) -> bool:
 
 @final
 class InMemoryCache:
-    """A bounded in-process cache with one of four eviction policies.
+    """A bounded in-process cache with one of five eviction policies.
 
     Every entry expires after its own TTL, capped by ``ttl``, whatever the policy: the
     policy only decides which live entry is evicted when the cache is full. Values are kept
@@ -324,6 +94,9 @@ class InMemoryCache:
             lifetime; ``None`` for no default expiry.
         strategy: which entry to evict when full.
         timer: the clock, in seconds (injectable for tests).
+        max_bytes: also keep the accounted bytes of the entries (`entry_cost`: key, encoded
+            value and `ENTRY_COST`) at most this; an entry above ``max_bytes /
+            OVERSIZE_FRACTION`` is not kept. ``None``: bounded by count only.
     """
 
     __slots__ = (
@@ -333,8 +106,10 @@ class InMemoryCache:
         "_hits",
         "_max_stale",
         "_misses",
+        "_oversize",
         "_timer",
         "_touch",
+        "max_bytes",
         "maxsize",
         "strategy",
         "ttl",
@@ -347,10 +122,15 @@ class InMemoryCache:
         strategy: CacheStrategy = CacheStrategy.TTL,
         *,
         timer: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
     ) -> None:
         if not _is_positive_int(maxsize):
             raise ValueError(f"maxsize must be a positive int, got {maxsize!r}")
+        if max_bytes is not None and not _is_positive_int(max_bytes):
+            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self._oversize = 0
         self.ttl = check_ttl(ttl)
         self.strategy = CacheStrategy(strategy)
         self._timer = timer
@@ -359,14 +139,20 @@ class InMemoryCache:
         # While set, an entry is served only until max(stored, _distrust_since) + _max_stale.
         self._distrust_since: float | None = None
         self._max_stale = 0.0
-        self._data: _Ordered | _LFU
-        # The read path: _get finds an entry (LFU: counting a use), _touch marks it used.
+        self._data: OrderedStore | LFUStore | TinyLFUStore
+        # The read path: _get finds an entry (LFU: counting a use), _touch marks it used
+        # (TINYLFU: records the read in its buffer).
         self._touch: Callable[[str], None] | None = None
         if self.strategy is CacheStrategy.LFU:
-            self._data = _LFU(maxsize)
-            self._get: Callable[[str], _Entry | None] = self._data.get
+            self._data = LFUStore(maxsize, max_bytes)
+            self._get: Callable[[str], Entry | None] = self._data.get
+        elif self.strategy is CacheStrategy.TINYLFU:
+            tiny = self._data = TinyLFUStore(maxsize, max_bytes)
+            self._get = tiny.data.get
+            self._touch = tiny.reads.append
         else:
-            ordered = _Ordered(maxsize, by_expiry=self.strategy is CacheStrategy.TTL)
+            by_expiry = self.strategy is CacheStrategy.TTL
+            ordered = OrderedStore(maxsize, by_expiry=by_expiry, max_bytes=max_bytes)
             self._data = ordered
             self._get = ordered.data.get
             if self.strategy is not CacheStrategy.FIFO:
@@ -378,7 +164,7 @@ class InMemoryCache:
 
     def _lifetime(self, ttl: float | None) -> float:
         if ttl is None:
-            return float("inf") if self.ttl is None else self.ttl
+            return INF if self.ttl is None else self.ttl
         return ttl if self.ttl is None else min(ttl, self.ttl)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -447,19 +233,45 @@ class InMemoryCache:
         *,
         stale_for: float = 0.0,
         tags: tuple[str, ...] = (),
+        size: int | None = None,
     ) -> bool:
         """Store ``value`` fresh for ``ttl`` seconds, then stale for ``stale_for`` more.
 
         Both are capped by the cache's ``ttl``. Stale entries are invisible to `get` and
-        `peek`; `get_entry` reports them. ``tags`` are kept for `delete_tagged`.
+        `peek`; `get_entry` reports them. ``tags`` are kept for `delete_tagged`. ``size``:
+        the value's encoded (uncompressed) length when known, for the byte bound.
+
+        Returns:
+            Whether the entry is kept (False: above the byte bound's oversize limit; any
+            previous entry of ``key`` is dropped).
 
         Raises:
             InvalidTTLError: ``ttl`` is not ``None`` or a positive number.
         """
         lifetime = self._lifetime(check_ttl(ttl))
         now = self._timer()
-        expires = now + (lifetime if not stale_for else self._lifetime(lifetime + stale_for))
-        self._data.put(key, _Entry(value, expires, now, now + lifetime, tags), now)
+        fresh = now + lifetime
+        expires = fresh if not stale_for else now + self._lifetime(lifetime + stale_for)
+        return self._put(key, value, expires, now, fresh, tags, size)
+
+    def _put(
+        self,
+        key: str,
+        value: Any,
+        expires: float,
+        now: float,
+        fresh: float,
+        tags: tuple[str, ...],
+        size: int | None,
+    ) -> bool:
+        cost = 0
+        if self.max_bytes is not None:
+            cost = entry_cost(key, value, size)
+            if cost * OVERSIZE_FRACTION > self.max_bytes:
+                self._oversize += 1
+                self._data.pop(key, None)
+                return False
+        self._data.put(key, Entry(value, expires, now, fresh, tags, cost), now)
         return True
 
     def distrust(self, since: float, max_stale: float) -> None:
@@ -521,11 +333,17 @@ class InMemoryCache:
         return list(self._data.iter_keys()) if found is None else found
 
     def set_stale(
-        self, key: str, value: Any, stale_for: float, *, tags: tuple[str, ...] = ()
+        self,
+        key: str,
+        value: Any,
+        stale_for: float,
+        *,
+        tags: tuple[str, ...] = (),
+        size: int | None = None,
     ) -> None:
         """Store an entry that is already stale, for ``stale_for`` seconds (capped)."""
         now = self._timer()
-        self._data.put(key, _Entry(value, now + self._lifetime(stale_for), now, now, tags), now)
+        self._put(key, value, now + self._lifetime(stale_for), now, now, tags, size)
 
     def tagged(self, keys: Iterable[str], tags: frozenset[str]) -> list[str]:
         """Those of ``keys`` whose entries carry any of ``tags``."""
@@ -591,14 +409,14 @@ class InMemoryCache:
             total += (
                 sys.getsizeof(key)
                 + sys.getsizeof(entry)
-                + _approx_size(entry.value, [_SIZE_BUDGET])
-                + _ENTRY_OVERHEAD
+                + approx_size(entry.value, [SIZE_BUDGET])
+                + ENTRY_COST
             )
             measured += 1
         return round(total / measured * count) if measured else 0
 
     def get_stats(self) -> L1Stats:
-        """Hits, misses, hit rate, size, capacity, evictions, policy and a memory estimate."""
+        """Hits, misses, hit rate, size, capacity, evictions, policy, bytes and the bound."""
         total = self._hits + self._misses
         return {
             "hits": self._hits,
@@ -608,7 +426,12 @@ class InMemoryCache:
             "maxsize": self.maxsize,
             "evictions": self._data.evictions,
             "strategy": self.strategy.value,
-            "memory_bytes": self.memory_estimate(),
+            "memory_bytes": (
+                self.memory_estimate() if self.max_bytes is None else self._data.bytes
+            ),
+            "memory_max_bytes": self.max_bytes,
+            "size_evictions": self._data.size_evictions,
+            "oversize_skipped": self._oversize,
         }
 
 

@@ -103,8 +103,9 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self._state = _State.NEW
         self.serializer = CacheSerializer.from_config(cfg)
         self.l1 = InMemoryCache(
-            cfg.memory_cache_size, cfg.memory_cache_ttl, cfg.memory_cache_strategy, timer=timer
-        )
+            cfg.memory_cache_size, cfg.memory_cache_ttl, cfg.memory_cache_strategy, timer=timer,
+            max_bytes=cfg.memory_cache_max_bytes,
+        )  # fmt: skip
         self.origin = make_origin(cfg.origin_prefix)
         """This instance's id on the bus; it skips messages carrying it."""
         # A lazy proxy, not .bind(): it follows structlog.configure() calls made later.
@@ -361,7 +362,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
 
         ``ttl`` defaults to ``default_ttl``; ``None`` means no expiry in L2 (L1 entries
         still live at most ``memory_cache_ttl``). Returns ``False`` if a requested L2 write
-        failed (Redis down); the L1 write still happened. ``tags`` let
+        failed (Redis down); the L1 write still happened. Without an L2 write, ``False``
+        if L1 did not keep it (above 1/8 of ``memory_cache_max_bytes``). ``tags`` let
         `invalidate_tags` remove the entry later.
 
         Raises:
@@ -531,8 +533,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
     async def get_stats(self) -> CacheStats:
         """Statistics in the seed's shape (``l1_cache``, ``l2_cache``, ``total_*``) plus
         ``bus``, ``tasks``, ``loader`` and ``latency`` (`CacheStats`, ``docs/api.md``).
-        ``l1_cache["memory_bytes"]`` is a sampled estimate. Works in any state, so a
-        health endpoint can report a stopped cache.
+        ``l1_cache["memory_bytes"]`` is accounted under a byte bound, else a sampled
+        estimate. Works in any state, so a health endpoint can report a stopped cache.
         """
         return self.stats()
 

@@ -406,7 +406,8 @@ class MultiTierCache:
         publish: bool = True,
         own_fill: FillToken | None = None,
     ) -> bool:
-        """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed.
+        """Write ``value`` to the tiers asked for; ``False`` if a requested L2 write failed,
+        or, with no L2 write, if L1 did not keep it (larger than 1/8 of its byte bound).
 
         L1 is written before L2, so this instance reads its own write even while Redis is
         down; the L2 write is not retried. An L2-only write drops this instance's L1 copy.
@@ -461,6 +462,7 @@ class MultiTierCache:
             fresh_until = now_ms() + math.ceil(seconds * 1000)
         payload = self.serializer.pack(raw, key=key, fresh_until_ms=fresh_until, tags=tag_tuple)
         decoded: Any = MISSING
+        kept = True  # False: L1 did not keep it (above its byte bound's oversize limit)
         if tier is not CacheTier.L2:
             decoded = self.serializer.loads(raw)
             if decode is not None:
@@ -475,14 +477,14 @@ class MultiTierCache:
         self._sets += 1
         self.invalidate_local(key, keep=own_fill)
         if decoded is not MISSING:
-            self.l1.set(
+            kept = self.l1.set(
                 key, decoded, seconds, stale_for=0.0 if fresh_until is None else stale or 0.0,
-                tags=tag_tuple,
+                tags=tag_tuple, size=len(raw),
             )  # fmt: skip
         if tier is CacheTier.L1:
-            return True
+            return kept
         if self.l2 is None:
-            return tier is CacheTier.BOTH
+            return tier is CacheTier.BOTH and kept
         notify = (
             BusMessage.delete(
                 (key,), origin=self.origin, traceparent=_telemetry.current_traceparent()
@@ -532,7 +534,7 @@ class MultiTierCache:
         if l2 is None:
             for key, _payload, seconds, raw in items:
                 self.invalidate_local(key)
-                self.l1.set(key, loads(raw), seconds)
+                self.l1.set(key, loads(raw), seconds, size=len(raw))
             await anyio.lowlevel.checkpoint()
             return len(items), l1_budget, None
         to_l1 = tier is CacheTier.BOTH
@@ -556,7 +558,7 @@ class MultiTierCache:
             self.invalidate_local(key)
             left = None if seconds is None else seconds - (self.l1.now() - sent)
             if bound and (left is None or left > 0):
-                self.l1.set(key, loads(raw), left)
+                self.l1.set(key, loads(raw), left, size=len(raw))
                 installed += 1
         return installed, l1_budget, error
 

@@ -124,6 +124,9 @@ class TestStats:
             "evictions": 0,
             "strategy": strategy.value,
             "memory_bytes": 0,
+            "memory_max_bytes": None,
+            "size_evictions": 0,
+            "oversize_skipped": 0,
         }
         assert expected == make(strategy, clock, maxsize=10).get_stats()
 
