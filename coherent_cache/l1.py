@@ -25,7 +25,7 @@ from ._l1store import (
     entry_cost,
 )
 from ._tinylfu import TinyLFUStore
-from .config import CacheStrategy
+from .config import CacheConfig, CacheStrategy
 from .keys import compile_pattern
 from .types import MISSING, check_ttl
 
@@ -157,6 +157,19 @@ class InMemoryCache:
             self._get = ordered.data.get
             if self.strategy is not CacheStrategy.FIFO:
                 self._touch = ordered.data.move_to_end
+
+    @classmethod
+    def from_config(
+        cls, config: CacheConfig, *, timer: Callable[[], float] = time.monotonic
+    ) -> InMemoryCache:
+        """The L1 ``config`` describes (``memory_cache_*`` fields)."""
+        return cls(
+            config.memory_cache_size,
+            config.memory_cache_ttl,
+            config.memory_cache_strategy,
+            timer=timer,
+            max_bytes=config.memory_cache_max_bytes,
+        )
 
     def now(self) -> float:
         """The current reading of the clock that this cache's TTLs count on."""

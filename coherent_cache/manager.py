@@ -102,10 +102,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         cfg = self.config
         self._state = _State.NEW
         self.serializer = CacheSerializer.from_config(cfg)
-        self.l1 = InMemoryCache(
-            cfg.memory_cache_size, cfg.memory_cache_ttl, cfg.memory_cache_strategy, timer=timer,
-            max_bytes=cfg.memory_cache_max_bytes,
-        )  # fmt: skip
+        self.l1 = InMemoryCache.from_config(cfg, timer=timer)
         self.origin = make_origin(cfg.origin_prefix)
         """This instance's id on the bus; it skips messages carrying it."""
         # A lazy proxy, not .bind(): it follows structlog.configure() calls made later.

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from coherent_cache import CacheManager, InvalidKeyError
 
-from .conftest import ManagerFactory, eventually
+from .conftest import FakeClock, ManagerFactory, eventually
 from .support.proxy import HoldingProxy
 
 REPLY_DELAY = 0.5
@@ -146,3 +146,22 @@ class TestFillNeverOutlivesL2:
         assert 1 == result.l1_written
         assert "v1" == p.l1.peek("w")
         await _after_l2_expiry_q_stores_v2(pair, raw_redis, namespace, ["w"])
+
+
+class TestL1CopiesKeepAClockMargin:
+    """Redis expires keys on its wall clock and L1 on this process's monotonic clock; a
+    wall clock running fast (0.5 % on the test VM) must not let an L1 copy outlive its L2
+    entry: copies live at most `L2_CLOCK_MARGIN` (99 %) of the entry's TTL."""
+
+    async def test_fill_and_own_write(self, make_manager: ManagerFactory, clock: FakeClock) -> None:
+        """A fill from L2 and a write to both tiers, each with 100 s left: gone from L1 after
+        99.5 s of this process's clock (without the margin they would last 100 s)."""
+        p = await make_manager(timer=clock)
+        q = await make_manager()
+        assert q.l2 is not None
+        await q.l2.set("filled", "v1", ttl=100)  # no bus message
+        assert "v1" == await p.get("filled")
+        assert await p.set("written", "v2", ttl=100)
+        assert ["v1", "v2"] == [p.l1.peek("filled"), p.l1.peek("written")]
+        clock.tick(99.5)
+        assert [None, None] == [p.l1.peek("filled"), p.l1.peek("written")]

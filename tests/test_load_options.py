@@ -337,7 +337,8 @@ class TestTtlOfResult:
         await cache.get_or_set("short", short, ttl=ttl_of)
         await cache.get_or_set("forever", forever, ttl=ttl_of)
         window = cache.l1.fresh_window("short")
-        assert window is not None and 30 == window[1] - window[0]
+        # L1 keeps a copy of an L2 entry 99 % of its TTL (multitier.L2_CLOCK_MARGIN)
+        assert window is not None and 30 * 0.99 == pytest.approx(window[1] - window[0])
         assert 29_000 < await raw_redis.pttl(f"{namespace}:short") <= 30_000
         assert -1 == await raw_redis.pttl(f"{namespace}:forever")
         clock.tick(31)
@@ -393,7 +394,7 @@ class TestNoneTtl:
         assert 4_000 < await raw_redis.pttl(f"{namespace}:none") <= 5_000
         assert 599_000 < await raw_redis.pttl(f"{namespace}:one") <= 600_000
         window = cache.l1.fresh_window("none")
-        assert window is not None and 5 == window[1] - window[0]
+        assert window is not None and 5 * 0.99 == pytest.approx(window[1] - window[0])  # margin
 
         @cache.cached(key_prefix="d", ttl=600, none_ttl=7)
         async def d(x: int) -> None:
