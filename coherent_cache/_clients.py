@@ -226,6 +226,22 @@ def watch_client(config: CacheConfig) -> Redis:
     )
 
 
+async def _close_quietly(conn: AbstractConnection) -> None:
+    """Disconnect ``conn`` even while cancelled, waiting at most 1 s."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+        await conn.disconnect()
+
+
+async def _connect_or_close(conn: AbstractConnection) -> AbstractConnection:
+    """``conn``, connected; or closed (`_close_quietly`) and the error raised."""
+    try:
+        await conn.connect()  # type: ignore[no-untyped-call]
+    except BaseException:
+        await _close_quietly(conn)
+        raise
+    return conn
+
+
 class BusEndpoint:
     """One server: the URL's host (standalone), connect there, ``SUBSCRIBE``.
 
@@ -255,25 +271,13 @@ class BusEndpoint:
         return connection
 
     async def _connected(self, host: str, port: int) -> AbstractConnection:
-        conn = self._open(host, port)
-        try:
-            await conn.connect()  # type: ignore[no-untyped-call]
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                await conn.disconnect()
-            raise
+        conn = await _connect_or_close(self._open(host, port))
         self.address = f"{host}:{port}"
         return conn
 
     async def connect(self) -> AbstractConnection:
         """A connection to the node to subscribe on."""
-        conn: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.connect()  # type: ignore[no-untyped-call]
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                await conn.disconnect()
-            raise
+        conn = await _connect_or_close(self.pool.make_connection())  # type: ignore[no-untyped-call]
         kwargs = self.pool.connection_kwargs
         self.address = f"{kwargs.get('host')}:{kwargs.get('port')}"
         return conn
@@ -362,8 +366,7 @@ class ClusterBusEndpoint(BusEndpoint):
                     )
                 conn = await self._connected(*owner)
         except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                await conn.disconnect()
+            await _close_quietly(conn)
             raise
         return conn
 

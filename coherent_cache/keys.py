@@ -115,21 +115,27 @@ def redis_lock_key(namespace: str, key: str) -> str:
     return f"{namespace}#lock:{key}"
 
 
-def literal_head(pattern: str) -> str:
-    """The literal text a Redis glob ``pattern`` starts with (escapes resolved)."""
+def _literal_run(pattern: str, specials: str) -> tuple[str, bool]:
+    """The literal text ``pattern`` starts with, escapes resolved, up to the first of
+    ``specials`` or a trailing backslash; and whether that text is the whole pattern."""
     out: list[str] = []
     chars = iter(pattern)
     for ch in chars:
         if ch == "\\":
             nxt = next(chars, None)
             if nxt is None:
-                break
+                return "".join(out), False
             out.append(nxt)
-        elif ch in "*?[":
-            break
+        elif ch in specials:
+            return "".join(out), False
         else:
             out.append(ch)
-    return "".join(out)
+    return "".join(out), True
+
+
+def literal_head(pattern: str) -> str:
+    """The literal text a Redis glob ``pattern`` starts with (escapes resolved)."""
+    return _literal_run(pattern, "*?[")[0]
 
 
 def key_prefix(key: str) -> str:
@@ -142,19 +148,8 @@ def literal_of(pattern: str) -> str | None:
 
     ``literal_of("user:\\*")`` is ``"user:*"``; ``literal_of("user:*")`` is ``None``.
     """
-    out: list[str] = []
-    chars = iter(pattern)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, None)
-            if nxt is None:
-                return None
-            out.append(nxt)
-        elif ch in "*?[]":
-            return None
-        else:
-            out.append(ch)
-    return "".join(out)
+    text, whole = _literal_run(pattern, "*?[]")
+    return text if whole else None
 
 
 def escape_glob(text: str) -> str:

@@ -6,6 +6,7 @@ import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -13,6 +14,8 @@ from redis.asyncio import Redis
 
 from coherent_cache import CacheConfig, CacheManager
 from coherent_cache.testing import RedisServer, ServerNotFoundError, server_url_from_env
+
+from .support.proxy import HoldingProxy
 
 
 @pytest.fixture
@@ -157,3 +160,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
     for kind in dict.fromkeys(ENDPOINTS):
         terminalreporter.write_line(f"TLS tests ran against: {kind}")
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[HoldingProxy]:
+    """A reply-holding proxy in front of the module's server (replies pass straight through
+    until a test holds or delays them)."""
+    parts = urlsplit(redis_url)
+    assert parts.hostname is not None and parts.port is not None
+    async with HoldingProxy(parts.hostname, parts.port) as running:
+        yield running

@@ -6,9 +6,8 @@ the reader's GET but holds the reply; the invalidation happens; then the reply i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -18,15 +17,6 @@ from coherent_cache import CacheManager, CacheTier
 
 from .conftest import ManagerFactory
 from .support.proxy import HoldingProxy
-
-
-@pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[HoldingProxy]:
-    """A reply-holding proxy in front of the module's server."""
-    parts = urlsplit(redis_url)
-    assert parts.hostname is not None and parts.port is not None
-    async with HoldingProxy(parts.hostname, parts.port) as running:
-        yield running
 
 
 @pytest.fixture

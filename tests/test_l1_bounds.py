@@ -7,9 +7,6 @@ instance, and an expiry (and the loader's store that follows it) publishes nothi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
-
 import anyio
 import pytest
 from redis.asyncio import Redis
@@ -48,15 +45,6 @@ class TestPatternClearMatchesRedis:
         assert refused, "a pattern Redis matches differently by platform must be refused"
         assert in_redis
         assert "old" == await a.get("k:a") == await b.get("k:a")
-
-
-@pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[HoldingProxy]:
-    """A proxy in front of the module's server (replies not delayed until asked)."""
-    parts = urlsplit(redis_url)
-    assert parts.hostname is not None and parts.port is not None
-    async with HoldingProxy(parts.hostname, parts.port) as running:
-        yield running
 
 
 @pytest.fixture
