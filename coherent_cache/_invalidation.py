@@ -9,6 +9,7 @@ from opentelemetry.trace import SpanKind
 from . import _telemetry
 from ._telemetry import Telemetry
 from .bus import BusMessage, BusOp
+from .keys import key_prefix
 from .l1 import (
     FlushAll,
     InMemoryCache,
@@ -63,6 +64,7 @@ class BusApplier:
             attributes["cache.bus.origin"] = message.origin
         if message.keys:
             attributes["cache.bus.key_count"] = len(message.keys)
+        attributes.update(_target_attributes(tel, message))
         with tel.span(
             "cache.invalidate.apply",
             attributes,
@@ -82,3 +84,17 @@ class BusApplier:
             self._actor.submit(InvalidateTags(message.tags))
         else:
             self._actor.submit(FlushAll())
+
+
+def _target_attributes(tel: Telemetry, message: BusMessage) -> dict[str, Any]:
+    """What the message invalidates, as the sender's span shows it: ``cache.key_prefix``
+    (of its one key, of keys that all share one prefix, or of its pattern), plus
+    ``cache.key`` for a single key or a pattern only with ``trace_full_keys``."""
+    if message.op is BusOp.CLEAR_PATTERN and message.pattern is not None:
+        return tel.key_attributes(message.pattern)
+    if message.op is not BusOp.DELETE or not message.keys:
+        return {}
+    if len(message.keys) == 1:
+        return tel.key_attributes(message.keys[0])
+    prefixes = {key_prefix(key) for key in message.keys}
+    return {"cache.key_prefix": prefixes.pop()} if len(prefixes) == 1 else {}

@@ -22,7 +22,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from pydantic import SecretStr
 
-from coherent_cache import CacheConfig, CacheManager, CacheTier, InvalidKeyError
+from coherent_cache import (
+    CacheConfig,
+    CacheManager,
+    CacheTier,
+    InvalidationPublisher,
+    InvalidKeyError,
+)
 from coherent_cache._telemetry import (
     LatencyHistogram,
     Telemetry,
@@ -301,6 +307,60 @@ class TestBusTracing:
             apply
         ).items()
         assert receiver.origin != sender.origin
+
+    async def test_apply_span_names_what_it_invalidates(
+        self,
+        redis_url: str,
+        namespace: str,
+        tracer_provider: TracerProvider,
+        exporter: InMemorySpanExporter,
+    ) -> None:
+        """The receiver's cache.invalidate.apply carries the key prefix, as the sender's span
+        does (a trace search by cache.key_prefix finds both), and the full key or pattern
+        only where trace_full_keys allows it; keys of several prefixes name none."""
+        full_exporter = InMemorySpanExporter()
+        full_provider = TracerProvider()
+        full_provider.add_span_processor(SimpleSpanProcessor(full_exporter))
+        plain = CacheConfig(redis_url=redis_url, namespace=namespace)
+        full = CacheConfig(redis_url=redis_url, namespace=namespace, trace_full_keys=True)
+        try:
+            async with (
+                CacheManager(plain, tracer_provider=tracer_provider),
+                CacheManager(full, tracer_provider=full_provider),
+                InvalidationPublisher(config=plain) as publisher,
+            ):
+                await publisher.delete("user:alice@example.com")
+                await publisher.clear_pattern("order:*")
+                await publisher.delete("user:1", "user:2")
+                await publisher.delete("user:3", "order:4")
+                await eventually(
+                    lambda: [
+                        len(spans_named(spans, "cache.invalidate.apply"))
+                        for spans in (exporter, full_exporter)
+                    ],
+                    expect=[4, 4],
+                )
+        finally:
+            full_provider.shutdown()
+
+        def named(spans: InMemorySpanExporter) -> list[dict[str, Any]]:
+            return [
+                {k: v for k, v in attrs(span).items() if k in ("cache.key", "cache.key_prefix")}
+                for span in spans_named(spans, "cache.invalidate.apply")
+            ]
+
+        assert [
+            {"cache.key_prefix": "user"},
+            {"cache.key_prefix": "order"},
+            {"cache.key_prefix": "user"},
+            {},
+        ] == named(exporter)
+        assert [
+            {"cache.key_prefix": "user", "cache.key": "user:alice@example.com"},
+            {"cache.key_prefix": "order", "cache.key": "order:*"},
+            {"cache.key_prefix": "user"},
+            {},
+        ] == named(full_exporter)
 
     def test_message_without_span_has_no_traceparent(self) -> None:
         """Outside any span the field stays absent from the wire."""
