@@ -18,14 +18,13 @@ variables configure one. Run several replicas against one Redis and they stay co
     curl -i localhost:8000/categories         # a cached HTTP response (ETag, X-Cache)
     curl localhost:8000/health/cache
 
-Tracing (optional): with ``opentelemetry-sdk`` and ``opentelemetry-exporter-otlp``
+Tracing (optional): with ``opentelemetry-sdk`` and ``opentelemetry-exporter-otlp-proto-http``
 installed, set ``OTEL_EXPORTER_OTLP_ENDPOINT`` (and ``OTEL_SERVICE_NAME``); without the
-variable, or without those packages, the app runs untraced.
+variable, or without those packages, the app runs untraced (``examples/tracing.py``).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +45,8 @@ from coherent_cache.integrations.fastapi import (
     cache_router,
     get_cache,
 )
+
+from ..tracing import setup_tracing
 
 __all__ = [
     "Database",
@@ -135,32 +136,6 @@ class Database:
         async with self.sessions() as session:
             rows = await session.scalars(select(Product).order_by(Product.id))
             return [row.as_dict() for row in rows]
-
-
-def setup_tracing() -> Any:
-    """An SDK tracer provider exporting over OTLP, or ``None`` when not configured.
-
-    Configured means ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and ``opentelemetry-sdk`` and
-    ``opentelemetry-exporter-otlp`` are installed; the exporter and the resource read the
-    other ``OTEL_*`` variables (service name, headers, protocol) themselves.
-    """
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return None
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        grpc = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "grpc"
-        exporter_module = importlib.import_module(
-            "opentelemetry.exporter.otlp.proto." + ("grpc" if grpc else "http") + ".trace_exporter"
-        )
-    except ImportError as exc:
-        log.warning("tracing_disabled", reason="missing package", detail=str(exc))
-        return None
-    provider = TracerProvider(resource=Resource.create())
-    provider.add_span_processor(BatchSpanProcessor(exporter_module.OTLPSpanExporter()))
-    return provider
 
 
 def create_app(config: CacheConfig | None = None, *, database_url: str = IN_MEMORY) -> FastAPI:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -26,10 +27,13 @@ class Worker:
     """A cache instance in a separate process (``python -m tests.support.worker``).
 
     Use ``async with Worker(redis_url=..., namespace=...) as b:`` and ``await b.call(...)``.
-    Every wait is bounded by ``timeout``.
+    Every wait is bounded by ``timeout``. The process inherits this one's environment
+    without its ``OTEL_*`` variables, plus the variables of an opt-in ``_env`` mapping
+    (e.g. `tests.support.otlp_receiver.otlp_environment`, which turns OTLP tracing on).
     """
 
     def __init__(self, *, timeout: float = 20.0, **config: Any) -> None:
+        self.env: Mapping[str, str] = config.pop("_env", {})
         self.config = config
         self.timeout = timeout
         self.origin = ""
@@ -38,7 +42,8 @@ class Worker:
         self._reader: BufferedByteReceiveStream | None = None
 
     async def __aenter__(self) -> Self:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env = {**inherited, **self.env, "PYTHONPATH": str(ROOT)}
         self._process = await anyio.open_process(
             [sys.executable, "-m", "tests.support.worker", orjson.dumps(self.config).decode()],
             cwd=ROOT,

@@ -2,9 +2,12 @@
 
 Run as ``python -m tests.support.worker '<CacheConfig fields as JSON>'``; an extra
 ``"_spans_file"`` field (opt-in) makes the worker export its spans to that file, one JSON
-object a line. Each input line is a command ``{"id": n, "op": ..., ...}``; each output
-line is ``{"id": n, "ok": true, ...}`` or ``{"id": n, "ok": false, "error": "..."}``. The
-first output line is ``{"ready": true, "origin": ...}`` once the manager has started.
+object a line. Otherwise, with ``OTEL_EXPORTER_OTLP_ENDPOINT`` in its environment, the
+worker exports its spans over OTLP exactly as the example app of the compose stack does
+(``examples.tracing.setup_tracing``: configured by the ``OTEL_*`` variables only), and
+flushes them when it exits. Each input line is a command ``{"id": n, "op": ..., ...}``;
+each output line is ``{"id": n, "ok": true, ...}`` or ``{"id": n, "ok": false, "error":
+"..."}``. The first output line is ``{"ready": true, "origin": ...}`` once the manager has started.
 """
 
 from __future__ import annotations
@@ -209,7 +212,19 @@ async def main(fields: dict[str, Any]) -> None:
     apply_from_env()  # fault-suite checks only: COHERENT_CACHE_TEST_DISABLE
     stdin = anyio.wrap_file(sys.stdin)
     provider = _tracer_provider(fields.pop("_spans_file", None))
-    async with CacheManager(CacheConfig(**fields), tracer_provider=provider) as cache:
+    if provider is None:
+        from examples.tracing import setup_tracing
+
+        provider = setup_tracing()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+    try:
+        await _serve(CacheConfig(**fields), provider, stdin)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports what is still batched (bounded by its timeout)
+
+
+async def _serve(config: CacheConfig, provider: Any, stdin: Any) -> None:
+    async with CacheManager(config, tracer_provider=provider) as cache:
         sys.stdout.write(orjson.dumps({"ready": True, "origin": cache.origin}).decode() + "\n")
         sys.stdout.flush()
         async for line in stdin:
