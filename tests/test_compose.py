@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from coherent_cache import CacheConfig
 from coherent_cache.config import ENV_PREFIX
 
+from .support.otlp_receiver import otlp_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -170,6 +172,25 @@ class TestEnvironment:
             assert host in services
             assert env["OTEL_SERVICE_NAME"]
 
+    def test_apps_export_otlp_as_the_end_to_end_test_does(self) -> None:
+        """The apps set exactly the OTEL_* variables the OTLP end-to-end test sets
+        (tests/coherence/test_otlp.py, through `otlp_environment`), with the same protocol:
+        a base URL (the exporter adds /v1/traces) on the port where Jaeger takes
+        OTLP/HTTP, and each replica named by its service.instance.id."""
+        services = load_services()
+        tested = otlp_environment("http://127.0.0.1:1", "service", "instance")
+        jaeger_ports = {str(port).rsplit(":", 1)[1] for port in services["jaeger"]["ports"]}
+        for app in APPS:
+            env = environment(services[app])
+            assert set(tested) == {name for name in env if name.startswith("OTEL_")}, app
+            protocol = "OTEL_EXPORTER_OTLP_PROTOCOL"
+            assert tested[protocol] == env[protocol] == "http/protobuf"
+            endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+            assert ("http", "jaeger", 4318) == (endpoint.scheme, endpoint.hostname, endpoint.port)
+            assert endpoint.path in ("", "/"), "a base URL: the exporter adds /v1/traces"
+            assert "4318" in jaeger_ports
+            assert f"service.instance.id={app}" == env["OTEL_RESOURCE_ATTRIBUTES"]
+
     def test_replicas_differ_only_by_name(self) -> None:
         """The two replicas have distinct origins but the same cache settings."""
         services = load_services()
@@ -196,7 +217,7 @@ class TestBalancer:
 class TestImage:
     def test_installs_the_extras_and_server(self) -> None:
         """The image installs the repo with the fastapi and otel extras, uvicorn and the
-        OTLP exporter."""
+        OTLP/HTTP exporter."""
         services = load_services()
         text = dockerfile(services[APPS[0]]).read_text()
         joined = text.replace("\\\n", " ")
@@ -204,7 +225,8 @@ class TestImage:
         words = shlex.split(install)
         assert ".[fastapi,otel]" in words
         assert any(w.startswith("uvicorn") for w in words)
-        assert any(w.startswith("opentelemetry-exporter-otlp") for w in words)
+        # The exporter of the protocol the stack configures (http/protobuf).
+        assert any(w.startswith("opentelemetry-exporter-otlp-proto-http") for w in words)
 
     def test_copied_sources_exist(self) -> None:
         """Every file or directory the Dockerfile copies exists in the build context, and

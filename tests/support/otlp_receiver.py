@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import threading
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -206,46 +206,44 @@ def _handler(store: _Store) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
             content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip()
-            status = 200
             try:
-                if path not in ("/v1/traces", "/v1/metrics"):
-                    raise _Refused(404, "not an OTLP path")
-                if content_type != PROTOBUF:
-                    raise _Refused(415, f"content type {content_type!r}")
-                body = self._body()
-                if path == "/v1/traces":
-                    traces = ExportTraceServiceRequest.FromString(body)
-                    with store.lock:
-                        store.spans.extend(decode_spans(traces))
-                    reply = ExportTraceServiceResponse().SerializeToString()
-                else:
-                    metrics = ExportMetricsServiceRequest.FromString(body)
-                    names = [
-                        metric.name
-                        for resource_metrics in metrics.resource_metrics
-                        for scope_metrics in resource_metrics.scope_metrics
-                        for metric in scope_metrics.metrics
-                    ]
-                    with store.lock:
-                        store.metric_names.extend(names)
-                    reply = ExportMetricsServiceResponse().SerializeToString()
-                self._answer(200, reply, PROTOBUF)
+                status, reply, reply_type = 200, self._accept(path, content_type), PROTOBUF
             except _Refused as refused:
-                status = refused.status
-                self._answer(status, str(refused).encode(), "text/plain")
+                status, reply, reply_type = refused.status, str(refused).encode(), "text/plain"
             except (DecodeError, OSError, EOFError, zlib.error, ValueError) as exc:
-                status = 400
-                self._answer(status, f"undecodable body: {exc}".encode(), "text/plain")
-            finally:
+                status, reply, reply_type = 400, f"undecodable: {exc}".encode(), "text/plain"
+            received = ReceivedRequest(
+                path=path,
+                content_type=content_type,
+                content_encoding=self.headers.get("Content-Encoding") or "",
+                status=status,
+            )
+            with store.lock:  # before answering: the sender sees it recorded once answered
+                store.requests.append(received)
+            self._answer(status, reply, reply_type)
+
+        def _accept(self, path: str, content_type: str) -> bytes:
+            """Decode and keep one export request; the (empty) success response."""
+            if path not in ("/v1/traces", "/v1/metrics"):
+                raise _Refused(404, "not an OTLP path")
+            if content_type != PROTOBUF:
+                raise _Refused(415, f"content type {content_type!r}")
+            body = self._body()
+            if path == "/v1/traces":
+                spans = decode_spans(ExportTraceServiceRequest.FromString(body))
                 with store.lock:
-                    store.requests.append(
-                        ReceivedRequest(
-                            path=path,
-                            content_type=content_type,
-                            content_encoding=self.headers.get("Content-Encoding") or "",
-                            status=status,
-                        )
-                    )
+                    store.spans.extend(spans)
+                return ExportTraceServiceResponse().SerializeToString()
+            metrics = ExportMetricsServiceRequest.FromString(body)
+            names = [
+                metric.name
+                for resource_metrics in metrics.resource_metrics
+                for scope_metrics in resource_metrics.scope_metrics
+                for metric in scope_metrics.metrics
+            ]
+            with store.lock:
+                store.metric_names.extend(names)
+            return ExportMetricsServiceResponse().SerializeToString()
 
         def do_GET(self) -> None:
             self._answer(405, b"POST only", "text/plain")
@@ -319,11 +317,3 @@ class OtlpReceiver:
         raise AssertionError(
             f"waited {within}s for spans; received {[s.name for s in self.spans()]}"
         )
-
-
-def by_service(spans: list[ReceivedSpan]) -> Mapping[str | None, list[ReceivedSpan]]:
-    """The spans grouped by their resource's ``service.name``."""
-    grouped: dict[str | None, list[ReceivedSpan]] = {}
-    for span in spans:
-        grouped.setdefault(span.service_name, []).append(span)
-    return grouped
