@@ -96,5 +96,8 @@ def _target_attributes(tel: Telemetry, message: BusMessage) -> dict[str, Any]:
         return {}
     if len(message.keys) == 1:
         return tel.key_attributes(message.keys[0])
-    prefixes = {key_prefix(key) for key in message.keys}
-    return {"cache.key_prefix": prefixes.pop()} if len(prefixes) == 1 else {}
+    first = key_prefix(message.keys[0])
+    head = first + ":"
+    if all(key.startswith(head) or key == first for key in message.keys):
+        return {"cache.key_prefix": first}
+    return {}
