@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -25,11 +26,16 @@ from coherent_cache.testing import find_server_binary
 
 from .conftest import FakeClock, ManagerFactory, eventually
 from .support.multiproc import MISSING, Worker
+from .support.proxy import HoldingProxy
 
 pytestmark = pytest.mark.anyio
 
-FAST = {"bus_health_check_interval": 0.2, "operation_timeout": 0.3, "connect_timeout": 0.5}
-TRACKING = {"client_tracking": True, "enable_invalidation_bus": False, **FAST}
+FAST: dict[str, Any] = {
+    "bus_health_check_interval": 0.2,
+    "operation_timeout": 0.3,
+    "connect_timeout": 0.5,
+}
+TRACKING: dict[str, Any] = {"client_tracking": True, "enable_invalidation_bus": False, **FAST}
 BOUND = 5.0
 """The bus-latency bound the coherence tests use: an instance stops serving within it."""
 
@@ -304,3 +310,32 @@ async def test_prefix_mapping_is_exact() -> None:
         tracking.invalidate(None)
         await eventually(lambda: cache.l1.peek("b") is None)
         assert 1 == tracking.stats()["keys_dropped"]
+
+
+async def test_stalled_tracking_connection_is_a_loss(proxy: HoldingProxy, namespace: str) -> None:
+    """Replies to the tracking connection stop (a stall, held by a proxy; the bus is off):
+    the PING deadline declares it lost, L1 serves its entries at most
+    ``max_stale_on_bus_loss`` after the last reply, health names tracking; once replies
+    flow again it recovers (L1 flushed, healthy, a counted recovery)."""
+    config = CacheConfig(
+        redis_url=proxy.url, namespace=namespace, max_stale_on_bus_loss=0.5, **TRACKING
+    )
+    async with CacheManager(config) as cache:
+        assert cache.tracking is not None and cache.tracking.connected
+        cache.l1.set("k", 1)
+        proxy.hold(subscribers_only=True)
+        await eventually(lambda: cache.l1.peek("k") is None, within=5)
+        await eventually(lambda: cache.stats()["tracking"]["losses"] >= 1, within=5)
+        report = await cache.health()
+        assert any(reason.startswith("tracking disconnected") for reason in report["reasons"])
+        cache.l1.set("fresh", 2)  # a write during the loss is served, for a bounded time
+        assert 2 == cache.l1.peek("fresh")
+        proxy.release()
+        await eventually(lambda: cache.stats()["tracking"]["recoveries"] >= 1, within=10)
+
+        async def healthy() -> str:
+            return str((await cache.health())["status"])
+
+        await eventually(healthy, expect="healthy", within=10)
+        assert not cache.l1.distrusted
+        assert cache.l1.peek("fresh") is None  # flushed on recovery
