@@ -18,8 +18,9 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from coherent_cache import CacheConfig, CacheManager
+from coherent_cache import CacheConfig, CacheManager, HealthReport
 from coherent_cache._invalidation import TrustGate
+from coherent_cache.fleet import build_report
 from coherent_cache.l1 import InMemoryCache
 from coherent_cache.serializer import CacheSerializer
 from coherent_cache.testing import find_server_binary
@@ -220,13 +221,24 @@ async def test_health_names_the_tracking_channel(make_manager: ManagerFactory) -
     assert cache.tracking is not None
     stats = (await cache.get_stats())["tracking"]
     assert stats["enabled"] and stats["connected"]
-    assert "healthy" == (await cache.health())["status"]
+    report = await cache.health()
+    assert "healthy" == report["status"]
+    assert "connected" == fleet_state(cache, report)
     for channel in cache.tracking.channels.values():
         channel.connected = False
     report = await cache.health()
     assert not cache.stats()["tracking"]["connected"]
     assert "degraded" == report["status"]
     assert any(reason.startswith("tracking disconnected") for reason in report["reasons"])
+    assert "disconnected" == fleet_state(cache, report)
+
+
+def fleet_state(cache: CacheManager, report: HealthReport) -> str | None:
+    """The ``tracking`` field of the instance's fleet report."""
+    fleet = build_report(
+        cache.stats(), report, config=cache.config, origin=cache.origin, started_at=0.0
+    )
+    return fleet["tracking"]
 
 
 async def test_tracking_off_reports_disabled(make_manager: ManagerFactory) -> None:
@@ -235,6 +247,7 @@ async def test_tracking_off_reports_disabled(make_manager: ManagerFactory) -> No
     assert cache.tracking is None
     stats = (await cache.get_stats())["tracking"]
     assert not stats["enabled"] and 0 == stats["messages"] == stats["channels"]
+    assert None is fleet_state(cache, await cache.health())
 
 
 async def test_own_write_and_bus_drop_the_key_once(make_manager: ManagerFactory) -> None:
