@@ -23,7 +23,7 @@ from coherent_cache._invalidation import TrustGate
 from coherent_cache.fleet import build_report
 from coherent_cache.l1 import InMemoryCache
 from coherent_cache.serializer import CacheSerializer
-from coherent_cache.testing import find_server_binary
+from coherent_cache.testing import RedisServer, find_server_binary
 
 from .conftest import FakeClock, ManagerFactory, eventually
 from .support.multiproc import MISSING, Worker
@@ -51,7 +51,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def ns() -> str:
-    """The module's namespace (the tests use distinct keys in it; FLUSHDB comes last)."""
+    """The module's namespace (the tests use distinct keys in it)."""
     return f"trk{uuid.uuid4().hex[:10]}"
 
 
@@ -201,16 +201,19 @@ class TestLossAndRecovery:
         await all_gone(trackers, "set")
 
 
-class TestFlush:
-    """Last among the instance tests: FLUSHDB removes every key of the module."""
-
-    async def test_flushdb_flushes_l1(self, trackers: list[Worker], redis_url: str) -> None:
-        """FLUSHDB (here from valkey-cli) empties every instance's L1."""
-        await plant(trackers, "set", "peer", "not-in-redis")
-        await anyio.to_thread.run_sync(valkey_cli, redis_url, "FLUSHDB")
+async def test_flushdb_flushes_l1(private_server: RedisServer) -> None:
+    """FLUSHDB (here from valkey-cli) empties every instance's L1. On a server of this
+    test's own: the module's may be an external one (COHERENT_CACHE_TEST_REDIS_URL)."""
+    url, ns = private_server.url, f"trk{uuid.uuid4().hex[:10]}"
+    async with (
+        Worker(redis_url=url, namespace=ns, **TRACKING) as a,
+        Worker(redis_url=url, namespace=ns, **TRACKING) as b,
+    ):
+        await plant([a, b], "set", "peer", "not-in-redis")
+        await anyio.to_thread.run_sync(valkey_cli, url, "FLUSHDB")
         for key in ("set", "peer", "not-in-redis"):
-            await all_gone(trackers, key)
-        for worker in trackers:
+            await all_gone([a, b], key)
+        for worker in (a, b):
             assert (await worker.call("stats"))["tracking"]["flushes"] >= 2
 
 
