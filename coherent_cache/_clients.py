@@ -189,11 +189,13 @@ async def watch_primary(
             on_changed(f"{before[0]}:{before[1]}", f"{now[0]}:{now[1]}")
 
 
-def bus_pool(config: CacheConfig) -> ConnectionPool:
+def bus_pool(config: CacheConfig, *, role: str = "bus") -> ConnectionPool:
     """The connection options of the bus subscriber, as a pool `bus_endpoint` opens from.
 
     RESP2, no hidden retries (every reconnect goes through `InvalidationBus.run`), the
-    same timeouts, credentials and TLS as the L2 client, its own client name.
+    same timeouts, credentials and TLS as the L2 client, its own client name
+    (``coherent_cache:<namespace>:<role>``; the client-tracking connections use
+    ``tracking``).
     """
     assert config.redis_url is not None
     return ConnectionPool.from_url(
@@ -203,7 +205,7 @@ def bus_pool(config: CacheConfig) -> ConnectionPool:
         socket_connect_timeout=config.connect_timeout,
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
-        client_name=f"coherent_cache:{config.namespace}:bus",
+        client_name=f"coherent_cache:{config.namespace}:{role}",
         **config.credentials(),
         **config.tls_options(),
     )

@@ -1,14 +1,17 @@
-"""Applying the invalidation bus's messages to this instance's L1."""
+"""Applying the invalidation bus's messages to this instance's L1, and the trust of L1
+while any invalidation channel (the bus, client tracking) is down."""
 
 from __future__ import annotations
 
-from typing import Any, final
+from collections.abc import Callable
+from typing import Any, Protocol, final
 
 from opentelemetry.trace import SpanKind
 
 from . import _telemetry
 from ._telemetry import Telemetry
-from .bus import BusMessage, BusOp
+from .bus import BusMessage, BusOp, InvalidationBus
+from .config import CacheConfig
 from .l1 import (
     FlushAll,
     InMemoryCache,
@@ -18,7 +21,72 @@ from .l1 import (
     L1Actor,
 )
 
-__all__ = ("BusApplier",)
+__all__ = ("BusApplier", "ChannelTrust", "TrustGate", "make_bus")
+
+
+class Distrust(Protocol):
+    """What a channel's loss handling calls: `InMemoryCache` or a `ChannelTrust`."""
+
+    def distrust(self, since: float, max_stale: float) -> None: ...
+
+    def trust(self) -> None: ...
+
+
+@final
+class TrustGate:
+    """L1 is trusted only while every invalidation channel is up.
+
+    Each channel (``bus``, ``tracking``, one per node in a cluster) reports itself down
+    with the time it was last known alive and up again once it recovered (after its
+    flush). While any is down, L1 is distrusted (`InMemoryCache.distrust`) since the
+    earliest of the down channels' times; when the last one is back, L1 is trusted.
+    """
+
+    def __init__(self, l1: InMemoryCache, max_stale: float) -> None:
+        self._l1 = l1
+        self._max_stale = max_stale
+        self._down: dict[str, float] = {}
+
+    def channel(self, name: str) -> ChannelTrust:
+        """The `Distrust` view of channel ``name``."""
+        return ChannelTrust(self, name)
+
+    def down(self, name: str, since: float) -> None:
+        """Channel ``name`` is down (or suspected) since ``since``; an earlier time stays."""
+        self._down.setdefault(name, since)
+        self._l1.distrust(min(self._down.values()), self._max_stale)
+
+    def up(self, name: str) -> None:
+        """Channel ``name`` is up (or was removed): trust L1 once no channel is down."""
+        if self._down.pop(name, None) is None and self._down:
+            return
+        self._l1.trust()
+        if self._down:  # the others still bound L1, from their own earliest loss
+            self._l1.distrust(min(self._down.values()), self._max_stale)
+
+    @property
+    def down_channels(self) -> list[str]:
+        """The channels down now."""
+        return sorted(self._down)
+
+
+@final
+class ChannelTrust:
+    """One channel's side of a `TrustGate`, shaped like `InMemoryCache`'s distrust/trust."""
+
+    __slots__ = ("_gate", "_name")
+
+    def __init__(self, gate: TrustGate, name: str) -> None:
+        self._gate = gate
+        self._name = name
+
+    def distrust(self, since: float, max_stale: float = 0.0) -> None:
+        """This channel is down since ``since`` (the gate's ``max_stale`` applies)."""
+        self._gate.down(self._name, since)
+
+    def trust(self) -> None:
+        """This channel is up again."""
+        self._gate.up(self._name)
 
 
 @final
@@ -33,7 +101,7 @@ class BusApplier:
     def __init__(
         self,
         actor: L1Actor,
-        l1: InMemoryCache,
+        l1: Distrust,
         telemetry: Telemetry,
         *,
         channel: str,
@@ -82,3 +150,32 @@ class BusApplier:
             self._actor.submit(InvalidateTags(message.tags))
         else:
             self._actor.submit(FlushAll())
+
+
+def make_bus(
+    config: CacheConfig,
+    *,
+    origin: str,
+    actor: L1Actor,
+    trust: ChannelTrust,
+    telemetry: Telemetry,
+    on_subscribed: Callable[[], None],
+    timer: Callable[[], float],
+    logger: Any,
+) -> InvalidationBus:
+    """The manager's bus subscriber: messages go to ``actor`` (`BusApplier`), a loss or a
+    silence distrusts L1 through ``trust`` and an answer trusts it again."""
+    applier = BusApplier(
+        actor, trust, telemetry, channel=config.channel, max_stale=config.max_stale_on_bus_loss
+    )
+    return InvalidationBus(
+        config,
+        origin=origin,
+        on_message=applier,
+        on_subscribed=on_subscribed,
+        on_lost=applier.lost,
+        on_suspect=applier.lost,
+        on_alive=trust.trust,
+        timer=timer,
+        logger=logger,
+    )

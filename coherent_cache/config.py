@@ -278,6 +278,15 @@ class CacheConfig(BaseModel):
     the object it holds, shared by every reader in the process (see docs/serialization.md
     for the cost of copies)."""
 
+    # client tracking (issue 16)
+    client_tracking: bool = False
+    """Also drop L1 copies when *anyone* writes Redis: each instance turns on
+    ``CLIENT TRACKING ... BCAST PREFIX <namespace>:`` on a connection of its own (one per
+    primary in a cluster), so writes by other services, ``valkey-cli``, Lua scripts,
+    expiries and ``FLUSHDB`` invalidate L1 like a bus ``delete``. Every write under the
+    prefix then reaches every instance: see docs/tracking.md for the cost and the ACL.
+    Needs an L2; works with the bus on or off."""
+
     if not TYPE_CHECKING:
         # At run time, turn pydantic's ValidationError into our typed ConfigurationError;
         # type checkers keep seeing pydantic's generated keyword signature.

@@ -32,7 +32,7 @@ from ._telemetry import LatencyStats
 from .config import CacheConfig
 from .errors import BackendError, BackendTimeoutError, BackendUnavailableError, CacheClosedError
 from .l2 import RedisCache
-from .monitoring import CacheStats, HealthReport, check_health
+from .monitoring import CacheStats, HealthReport, TrackingStats, check_health
 
 __all__ = [
     "FleetBus",
@@ -176,7 +176,8 @@ class FleetReport(TypedDict):
     """``None``: no L2."""
     bus: FleetBus
     tracking: str | None
-    """Client-side tracking state; ``None`` while the instance runs without it."""
+    """Client tracking: ``connected`` (every tracking connection subscribed) or
+    ``disconnected``; ``None`` when the instance runs without it."""
     loader: FleetLoader
     latency: FleetLatency
     report_failures: int
@@ -267,7 +268,7 @@ def build_report(
             "dropped": bus["dropped"],
             "mailbox_depth": bus["mailbox"]["queued"],
         },
-        "tracking": None,
+        "tracking": _tracking_state(stats["tracking"]),
         "loader": {"loads": stats["loader"]["loads"], "errors": stats["loader"]["errors"]},
         "latency": {"l1": stats["latency"]["l1"], "l2": stats["latency"]["l2"]},
         "report_failures": report_failures,
@@ -288,7 +289,19 @@ async def health_of(stats: CacheStats, *, running: bool, config: CacheConfig) ->
         bus_connected=stats["bus"]["connected"] if stats["bus"]["enabled"] else None,
         max_stale_on_bus_loss=config.max_stale_on_bus_loss,
         tasks=stats["tasks"],
+        tracking_connected=_tracking_connected(stats["tracking"]),
     )
+
+
+def _tracking_connected(tracking: TrackingStats) -> bool | None:
+    return tracking["connected"] if tracking["enabled"] else None
+
+
+def _tracking_state(tracking: TrackingStats) -> str | None:
+    """``connected``/``disconnected``; ``None`` without client tracking."""
+    if not tracking["enabled"]:
+        return None
+    return "connected" if tracking["connected"] else "disconnected"
 
 
 def _order(report: FleetReport) -> tuple[int, str]:

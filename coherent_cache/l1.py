@@ -456,12 +456,13 @@ PATTERN_CHUNK: Final = 512
 
 @final
 class InvalidateKeys:
-    """Mailbox command: drop these keys."""
+    """Mailbox command: drop these keys; ``tally``, if given, gets how many were live."""
 
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "tally")
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], tally: Callable[[int], None] | None = None) -> None:
         self.keys = keys
+        self.tally = tally
 
 
 @final
@@ -500,7 +501,7 @@ class L1Owner(Protocol):
     @property
     def l1(self) -> InMemoryCache: ...
 
-    def invalidate_local(self, key: str) -> None: ...
+    def invalidate_local(self, key: str) -> bool | None: ...
 
     def invalidate_local_all(self) -> None: ...
 
@@ -586,8 +587,11 @@ class L1Actor:
     async def _apply_forever(self, receive: MemoryObjectReceiveStream[L1Command]) -> None:
         async for command in receive:
             if isinstance(command, InvalidateKeys):
-                for key in command.keys:
-                    self._owner.invalidate_local(key)
+                if command.tally is None:
+                    for key in command.keys:
+                        self._owner.invalidate_local(key)
+                else:
+                    command.tally(sum(bool(self._owner.invalidate_local(k)) for k in command.keys))
             elif isinstance(command, InvalidatePattern):
                 await self._clear_pattern(command.pattern)
             elif isinstance(command, InvalidateTags):

@@ -20,10 +20,11 @@ from redis.asyncio import Redis
 from . import decorators as _decorators
 from . import fleet as _fleet
 from ._host import DetachedHost
-from ._invalidation import BusApplier
+from ._invalidation import TrustGate, make_bus
 from ._loader import LoadEngine, LoadPolicy
 from ._supervisor import Supervisor
 from ._telemetry import LatencyStats, Telemetry
+from ._tracking import ClientTracking
 from ._typed import value_decoder
 from .bus import InvalidationBus, make_origin
 from .config import CacheConfig, CacheTier
@@ -137,25 +138,20 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             copy_on_read=cfg.l1_copy_on_read,
         )
         self._actor = L1Actor(self._cache, mailbox_size=cfg.l1_mailbox_size, logger=self.log)
+        self._trust = TrustGate(self.l1, cfg.max_stale_on_bus_loss)
         if use_bus:
-            applier = BusApplier(
-                self._actor,
-                self.l1,
-                self._telemetry,
-                channel=cfg.channel,
-                max_stale=cfg.max_stale_on_bus_loss,
-            )
-            self.bus = InvalidationBus(
-                cfg,
-                origin=self.origin,
-                on_message=applier,
-                on_subscribed=self._on_bus_subscribed,
-                on_lost=applier.lost,
-                on_suspect=applier.lost,
-                on_alive=self.l1.trust,
-                timer=timer,
+            self.bus = make_bus(
+                cfg, origin=self.origin, actor=self._actor, trust=self._trust.channel("bus"),
+                telemetry=self._telemetry, on_subscribed=self._on_bus_subscribed, timer=timer,
                 logger=self.log,
-            )
+            )  # fmt: skip
+        self.tracking: ClientTracking | None = None
+        """Client tracking (``client_tracking=True`` with a ``redis_url``), else ``None``."""
+        if cfg.client_tracking and self.l2 is not None and cfg.redis_url is not None:
+            self.tracking = ClientTracking(
+                cfg, actor=self._actor, flush=self._cache.invalidate_local_all,
+                gate=self._trust, timer=timer, logger=self.log,
+            )  # fmt: skip
         self.monitor: CacheMonitor | None = None
         """The monitor started with the manager when ``enable_monitoring`` is on."""
         self._supervisor: Supervisor | None = None
@@ -182,7 +178,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         # Messages sent while we were not subscribed are gone: nothing in L1, and no fill
         # that started before now, can be trusted. Flush, then trust L1 again.
         self._cache.invalidate_local_all()
-        self.l1.trust()
+        self._trust.up("bus")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -205,19 +201,21 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     supervisor.start_soon("tag_pruner", self.l2.run_tag_pruner)
                     if cfg.redis_mode == "sentinel":
                         supervisor.start_soon("primary_watch", self.l2.run_primary_watch)
-                if self.bus is not None:
-                    # Until the first subscription is confirmed, invalidations could be
-                    # missed: L1 entries are bounded like during a bus loss.
-                    self.l1.distrust(self._timer(), cfg.max_stale_on_bus_loss)
+                # Redis answered: keep trying to subscribe for one more connect deadline, so
+                # a started manager is coherent.
+                within = (cfg.connect_timeout + cfg.operation_timeout) if connected else 0.0
+                if self.bus is not None or self.tracking is not None:
                     await supervisor.start("l1_actor", self._actor.run)
-                    if connected:
-                        # Redis answered: keep trying to subscribe for one more connect
-                        # deadline, so a started manager is coherent.
-                        within = cfg.connect_timeout + cfg.operation_timeout
-                        run = functools.partial(self.bus.run, ready_within=within)
-                        await supervisor.start("bus_listener", run)
-                    else:
-                        supervisor.start_soon("bus_listener", self.bus.run)
+                for name, channel in (("bus_listener", self.bus), ("tracking", self.tracking)):
+                    if channel is not None:
+                        # Until the first subscription is confirmed, invalidations could be
+                        # missed: L1 entries are bounded like during a bus loss.
+                        self._trust.down("bus" if name == "bus_listener" else name, self._timer())
+                        run = functools.partial(channel.run, ready_within=within)
+                        if connected:
+                            await supervisor.start(name, run)
+                        else:
+                            supervisor.start_soon(name, run)
                 self._telemetry.recheck()
                 self._telemetry.register(self._stats_for_metrics)
                 self.log.info(
@@ -522,6 +520,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             mailbox=self._actor.stats(),
             tasks=self._supervisor.tasks if self._supervisor is not None else {},
             loader=self._loader.stats(),
+            tracking=self.tracking.stats() if self.tracking is not None else None,
         )
 
     def _stats_for_metrics(self) -> CacheStats | None:
@@ -546,6 +545,7 @@ class CacheManager(anyio.AsyncContextManagerMixin):
             bus_connected=self.bus.connected if self.bus is not None else None,
             max_stale_on_bus_loss=self.config.max_stale_on_bus_loss,
             tasks=self.stats()["tasks"],
+            tracking_connected=self.tracking.connected if self.tracking is not None else None,
         )
 
     @property

@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 
 from ._supervisor import Supervisor, TaskInfo, TaskState
 from ._telemetry import LatencyHistogram, LatencyStats
+from ._tracking import TrackingStats, disabled_tracking_stats
 from .bus import BusStats
 from .errors import CacheClosedError
 from .l1 import ActorStats
@@ -30,6 +31,7 @@ __all__ = [
     "LoaderStats",
     "MonitorReport",
     "MonitoredCache",
+    "TrackingStats",
 ]
 
 log = structlog.get_logger("coherent_cache")
@@ -82,6 +84,8 @@ class CacheStats(TierStats):
     tasks: dict[str, TaskInfo]
     loader: LoaderStats
     latency: LatencyInfo
+    tracking: TrackingStats
+    """Client tracking (``client_tracking``); ``enabled: False`` and zeros when off."""
 
 
 class HealthReport(TypedDict):
@@ -103,8 +107,10 @@ def collect_stats(
     mailbox: ActorStats,
     tasks: dict[str, TaskInfo],
     loader: LoaderStats,
+    tracking: TrackingStats | None = None,
 ) -> CacheStats:
-    """`CacheStats` from the figures of the parts (``bus=None``: no bus)."""
+    """`CacheStats` from the figures of the parts (``bus=None``: no bus; ``tracking=None``:
+    no client tracking)."""
     l2 = tiers.l2
     latency: LatencyInfo = {
         "l1": tiers.l1_latency.stats(),
@@ -122,6 +128,7 @@ def collect_stats(
         "tasks": {name: TaskInfo(**info) for name, info in tasks.items()},
         "loader": loader,
         "latency": latency,
+        "tracking": tracking if tracking is not None else disabled_tracking_stats(),
     }
 
 
@@ -174,6 +181,7 @@ async def check_health(
     bus_connected: bool | None,
     max_stale_on_bus_loss: float,
     tasks: dict[str, TaskInfo],
+    tracking_connected: bool | None = None,
 ) -> HealthReport:
     """The health report (see `CacheManager.health`).
 
@@ -183,6 +191,8 @@ async def check_health(
         bus_connected: whether the bus is subscribed (``None``: no bus).
         max_stale_on_bus_loss: quoted in the reason of a lost bus.
         tasks: the background tasks' states.
+        tracking_connected: whether every client-tracking connection is subscribed
+            (``None``: no client tracking).
     """
     running = state == "running"
     reasons: list[str] = []
@@ -198,6 +208,11 @@ async def check_health(
     if bus_connected is not None and not bus_connected and running:
         reasons.append(
             "invalidation bus disconnected: L1 entries are served at most "
+            f"{max_stale_on_bus_loss:g}s after the loss"
+        )
+    if tracking_connected is not None and not tracking_connected and running:
+        reasons.append(
+            "tracking disconnected: L1 entries are served at most "
             f"{max_stale_on_bus_loss:g}s after the loss"
         )
     for name, info in tasks.items():

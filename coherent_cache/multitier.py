@@ -113,14 +113,16 @@ class MultiTierCache:
 
     # -- invalidation of in-flight fills ---------------------------------------------------
 
-    def invalidate_local(self, key: str, *, keep: FillToken | None = None) -> None:
-        """Drop ``key`` from L1 and stop any L2 read in flight from installing it.
+    def invalidate_local(self, key: str, *, keep: FillToken | None = None) -> bool:
+        """Drop ``key`` from L1 and stop any L2 read in flight from installing it; return
+        whether L1 held a live entry.
 
         ``keep`` is the caller's own fill token (a load storing its result), which its own
         write must not make stale.
         """
-        self.l1.delete(key)
+        dropped = self.l1.delete(key)
         self._stale_fills_of(key, keep)
+        return dropped
 
     def _stale_fills_of(self, key: str, keep: FillToken | None = None) -> None:
         fills = self._fills.get(key)
