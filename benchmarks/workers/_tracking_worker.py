@@ -23,8 +23,9 @@ first line is ``{"ready": true}``):
   before the command is sent) and ``returned``, ``time.monotonic()`` (CLOCK_MONOTONIC is
   system-wide on Linux, so the driver compares them across processes);
 - writer ``{"op": "flood", "prefix": p, "keys": n, "rate": r, "seconds": s}``: SET keys
-  ``p0..p<n-1>`` in rotation at ``r`` per second (batches every 10 ms) for ``s`` seconds;
-  replies ``writes`` and ``seconds``;
+  ``p0..p<n-1>`` in rotation at ``r`` per second for ``s`` seconds, every 10 ms the writes
+  due, in one pipeline or (``"single": true``) one SET at a time; replies ``writes`` and
+  ``seconds``;
 - receivers ``{"op": "watch", "key": k, "within": s}``: read ``k`` until the local copy
   holds it, reply ``{"armed": true}``, then spin (one event-loop checkpoint per check) until
   the local copy no longer holds it and reply ``gone`` (``time.monotonic()``), or null
@@ -114,10 +115,12 @@ async def writer(args: Reply) -> Handler:
 
 
 async def flood(client: Redis, cmd: Reply) -> Reply:
-    """SETs at a steady rate: a pipeline of rate/100 SETs every 10 ms."""
+    """SETs at a steady rate, every 10 ms the writes due: one pipeline of them, or
+    (``single``) one SET at a time, each awaited."""
     prefix, count = cmd["prefix"], int(cmd["keys"])
     rate, seconds = float(cmd["rate"]), float(cmd["seconds"])
     value = bytes.fromhex(cmd.get("value", "00"))
+    single = bool(cmd.get("single"))
     tick = 0.01
     writes = 0
     started = time.monotonic()
@@ -125,7 +128,11 @@ async def flood(client: Redis, cmd: Reply) -> Reply:
     due = started
     while (now := time.monotonic()) < end:
         want = int((now - started) * rate) - writes
-        if want > 0:
+        if want > 0 and single:
+            for _ in range(want):
+                await client.set(f"{prefix}{writes % count}", value)
+                writes += 1
+        elif want > 0:
             pipe = client.pipeline(transaction=False)
             for i in range(want):
                 pipe.set(f"{prefix}{(writes + i) % count}", value)
@@ -237,7 +244,7 @@ async def cache_role(args: Reply, stack: Any) -> Handler:
             tracking = dict((await cache.get_stats()).get("tracking") or {})
             return {
                 "messages": tracking.get("messages"),
-                "keys": tracking.get("keys_dropped"),
+                "keys": None,  # keys_dropped counts live L1 entries only
                 "tracking": tracking,
                 "cpu": cpu_seconds(),
             }
@@ -254,7 +261,9 @@ async def main(args: Reply) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
+    async with AsyncExitStack() as stack:
+        # Exited in reverse: the manager (entered later) stops before the reader tasks.
+        tg = await stack.enter_async_context(anyio.create_task_group())
         if role == "writer":
             handle = await writer(args)
         elif role in ("raw2", "raw3"):
@@ -276,7 +285,8 @@ async def main(args: Reply) -> None:
             except Exception as exc:
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
             say(answer)
-        tg.cancel_scope.cancel()
+        if role != "cache":
+            tg.cancel_scope.cancel()  # the raw listeners; the manager stops by itself
 
 
 # The protocol owns the real stdout; anything else printed (a library's log line) goes to
