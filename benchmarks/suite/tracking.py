@@ -16,7 +16,10 @@ spinning check sees its local copy no longer holding the key. Receivers:
 Trials are interleaved (every trial runs each receiver once, the order rotating), each
 receiver on its own key prefix. A drop seen before the SET was sent is counted as
 ``raced`` (a late message of an earlier write), one not seen within ``within`` as
-``missed``. cashews over RESP3 gets 5 trials: it is known to miss them all.
+``missed``. cashews over RESP3 gets 5 trials: it is known to miss them all. Probes in
+the receivers split the interval: ``read_p50``, the SET sent -> the listener has the message
+parsed (server, kernel, wake-up, parsing), and for coherent_cache ``dropped_p50``, -> the
+L1 actor applied it (the mailbox hop); the rest is the spinning check seeing it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class Receiver:
     worker: Worker | None = None
     from_start: list[float] = field(default_factory=list)
     after_return: list[float] = field(default_factory=list)
+    to_read: list[float] = field(default_factory=list)
+    """µs from the SET sent to the receiver's listener having the message parsed."""
+    to_drop: list[float] = field(default_factory=list)
+    """µs from the SET sent to the L1 actor having dropped the key (coherent_cache)."""
     missed: int = 0
     raced: int = 0
     failure: str | None = None
@@ -135,7 +142,8 @@ async def _trial(writer: Worker, r: Receiver, n: int, within: float, measured: b
             raise RuntimeError(f"{r.variant}: {armed.get('error', armed)}")
         await writer.send({"op": "set", "key": r.redis_key, "value": r.value(n)})
         done = await writer.read()
-        gone = (await r.worker.read()).get("gone")
+        seen = await r.worker.read()
+        gone = seen.get("gone")
     if not measured:
         return
     if gone is None:
@@ -145,6 +153,10 @@ async def _trial(writer: Worker, r: Receiver, n: int, within: float, measured: b
     else:
         r.from_start.append((gone - done["started"]) * 1e6)
         r.after_return.append((gone - done["returned"]) * 1e6)
+        if seen.get("read") is not None:
+            r.to_read.append((seen["read"] - done["started"]) * 1e6)
+        if seen.get("dropped") is not None:
+            r.to_drop.append((seen["dropped"] - done["started"]) * 1e6)
 
 
 async def measure(
@@ -210,6 +222,8 @@ def records(everyone: list[Receiver], trials: int, within: float) -> list[dict[s
                 "p99": percentile(r.from_start, 0.99) if r.from_start else None,
                 "after_return_p50": percentile(r.after_return, 0.5) if r.after_return else None,
                 "after_return_p99": percentile(r.after_return, 0.99) if r.after_return else None,
+                "read_p50": percentile(r.to_read, 0.5) if r.to_read else None,
+                "dropped_p50": percentile(r.to_drop, 0.5) if r.to_drop else None,
                 "missed": r.missed,
                 "within_s": within,
                 "raced": r.raced,
