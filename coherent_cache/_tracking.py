@@ -514,7 +514,10 @@ async def run_cluster(
     cfg = tracking.config
     topology = _Topology(tracking)
     scopes: dict[str, anyio.CancelScope] = {}
-    retired: set[str] = {"tracking"}  # the manager's initial distrust
+    # The manager's initial distrust, and the channels of a run that crashed (restarted by
+    # the supervisor): each stays down until every current primary is tracked.
+    retired: set[str] = {"tracking", *tracking.channels}
+    tracking.channels = {}
     ready = False
     give_up_at = time.monotonic() + ready_within
     try:
@@ -542,6 +545,9 @@ async def run_cluster(
                     cfg.bus_health_check_interval if ready else min(0.05, ready_within)
                 )
     finally:
+        # Nothing listens until a new run tracks every primary again.
+        for name, channel in tracking.channels.items():
+            tracking.gate.down(name, channel.last_seen)
         await topology.close()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
             await tracking.pool.disconnect()

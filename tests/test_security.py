@@ -163,6 +163,27 @@ class TestLeastPrivilegeAcl:
             await eventually(listed, expect=sorted([a.origin, b.origin]))
         assert [] == await acl_denials(admin)
 
+    async def test_client_tracking_works_under_the_acl_user(
+        self, app_url: str, admin: Redis, namespace: str
+    ) -> None:
+        """With ``client_tracking`` (and the bus off), the documented user turns tracking on
+        and receives invalidations: a write by another client drops the L1 copy, and the
+        server refused nothing."""
+        config = CacheConfig(
+            redis_url=app_url, namespace=namespace, client_tracking=True,
+            enable_invalidation_bus=False,
+        )  # fmt: skip
+        async with CacheManager(config) as cache:
+            assert cache.stats()["tracking"]["connected"]
+            assert "healthy" == (await cache.health())["status"]
+            assert await cache.set("user:1", 1)
+            await eventually(lambda: cache.stats()["tracking"]["messages"] >= 1)
+            assert 1 == await cache.get("user:1")
+            await eventually(lambda: cache.l1.get("user:1") == 1)
+            await admin.set(f"{namespace}:user:1", b"2")
+            await eventually(lambda: cache.l1.get("user:1") is None)
+        assert [] == await acl_denials(admin)
+
     async def test_user_cannot_touch_another_namespace(
         self, app_url: str, admin: Redis, namespace: str
     ) -> None:
