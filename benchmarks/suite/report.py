@@ -93,7 +93,8 @@ def targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             elif row == tracking.ROW:
                 met = ratio is not None and ratio <= 1.3 and r["missed"] == 0
                 why = (
-                    f"p50 {ratio or 0:.2f}× raw limit, p99 {_fmt_us(r.get('p99'))}, "
+                    f"p50 {ratio or 0:.2f}× raw limit (per trial "
+                    f"{r.get('paired_ratio') or 0:.2f}×), p99 {_fmt_us(r.get('p99'))}, "
                     f"{r['missed']} missed"
                 )
             else:  # invalidation
@@ -160,6 +161,8 @@ def cell(r: dict[str, Any]) -> str:
         )
     if r["row"] == tracking.ROW and r.get("p99") is not None:
         text += f", p99 {_fmt_us(r['p99'])}, {r['missed']} of {r['n']} missed"
+        if r.get("paired_ratio") is not None and not r.get("baseline"):
+            text += f"; median per-trial ratio {r['paired_ratio']:.2f}×"
     if r["row"] == invalidation.ROW and r.get("p99") is not None:
         text += f", p99 {_fmt_us(r['p99'])}"
         if r["system"] != "raw":

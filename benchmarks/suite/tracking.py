@@ -61,6 +61,8 @@ class Receiver:
     baseline: bool = False
     worker: Worker | None = None
     from_start: list[float] = field(default_factory=list)
+    by_trial: dict[int, float] = field(default_factory=dict)
+    """The same figures by trial number (for ratios within a trial)."""
     after_return: list[float] = field(default_factory=list)
     to_read: list[float] = field(default_factory=list)
     """µs from the SET sent to the receiver's listener having the message parsed."""
@@ -152,6 +154,7 @@ async def _trial(writer: Worker, r: Receiver, n: int, within: float, measured: b
         r.raced += 1
     else:
         r.from_start.append((gone - done["started"]) * 1e6)
+        r.by_trial[n] = r.from_start[-1]
         r.after_return.append((gone - done["returned"]) * 1e6)
         if seen.get("read") is not None:
             r.to_read.append((seen["read"] - done["started"]) * 1e6)
@@ -236,6 +239,10 @@ def records(everyone: list[Receiver], trials: int, within: float) -> list[dict[s
     if raws:
         limit = min(raws, key=lambda x: float(x["median"]))
         limit["baseline"] = True
-        for x in out:
+        base = everyone[out.index(limit)].by_trial
+        for x, r in zip(out, everyone, strict=True):
             x["ratio"] = ratio(x["median"], limit["median"])
+            # Median of per-trial ratios: both ran in the same trial, one after the other.
+            pairs = [v / base[n] for n, v in r.by_trial.items() if base.get(n)]
+            x["paired_ratio"] = percentile(pairs, 0.5) if pairs else None
     return out
