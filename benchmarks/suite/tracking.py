@@ -117,19 +117,19 @@ def receivers(url: str) -> list[Receiver]:
             )
         )
     if importlib.util.find_spec("cashews") is not None:
-        for protocol in (2, None):
-            prefix = f"trk-cashews{protocol or 3}-{token}:"
-            mode = f"protocol={protocol}" if protocol else "redis-py default (RESP3)"
+        for chosen in (2, None):
+            prefix = f"trk-cashews{chosen or 3}-{token}:"
+            mode = f"protocol={chosen}" if chosen else "redis-py default (RESP3)"
             found.append(
                 Receiver(
                     "cashews",
                     f"client_side=True, {mode}: foreign SET -> local copy drops",
-                    {"url": url, "prefix": prefix, "protocol": protocol},
+                    {"url": url, "prefix": prefix, "protocol": chosen},
                     "k",
                     f"{prefix}k",
                     "pickle",
                     module="benchmarks.workers._cashews_worker",
-                    trials=None if protocol else CASHEWS_RESP3_TRIALS,
+                    trials=None if chosen else CASHEWS_RESP3_TRIALS,
                 )
             )
     return found
@@ -163,28 +163,41 @@ async def _trial(writer: Worker, r: Receiver, n: int, within: float, measured: b
 
 
 async def measure(
-    url: str, *, trials: int, warmup: int, within: float = 1.0
+    url: str,
+    *,
+    trials: int,
+    warmup: int,
+    within: float = 1.0,
+    systems: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Interleaved trials of every receiver; the row's records."""
-    everyone = receivers(url)
+    """Interleaved trials of every receiver (of ``systems`` only, if given); the records."""
+    everyone = [r for r in receivers(url) if systems is None or r.system in systems]
     writer = Worker({"role": "writer", "url": url}, WORKER)
+    for r in everyone:
+        r.worker = Worker(r.args, r.module)
+
+    async def start(r: Receiver) -> None:
+        assert r.worker is not None
+        try:
+            with anyio.fail_after(60):
+                await r.worker.start()
+        except Exception as exc:
+            r.failure = f"start: {type(exc).__name__}: {exc}"
+
     try:
-        with anyio.fail_after(60):
-            await writer.start()
+        async with anyio.create_task_group() as tg:  # the processes start in parallel
+            for r in everyone:
+                tg.start_soon(start, r)
+            with anyio.fail_after(60):
+                await writer.start()
         for r in everyone:
-            r.worker = Worker(r.args, r.module)
-            try:
-                with anyio.fail_after(60):
-                    await r.worker.start()
-                with anyio.fail_after(15):
-                    await writer.send({"op": "set", "key": r.redis_key, "value": r.value(0)})
-                    await writer.read()
-            except Exception as exc:
-                r.failure = f"start: {type(exc).__name__}: {exc}"
-                await r.worker.stop()
-                r.worker = None
+            if r.failure is not None:
+                continue
+            with anyio.fail_after(15):
+                await writer.send({"op": "set", "key": r.redis_key, "value": r.value(0)})
+                await writer.read()
         for n in range(warmup + trials):
-            live = [r for r in everyone if r.worker is not None and r.failure is None]
+            live = [r for r in everyone if r.failure is None]
             shift = n % len(live) if live else 0
             for r in live[shift:] + live[:shift]:
                 measured = n >= warmup
@@ -195,16 +208,18 @@ async def measure(
                 except Exception as exc:
                     r.failure = f"{type(exc).__name__}: {exc}"
     finally:
-        await writer.stop()
-        for r in everyone:
-            if r.worker is not None:
-                await r.worker.stop()
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:  # each stop is bounded
+                tg.start_soon(writer.stop)
+                for r in everyone:
+                    if r.worker is not None:
+                        tg.start_soon(r.worker.stop)
     return records(everyone, trials, within)
 
 
 def records(everyone: list[Receiver], trials: int, within: float) -> list[dict[str, Any]]:
     """The suite's records; the faster raw p50 is the limit, every ratio is to it."""
-    out = []
+    out: list[dict[str, Any]] = []
     for r in everyone:
         stats = spread(r.from_start)
         n = r.trials if r.trials is not None else trials
