@@ -201,21 +201,22 @@ class CacheManager(anyio.AsyncContextManagerMixin):
                     supervisor.start_soon("tag_pruner", self.l2.run_tag_pruner)
                     if cfg.redis_mode == "sentinel":
                         supervisor.start_soon("primary_watch", self.l2.run_primary_watch)
-                # Redis answered: keep trying to subscribe for one more connect deadline, so
-                # a started manager is coherent.
+                # Until a channel's first subscription (awaited one more connect deadline if
+                # Redis answered), missed invalidations bound L1 entries as a bus loss does.
                 within = (cfg.connect_timeout + cfg.operation_timeout) if connected else 0.0
-                if self.bus is not None or self.tracking is not None:
+                channels = [
+                    (n, c) for n, c in (("bus", self.bus), ("tracking", self.tracking)) if c
+                ]
+                for name, _ in channels:
+                    self._trust.down(name, self._timer())
+                if channels:
                     await supervisor.start("l1_actor", self._actor.run)
-                for name, channel in (("bus_listener", self.bus), ("tracking", self.tracking)):
-                    if channel is not None:
-                        # Until the first subscription is confirmed, invalidations could be
-                        # missed: L1 entries are bounded like during a bus loss.
-                        self._trust.down("bus" if name == "bus_listener" else name, self._timer())
-                        run = functools.partial(channel.run, ready_within=within)
-                        if connected:
-                            await supervisor.start(name, run)
-                        else:
-                            supervisor.start_soon(name, run)
+                for name, channel in channels:
+                    run = functools.partial(channel.run, ready_within=within)
+                    if connected:
+                        await supervisor.start("bus_listener" if name == "bus" else name, run)
+                    else:
+                        supervisor.start_soon("bus_listener" if name == "bus" else name, run)
                 self._telemetry.recheck()
                 self._telemetry.register(self._stats_for_metrics)
                 self.log.info(

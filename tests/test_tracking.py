@@ -18,11 +18,12 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from coherent_cache import CacheConfig, CacheManager
+from coherent_cache import CacheConfig, CacheManager, HealthReport
 from coherent_cache._invalidation import TrustGate
+from coherent_cache.fleet import build_report
 from coherent_cache.l1 import InMemoryCache
 from coherent_cache.serializer import CacheSerializer
-from coherent_cache.testing import find_server_binary
+from coherent_cache.testing import RedisServer, find_server_binary
 
 from .conftest import FakeClock, ManagerFactory, eventually
 from .support.multiproc import MISSING, Worker
@@ -50,7 +51,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def ns() -> str:
-    """The module's namespace (the tests use distinct keys in it; FLUSHDB comes last)."""
+    """The module's namespace (the tests use distinct keys in it)."""
     return f"trk{uuid.uuid4().hex[:10]}"
 
 
@@ -200,16 +201,19 @@ class TestLossAndRecovery:
         await all_gone(trackers, "set")
 
 
-class TestFlush:
-    """Last among the instance tests: FLUSHDB removes every key of the module."""
-
-    async def test_flushdb_flushes_l1(self, trackers: list[Worker], redis_url: str) -> None:
-        """FLUSHDB (here from valkey-cli) empties every instance's L1."""
-        await plant(trackers, "set", "peer", "not-in-redis")
-        await anyio.to_thread.run_sync(valkey_cli, redis_url, "FLUSHDB")
+async def test_flushdb_flushes_l1(private_server: RedisServer) -> None:
+    """FLUSHDB (here from valkey-cli) empties every instance's L1. On a server of this
+    test's own: the module's may be an external one (COHERENT_CACHE_TEST_REDIS_URL)."""
+    url, ns = private_server.url, f"trk{uuid.uuid4().hex[:10]}"
+    async with (
+        Worker(redis_url=url, namespace=ns, **TRACKING) as a,
+        Worker(redis_url=url, namespace=ns, **TRACKING) as b,
+    ):
+        await plant([a, b], "set", "peer", "not-in-redis")
+        await anyio.to_thread.run_sync(valkey_cli, url, "FLUSHDB")
         for key in ("set", "peer", "not-in-redis"):
-            await all_gone(trackers, key)
-        for worker in trackers:
+            await all_gone([a, b], key)
+        for worker in (a, b):
             assert (await worker.call("stats"))["tracking"]["flushes"] >= 2
 
 
@@ -220,13 +224,24 @@ async def test_health_names_the_tracking_channel(make_manager: ManagerFactory) -
     assert cache.tracking is not None
     stats = (await cache.get_stats())["tracking"]
     assert stats["enabled"] and stats["connected"]
-    assert "healthy" == (await cache.health())["status"]
+    report = await cache.health()
+    assert "healthy" == report["status"]
+    assert "connected" == fleet_state(cache, report)
     for channel in cache.tracking.channels.values():
         channel.connected = False
     report = await cache.health()
     assert not cache.stats()["tracking"]["connected"]
     assert "degraded" == report["status"]
     assert any(reason.startswith("tracking disconnected") for reason in report["reasons"])
+    assert "disconnected" == fleet_state(cache, report)
+
+
+def fleet_state(cache: CacheManager, report: HealthReport) -> str | None:
+    """The ``tracking`` field of the instance's fleet report."""
+    fleet = build_report(
+        cache.stats(), report, config=cache.config, origin=cache.origin, started_at=0.0
+    )
+    return fleet["tracking"]
 
 
 async def test_tracking_off_reports_disabled(make_manager: ManagerFactory) -> None:
@@ -235,6 +250,7 @@ async def test_tracking_off_reports_disabled(make_manager: ManagerFactory) -> No
     assert cache.tracking is None
     stats = (await cache.get_stats())["tracking"]
     assert not stats["enabled"] and 0 == stats["messages"] == stats["channels"]
+    assert None is fleet_state(cache, await cache.health())
 
 
 async def test_own_write_and_bus_drop_the_key_once(make_manager: ManagerFactory) -> None:

@@ -159,6 +159,8 @@ async def main(args: WorkerArgs) -> None:
         "bus_applied": stats["bus"]["applied"],
         "bus_dropped": stats["bus"]["dropped"],
         "mailbox_overflows": stats["bus"]["mailbox"]["overflows"],
+        "tracking_losses": stats["tracking"]["losses"],
+        "tracking_messages": stats["tracking"]["messages"],
     }
     await anyio.Path(args["log"]).write_bytes(
         b"".join(orjson.dumps(entry) + b"\n" for entry in log)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
 import random
 import sys
@@ -51,10 +52,12 @@ import orjson
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from redis.asyncio import Redis
 
 from coherent_cache.keys import compile_pattern
+from coherent_cache.serializer import CacheSerializer
 
-from .stress_worker import DURATION, KEYS, WorkerArgs
+from .stress_worker import CYCLE, DURATION, KEYS, WRITE_PHASE, WorkerArgs
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 PROCESSES: Final = 3
@@ -114,6 +117,8 @@ class Report:
     """L1 hits for which an invalidation by the reading process had obsoleted a version."""
     checked_remote: int = 0
     """L1 hits for which another process's invalidation had, past `WINDOW`, done so."""
+    checked_foreign: int = 0
+    """L1 hits for which the foreign writer's write or delete had, past `WINDOW`, done so."""
     settled: int = 0
     """L1 hits of a key no set, delete or clear_pattern had touched within `WINDOW` before:
     where a missed invalidation or a stale fill shows, as nothing refreshes the copy."""
@@ -144,7 +149,7 @@ def load_ops(paths: Iterable[Path]) -> list[Op]:
 class _Invalidations:
     """The invalidations of one key, sorted by start, for queries by process."""
 
-    def __init__(self, ops: list[Op]) -> None:
+    def __init__(self, ops: list[Op], procs: Iterable[int] = range(PROCESSES)) -> None:
         self.ops = sorted(ops, key=lambda op: op.start)
         self.starts = [op.start for op in self.ops]
         # latest_end[i]: the latest end among ops[:i].
@@ -153,7 +158,7 @@ class _Invalidations:
             self.latest_end.append(max(self.latest_end[-1], op.end))
         # suffix[p][i]: among ops[i:] run by process p, the one that ended first.
         self.suffix: dict[int, list[Op | None]] = {}
-        for proc in range(PROCESSES):
+        for proc in procs:
             best: Op | None = None
             column: list[Op | None] = [None] * (len(self.ops) + 1)
             for i in range(len(self.ops) - 1, -1, -1):
@@ -187,6 +192,8 @@ def check(ops: list[Op], t0: float) -> Report:
     matches = {p: compile_pattern(p) for p in patterns}
     invalidations: dict[str, _Invalidations] = {}
     first_write_end: dict[str, float] = {}
+    # The cache processes, and the foreign writer (process `PROCESSES`) when it ran.
+    procs = sorted({*range(PROCESSES), *(op.proc for op in ops)})
     for key in KEYS:
         invalidations[key] = _Invalidations(
             [
@@ -194,7 +201,8 @@ def check(ops: list[Op], t0: float) -> Report:
                 for op in ops
                 if (op.kind in ("set", "delete") and op.key == key)
                 or (op.kind == "clear_pattern" and matches[op.key](key))
-            ]
+            ],
+            procs,
         )
         ends = [w.end for w in writes.values() if w.key == key]
         first_write_end[key] = min(ends, default=float("inf"))
@@ -220,7 +228,7 @@ def check(ops: list[Op], t0: float) -> Report:
                 f"write {write.describe(t0)}"
             )
             continue
-        for proc in range(PROCESSES):
+        for proc in procs:
             x = invs.first_ended_after(proc, write.end)
             if x is not None and x.end + window(x, read) < read.start:
                 report.violations.append(
@@ -239,12 +247,13 @@ def check(ops: list[Op], t0: float) -> Report:
         if read.l1:
             constrained = {
                 proc
-                for proc in range(PROCESSES)
+                for proc in procs
                 if (x := invs.first_ended_after(proc, first_write_end[read.key])) is not None
                 and x.end + window(x, read) < read.start
             }
             report.checked_own += read.proc in constrained
             report.checked_remote += bool(constrained - {read.proc})
+            report.checked_foreign += PROCESSES in constrained
             report.settled += float("-inf") < invs.quiet_since(read.start) < read.start - WINDOW
     return report
 
@@ -256,7 +265,8 @@ def summarize(seed: int, report: Report, summaries: list[dict[str, Any]]) -> str
         f"seconds after t0), window {WINDOW}s",
         f"read hits checked: {report.hits} ({report.l1_hits} from L1); L1 hits constrained "
         f"by an own invalidation: {report.checked_own}, by another process's: "
-        f"{report.checked_remote}; settled L1 hits: {report.settled}",
+        f"{report.checked_remote}, by the foreign writer's: {report.checked_foreign}; "
+        f"settled L1 hits: {report.settled}",
     ]
     lines.extend(f"  process {proc}: {report.ops[proc]}" for proc in sorted(report.ops))
     lines.extend(f"  summary: {summary}" for summary in summaries)
@@ -295,7 +305,7 @@ def _stderr_tail(running: _Running) -> str:
 
 @contextlib.asynccontextmanager
 async def stress_processes(
-    tmp_path: Path, redis_url: str, namespace: str, seed: int
+    tmp_path: Path, redis_url: str, namespace: str, seed: int, **config: Any
 ) -> AsyncIterator[list[_Running]]:
     """Start the worker processes and wait until each reports ready; kill leftovers after."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -309,6 +319,7 @@ async def stress_processes(
                         "namespace": namespace,
                         "bus_health_check_interval": 0.25,
                         "origin_prefix": f"stress{proc}",
+                        **config,
                     },
                     "proc": proc,
                     "seed": seed,
@@ -341,21 +352,55 @@ async def stress_processes(
                     await worker.process.aclose()
 
 
-class TestStaleReads:
-    @pytest.mark.usefixtures("raw_redis")  # deletes the namespace's keys afterwards
-    async def test_no_instance_serves_a_value_after_its_invalidation(
-        self, redis_url: str, namespace: str, tmp_path: Path
-    ) -> None:
-        """No read returns a version obsoleted by an invalidation that returned long before."""
-        seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
-        print(f"stale-read checker seed: {seed} (replay with {SEED_ENV}={seed})")
-        summaries: list[dict[str, Any]] = []
-        async with stress_processes(tmp_path, redis_url, namespace, seed) as running:
-            t0 = time.monotonic()
-            go = orjson.dumps({"t0": t0}) + b"\n"
-            for worker in running:
-                assert worker.process.stdin is not None
-                await worker.process.stdin.send(go)
+async def foreign_writer(redis_url: str, namespace: str, t0: float, seed: int, log: Path) -> None:
+    """A writer that is not a cache instance: SET and UNLINK straight into Redis.
+
+    It follows the workers' write phases (`CYCLE`, `WRITE_PHASE`), writes versions
+    ``{"w": "F-<n>"}`` in the cache's payload format, and logs its operations like a
+    worker, as process `PROCESSES`. Only client tracking tells the instances about them.
+    """
+    rng = random.Random(f"{seed}:foreign")
+    payload = CacheSerializer()
+    entries: list[dict[str, Any]] = []
+    counter = itertools.count(1)
+    async with Redis.from_url(redis_url, socket_timeout=5) as client:
+        await anyio.sleep(max(0.0, t0 - time.monotonic()))
+        while (now := time.monotonic()) < t0 + DURATION:
+            if (now - t0) % CYCLE >= WRITE_PHASE:
+                await anyio.sleep(CYCLE - (now - t0) % CYCLE)
+                continue
+            key = rng.choice(KEYS)
+            start = time.monotonic()
+            if rng.random() < 0.75:
+                version = f"F-{next(counter)}"
+                await client.set(f"{namespace}:{key}", payload.serialize({"w": version}))
+                record: dict[str, Any] = {"op": "set", "k": key, "w": version, "ok": True}
+            else:
+                await client.unlink(f"{namespace}:{key}")
+                record = {"op": "delete", "k": key}
+            entries.append({"p": PROCESSES, "t": 0, **record, "s": start, "e": time.monotonic()})
+            await anyio.sleep(rng.uniform(0.0, 0.01))
+    await anyio.Path(log).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
+
+
+async def run_stress(
+    tmp_path: Path, redis_url: str, namespace: str, *, foreign: bool = False, **config: Any
+) -> tuple[Report, list[dict[str, Any]], str]:
+    """Run the worker processes (and the foreign writer) once; check their logs."""
+    seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    print(f"stale-read checker seed: {seed} (replay with {SEED_ENV}={seed})")
+    summaries: list[dict[str, Any]] = []
+    logs = [tmp_path / f"ops-{proc}.jsonl" for proc in range(PROCESSES)]
+    async with stress_processes(tmp_path, redis_url, namespace, seed, **config) as running:
+        t0 = time.monotonic() + (0.2 if foreign else 0.0)
+        go = orjson.dumps({"t0": t0}) + b"\n"
+        for worker in running:
+            assert worker.process.stdin is not None
+            await worker.process.stdin.send(go)
+        async with anyio.create_task_group() as tg:
+            if foreign:
+                logs.append(tmp_path / "ops-foreign.jsonl")
+                tg.start_soon(foreign_writer, redis_url, namespace, t0, seed, logs[-1])
             with anyio.fail_after(DURATION + STARTUP_TIMEOUT):
                 for worker in running:
                     try:
@@ -369,20 +414,48 @@ class TestStaleReads:
                     summaries.append(done["summary"])
                     assert 0 == await worker.process.wait(), _stderr_tail(worker)
 
-        ops = load_ops(tmp_path / f"ops-{proc}.jsonl" for proc in range(PROCESSES))
-        report = check(ops, t0)
-        message = summarize(seed, report, summaries)
-        print(message)
-        disturbed = [
-            s
-            for s in summaries
-            if s["l2_errors"] or s["l2_timeouts"] or s["bus_losses"] or not s["bus_connected"]
-        ]
-        assert [] == disturbed, f"run not valid: Redis or the bus failed\n{message}"
+    report = check(load_ops(logs), t0)
+    message = summarize(seed, report, summaries)
+    print(message)
+    disturbed = [
+        s
+        for s in summaries
+        if s["l2_errors"]
+        or s["l2_timeouts"]
+        or s["bus_losses"]
+        or not s["bus_connected"]
+        or s["tracking_losses"]
+    ]
+    assert [] == disturbed, f"run not valid: Redis, the bus or tracking failed\n{message}"
+    return report, summaries, message
+
+
+class TestStaleReads:
+    @pytest.mark.usefixtures("raw_redis")  # deletes the namespace's keys afterwards
+    async def test_no_instance_serves_a_value_after_its_invalidation(
+        self, redis_url: str, namespace: str, tmp_path: Path
+    ) -> None:
+        """No read returns a version obsoleted by an invalidation that returned long before."""
+        report, _, message = await run_stress(tmp_path, redis_url, namespace)
         assert [] == report.violations, message
         assert report.checked_own >= MIN_CHECKED, message
         assert report.checked_remote >= MIN_CHECKED, message
         assert report.settled >= MIN_CHECKED, message
+
+    @pytest.mark.usefixtures("raw_redis")
+    async def test_foreign_writer_with_client_tracking(
+        self, redis_url: str, namespace: str, tmp_path: Path
+    ) -> None:
+        """With ``client_tracking`` on, a writer that is no cache instance (plain SET and
+        UNLINK from this test's process) obsoletes versions too: no instance serves one
+        past the window (issue 16). Without tracking, its writes would reach no L1."""
+        report, summaries, message = await run_stress(
+            tmp_path, redis_url, namespace, foreign=True, client_tracking=True
+        )
+        assert [] == report.violations, message
+        assert report.checked_foreign >= MIN_CHECKED, message
+        assert report.settled >= MIN_CHECKED, message
+        assert all(s["tracking_messages"] > 0 for s in summaries), message
 
 
 def _op(proc: int, kind: str, key: str, version: str | None, start: float, end: float) -> Op:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from coherent_cache.serializer import CacheSerializer
 
@@ -22,6 +23,7 @@ from ..conftest import eventually
 from ..support.multiproc import MISSING, Worker
 from .conftest import FAST, sentinel_fields
 from .harness import HOST, SentinelDeployment, ValkeyCluster, command
+from .test_cluster_failover import move_slot, slot_owner
 
 pytestmark = pytest.mark.anyio
 
@@ -129,6 +131,26 @@ class TestCluster:
         for key in keys:
             await raw.delete(f"{namespace}:{key}")
         await all_gone(trackers, *keys)
+
+    async def test_slot_migration(
+        self, cluster: ValkeyCluster, trackers: list[Worker], raw: RedisCluster, namespace: str
+    ) -> None:
+        """A key's slot migrates to another primary: a foreign write there still drops the
+        key (BCAST tracks the prefix on every primary, whatever slots it serves)."""
+        key = "migrating"
+        slot = key_slot(f"{namespace}:{key}".encode())
+        await raw.set(f"{namespace}:{key}", b"before")
+        source = slot_owner(cluster, slot)
+        target = next(node for node in cluster.primaries() if node is not source)
+        move_slot(cluster, slot, source, target)
+        assert target is slot_owner(cluster, slot)
+        await plant(trackers, key)
+        async with Redis(host=HOST, port=target.port, socket_timeout=5) as client:
+            await client.set(f"{namespace}:{key}", b"after")  # straight to the new owner
+        await all_gone(trackers, key)
+        for worker in trackers:
+            stats = await tracking_stats(worker)
+            assert stats["connected"] and 3 == stats["channels"]
 
     async def test_primary_failover(
         self, cluster: ValkeyCluster, trackers: list[Worker], raw: RedisCluster, namespace: str
