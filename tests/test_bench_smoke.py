@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suite import micro
+from benchmarks.suite import micro, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 9
@@ -86,3 +86,19 @@ def test_bench_extra_pins_the_peers_of_benchmarks_requirements() -> None:
     assert {"cashews", "aiocache"} <= listed.keys()
     core = " ".join(project["dependencies"])
     assert "cashews" not in core and "aiocache" not in core and "matplotlib" not in core
+
+
+async def test_tracking_row_runs_and_every_foreign_write_is_seen(redis_url: str) -> None:
+    """The tracking row (`benchmarks.suite.tracking`), briefly, coherent_cache and the raw
+    limits only: it runs, and every receiver dropped the key after every foreign SET (no
+    miss, no failure: the row's probes still fit the tracking code). No time is asserted."""
+    records = await tracking.measure(
+        redis_url, trials=5, warmup=1, systems=frozenset({"coherent_cache", "raw"})
+    )
+    assert {r["system"] for r in records} == {"coherent_cache", "raw"}
+    assert [(r["variant"], r["failure"], r["missed"]) for r in records] == [
+        (r["variant"], None, 0) for r in records
+    ]
+    assert all(r["measured"] + r["raced"] == 5 for r in records), records
+    ours = next(r for r in records if r["system"] == "coherent_cache")
+    assert ours["dropped_p50"] is not None and ours["read_p50"] is not None

@@ -19,6 +19,9 @@ A private valkey/redis server is started the way the tests start theirs
   ``early`` and aiocache; p50/p99/max per read and loader calls;
 - invalidation (`benchmarks.suite.invalidation`, on `benchmarks.standalone.coherence`): the
   stale window between two processes, against raw PUBLISH -> listener;
+- tracking (`benchmarks.suite.tracking`): a foreign write -> another process's L1 drops the
+  key with ``client_tracking=True``, against a raw ``CLIENT TRACKING BCAST`` client (RESP2
+  and RESP3) and cashews ``client_side=True``;
 - extras (`benchmarks.suite.extras`): L1 memory per entry, L1 cost from 1,000 to 1,000,000
   entries (1M in the full run only), serialisation and compression by value size.
 
@@ -46,13 +49,22 @@ import anyio
 import orjson
 import structlog
 
-from benchmarks.suite import extras, hotkey, invalidation, micro, report, stampede
+from benchmarks.suite import extras, hotkey, invalidation, micro, report, stampede, tracking
 from benchmarks.suite._common import RESULTS_DIR, ROOT, machine, server_version
 from coherent_cache.testing import RedisServer
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 PNG = ROOT / "docs" / "benchmarks.png"
-ALL_PARTS = ("micro", "stampede", "hotkey", "invalidation", "memory", "scaling", "codecs")
+ALL_PARTS = (
+    "micro",
+    "stampede",
+    "hotkey",
+    "invalidation",
+    "tracking",
+    "memory",
+    "scaling",
+    "codecs",
+)
 
 
 def log(message: str) -> None:
@@ -171,6 +183,14 @@ async def run_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "invalidation",
             "invalidation row",
             lambda: invalidation.measure(url, trials=trials, warmup=warmup),
+        )
+        or []
+    )
+    records += (
+        await part(
+            "tracking",
+            "tracking row",
+            lambda: tracking.measure(url, trials=trials, warmup=warmup),
         )
         or []
     )
