@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from coherent_cache import CacheConfig, CacheManager
 from coherent_cache.fleet import fleet_key
 from coherent_cache.integrations.fastapi import cache_lifespan, cache_router
+from coherent_cache.testing import RedisServer
 from tests.conftest import eventually
 from tests.support.browser import (
     IN_CI,
@@ -182,6 +183,34 @@ class TestInChromium:
         assert dom.tags.count("svg") == 1 + 3 * len(dom.rows)  # the template, 3 sparklines a row
         assert [] == [line for line in dumped.console if "pwned" in line or "Uncaught" in line]
         assert [] == [line for line in dumped.console if "Content Security Policy" in line]
+
+    @pytest.mark.timeout(120)
+    async def test_a_failed_read_shows_its_error(
+        self, private_server: RedisServer, namespace: str
+    ) -> None:
+        """Redis down: the page shows the fleet endpoint's error (as text) above the table
+        instead of rows, and keeps retrying."""
+        require_chromium()
+        config = CacheConfig(
+            redis_url=private_server.url,
+            namespace=namespace,
+            fleet_report_interval=INTERVAL,
+            operation_timeout=0.2,
+        )
+        app = FastAPI(lifespan=cache_lifespan(config))
+        app.include_router(cache_router())
+        with served(app) as server:
+            private_server.kill()
+            dumped = await anyio.to_thread.run_sync(
+                lambda: dump_dom(server.url + "/cache/dashboard", budget_ms=3000)
+            )
+        dom = DashboardDom(dumped.dom)
+        assert "1" == dom.main.get("data-error")
+        assert "loading" == dom.main.get("data-state")  # no answer was ever rendered
+        assert [] == dom.rows
+        assert dom.error is not None
+        assert dom.error.startswith("Reading the fleet failed: reading the fleet")
+        assert dom.error.endswith(" (retrying every 2 s)")
 
 
 async def forge_report(redis: Redis, namespace: str, model: dict[str, object]) -> None:

@@ -148,6 +148,9 @@ class DashboardDom(HTMLParser):
         self.main: dict[str, str] = {}
         self.tags: list[str] = []
         self.title = ""
+        self.error: str | None = None
+        """The text of the error banner (``div#error``) while it is shown, else ``None``."""
+        self._in_error = False
         self._row: Row | None = None
         self._reasons_of: str | None = None
         self._open: list[tuple[str, str | None, list[str]]] = []  # inside a row: tag, field
@@ -164,6 +167,9 @@ class DashboardDom(HTMLParser):
         classes = attr.get("class", "").split()
         if tag == "main":
             self.main = attr
+        elif tag == "div" and attr.get("id") == "error":
+            self._in_error = "hidden" not in attr
+            self.error = "" if self._in_error else None
         elif tag == "title" and not self._in_svg:
             self._in_title = True
         elif tag == "tr" and "instance" in classes:
@@ -182,6 +188,8 @@ class DashboardDom(HTMLParser):
             self._in_svg -= 1
         if tag == "title":
             self._in_title = False
+        if tag == "div":
+            self._in_error = False
         if tag == "tr":
             self._row, self._reasons_of, self._open = None, None, []
             return
@@ -204,6 +212,8 @@ class DashboardDom(HTMLParser):
             return
         if self._in_title:
             self.title += data
+        if self._in_error and self.error is not None:
+            self.error += data
         for _, _, texts in self._open:
             texts.append(data)
 
