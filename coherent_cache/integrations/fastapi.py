@@ -10,7 +10,7 @@ from __future__ import annotations
 try:
     from fastapi import APIRouter, Depends, Request, Response
     from fastapi.encoders import jsonable_encoder
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
@@ -33,6 +33,7 @@ from starlette.applications import Starlette
 from coherent_cache._supervisor import TaskState
 from coherent_cache.config import CacheConfig
 from coherent_cache.errors import BackendError, CacheClosedError, CacheError
+from coherent_cache.integrations.dashboard import dashboard_page
 from coherent_cache.keys import MAX_KEY_LENGTH
 from coherent_cache.manager import CacheManager, create_cache_manager
 
@@ -154,7 +155,8 @@ def get_cache(request: Request) -> CacheManager:
 
 
 def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRouter:
-    """An `APIRouter` with ``GET /health/cache``, ``GET /cache/stats`` and ``GET /cache/fleet``.
+    """An `APIRouter` with ``GET /health/cache``, ``/cache/stats``, ``/cache/fleet`` and
+    ``/cache/dashboard``.
 
     ``/health/cache`` answers the seed's shape, ``{"status", "l1_cache": {"status"},
     "l2_cache": {"status"}}`` plus ``reasons``; the overall status is
@@ -164,6 +166,11 @@ def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRoute
     ``/cache/fleet`` the JSON array of `CacheManager.fleet` (every live instance of the
     namespace, the unhealthy first), or 503 with ``{"error": ...}`` when Redis does not
     answer or the cache is stopped. All use `get_cache`, so the app needs `cache_lifespan`.
+    ``/cache/dashboard`` is an HTML page showing ``/cache/fleet`` as a table with
+    sparklines, refreshed every 2 s in the browser (``?every=SECONDS``); it loads nothing
+    from another host and is served with a Content-Security-Policy allowing only its own
+    inline script and style and requests to the same origin. Dependencies given to
+    ``include_router`` (authentication) apply to every route, the page's data included.
     """
     router = APIRouter(prefix=prefix, tags=list(tags) if tags is not None else ["cache"])
 
@@ -209,6 +216,12 @@ def cache_router(prefix: str = "", *, tags: list[str] | None = None) -> APIRoute
         except (BackendError, CacheClosedError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         return JSONResponse(jsonable_encoder(reports))
+
+    @router.get("/cache/dashboard", response_class=HTMLResponse)
+    async def cache_dashboard() -> HTMLResponse:
+        """The fleet dashboard: an HTML page reading ``fleet`` beside it every few seconds."""
+        page = dashboard_page()
+        return HTMLResponse(page.html, headers=page.headers)
 
     return router
 
