@@ -17,6 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
+
+from coherent_cache._log import get_logger
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,3 +193,16 @@ def test_structlog_configured_after_import_wins(runs: dict[str, AppRun]) -> None
     assert {"l2_payload_rejected", "probe_info", "cache_stopped"} <= set(events)
     assert not set(before) & set(events), (before, events)
     assert events["l2_payload_rejected"]["namespace"] == app.namespace
+
+
+def test_bind_adds_context_in_the_structlog_path() -> None:
+    """``bind`` returns a logger with the context added; the original keeps its own."""
+    base = get_logger(namespace="n")
+    bound = base.bind(request="r1", namespace="n2")
+    with structlog.testing.capture_logs() as logs:
+        bound.warning("first", k=1)
+        base.info("second")
+    assert logs == [
+        {"namespace": "n2", "request": "r1", "k": 1, "event": "first", "log_level": "warning"},
+        {"namespace": "n", "event": "second", "log_level": "info"},
+    ]
