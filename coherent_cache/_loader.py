@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, final
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from ._breaker import BreakerState
 from ._flight import FillToken, Flight
+from ._log import Logger, get_logger
 from ._telemetry import Telemetry
 from ._typed import Decoder
 from .config import CacheConfig, CacheTier
@@ -195,7 +195,7 @@ class LoadEngine:
         *,
         config: CacheConfig,
         telemetry: Telemetry,
-        logger: Any = None,
+        logger: Logger | None = None,
         timer: Callable[[], float] = time.monotonic,
         closed_error: Callable[[], CacheClosedError] = lambda: CacheClosedError("closed"),
     ) -> None:
@@ -203,7 +203,7 @@ class LoadEngine:
         self._l2: RedisCache | None = cache.l2
         self._config = config
         self._telemetry = telemetry
-        self.log = logger if logger is not None else structlog.get_logger("coherent_cache")
+        self.log: Logger = logger if logger is not None else get_logger()
         self._timer = timer
         self._closed_error = closed_error
         self._tg: TaskGroup | None = None

@@ -6,17 +6,17 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypedDict, final
+from typing import Protocol, TypedDict, final
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._backoff import backoff_delay
+from ._log import Logger, get_logger
 
 __all__ = ()
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 
 class TaskState(enum.StrEnum):
@@ -69,9 +69,9 @@ class Supervisor:
         max_restarts: int = 20,
         stable_after: float = 30.0,
         timer: Callable[[], float] = time.monotonic,
-        logger: Any = None,
+        logger: Logger | None = None,
     ) -> None:
-        self.log = logger if logger is not None else log
+        self.log: Logger = logger if logger is not None else log
         self._tg = tg
         self._backoff_max = backoff_max
         self._max_restarts = max_restarts

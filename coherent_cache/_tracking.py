@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypedDict, final
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool
@@ -42,13 +41,14 @@ from redis.asyncio.connection import AbstractConnection
 from ._backoff import backoff_delay
 from ._clients import BusEndpoint, bus_endpoint, bus_pool
 from ._invalidation import TrustGate
+from ._log import Logger, get_logger
 from .config import CacheConfig
 from .keys import redis_key
 from .l1 import FlushAll, InvalidateKeys, L1Actor
 
 __all__ = ("INVALIDATE_CHANNEL", "ClientTracking", "TrackingStats", "disabled_tracking_stats")
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 INVALIDATE_CHANNEL: Final = "__redis__:invalidate"
 """Where the server sends a RESP2 client's tracking invalidations."""
@@ -107,7 +107,7 @@ class ClientTracking:
         flush: empties L1 and makes every in-flight fill stale (on every subscription).
         gate: where each channel reports itself down and up.
         timer: monotonic clock of the PING deadline and the distrust times.
-        logger: the structlog logger of its events.
+        logger: the logger of its events (the package's when omitted).
     """
 
     def __init__(
@@ -118,7 +118,7 @@ class ClientTracking:
         flush: Callable[[], None],
         gate: TrustGate,
         timer: Callable[[], float] = time.monotonic,
-        logger: Any = None,
+        logger: Logger | None = None,
     ) -> None:
         assert config.redis_url is not None
         self.config = config
@@ -127,7 +127,7 @@ class ClientTracking:
         self.flush = flush
         self.gate = gate
         self.timer = timer
-        self.log: Any = logger if logger is not None else log
+        self.log: Logger = logger if logger is not None else log
         self.pool: ConnectionPool = bus_pool(config, role="tracking")
         self.channels: dict[str, TrackingChannel] = {}
         self.messages = 0

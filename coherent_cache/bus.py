@@ -30,13 +30,13 @@ from typing import Any, ClassVar, Final, Self, TypedDict, final
 
 import anyio
 import orjson
-import structlog
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
 from ._backoff import backoff_delay
 from ._clients import bus_endpoint, bus_pool
+from ._log import Logger, get_logger
 from ._signing import OVERHEAD, verify
 from .config import CacheConfig
 from .errors import (
@@ -58,7 +58,7 @@ __all__ = [
     "make_origin",
 ]
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 BUS_PROTOCOL_VERSION: Final = 1
 MAX_KEYS_PER_MESSAGE: Final = 1000
@@ -300,7 +300,7 @@ class InvalidationBus:
             ``bus_health_check_interval`` of silence (the connection may be dead).
         on_alive: called when a reply arrives after such a PING.
         timer: monotonic clock.
-        logger: the structlog logger of its events; the package logger when omitted.
+        logger: the logger of its events (a structlog one too); the package logger when omitted.
     """
 
     def __init__(
@@ -314,7 +314,7 @@ class InvalidationBus:
         on_suspect: Callable[[float], None] | None = None,
         on_alive: Callable[[], None] | None = None,
         timer: Callable[[], float] = time.monotonic,
-        logger: structlog.typing.FilteringBoundLogger | None = None,
+        logger: Logger | None = None,
     ) -> None:
         assert config.redis_url is not None
         self.config = config
@@ -346,7 +346,7 @@ class InvalidationBus:
         self._last_loss: float | None = None
         self._last_recovery: float | None = None
         self._ever_subscribed = False
-        self.log: structlog.typing.FilteringBoundLogger = logger if logger is not None else log
+        self.log: Logger = logger if logger is not None else log
         """The logger (the manager binds its namespace and origin to it)."""
 
     def stats(self) -> BusStats:

@@ -10,7 +10,6 @@ from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
 
 import anyio
 import anyio.lowlevel
-import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -24,6 +23,7 @@ from ._l1store import (
     approx_size,
     entry_cost,
 )
+from ._log import Logger, get_logger
 from ._tinylfu import TinyLFUStore
 from .config import CacheConfig, CacheStrategy
 from .keys import compile_pattern
@@ -42,7 +42,7 @@ __all__ = [
     "L1Stats",
 ]
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 
 class L1Stats(TypedDict):
@@ -531,9 +531,9 @@ class L1Actor:
     match are made stale before the first chunk.
     """
 
-    def __init__(self, owner: L1Owner, *, mailbox_size: int, logger: Any = None) -> None:
+    def __init__(self, owner: L1Owner, *, mailbox_size: int, logger: Logger | None = None) -> None:
         self._owner = owner
-        self.log: Any = logger if logger is not None else log
+        self.log: Logger = logger if logger is not None else log
         """Where `submit` reports overflows (the manager binds its namespace and origin)."""
         self._capacity = mailbox_size
         # Created by the first run() and kept across restarts, so queued commands survive.

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypedDict, TypeVar, final
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -29,6 +28,7 @@ from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
 from ._clients import L2Client, build_client, close_client, watch_primary
 from ._lease import LeaseLocks
+from ._log import Logger, get_logger
 from ._signing import sign
 from ._tags import TAG_PRUNE_MIN as TAG_PRUNE_MIN
 from ._tags import TagIndex
@@ -41,7 +41,7 @@ from .types import MISSING
 
 __all__ = ["L2Stats", "RedisCache"]
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 T = TypeVar("T")
 SCAN_COUNT: Final = 1000
@@ -107,7 +107,7 @@ class RedisCache:
             (the caller keeps ownership: `aclose` does not close it).
         serializer: the payload codec; built from the config when omitted.
         timer: the clock used by the circuit breaker.
-        logger: the structlog logger of its events (the manager passes its own, with the
+        logger: the logger of its events, a structlog one too (the manager passes its own, with the
             namespace and origin bound); the package logger when omitted.
     """
 
@@ -118,7 +118,7 @@ class RedisCache:
         client: L2Client | None = None,
         serializer: CacheSerializer | None = None,
         timer: Callable[[], float] = time.monotonic,
-        logger: structlog.typing.FilteringBoundLogger | None = None,
+        logger: Logger | None = None,
     ) -> None:
         if client is None and config.redis_url is None:
             raise ValueError("RedisCache needs config.redis_url or a client")
@@ -159,7 +159,7 @@ class RedisCache:
         """Bus messages PUBLISHed successfully through this client."""
         self.latency = LatencyHistogram()
         """Round-trip times of successful Redis calls."""
-        self.log: structlog.typing.FilteringBoundLogger = logger if logger is not None else log
+        self.log: Logger = logger if logger is not None else log
         """The logger of its events."""
         self._tags = TagIndex(self._client, self.namespace, self._call, cluster=self._cluster)
         """The tag indexes (`invalidate_tags`, `prune_tag`, `run_tag_pruner`)."""

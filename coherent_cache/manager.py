@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar, cast, final, overload
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -22,6 +21,7 @@ from . import fleet as _fleet
 from ._host import DetachedHost
 from ._invalidation import TrustGate, make_bus
 from ._loader import LoadEngine, LoadPolicy
+from ._log import get_logger
 from ._supervisor import Supervisor
 from ._telemetry import LatencyStats, Telemetry
 from ._tracking import ClientTracking
@@ -106,10 +106,8 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         self.l1 = InMemoryCache.from_config(cfg, timer=timer)
         self.origin = make_origin(cfg.origin_prefix)
         """This instance's id on the bus; it skips messages carrying it."""
-        # A lazy proxy, not .bind(): it follows structlog.configure() calls made later.
-        self.log = structlog.get_logger(
-            "coherent_cache", namespace=cfg.namespace, origin=self.origin
-        )
+        # structlog when the app configured it (checked per event), else stdlib logging.
+        self.log = get_logger(namespace=cfg.namespace, origin=self.origin)
         """The ``coherent_cache`` logger with this instance's namespace and origin bound."""
         self.l2: RedisCache | None = None
         if cfg.enable_multi_tier and (cfg.redis_url is not None or redis_client is not None):

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypedDict, final
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 
+from ._log import get_logger
 from ._supervisor import Supervisor, TaskInfo, TaskState
 from ._telemetry import LatencyHistogram, LatencyStats
 from ._tracking import TrackingStats, disabled_tracking_stats
@@ -34,7 +34,7 @@ __all__ = [
     "TrackingStats",
 ]
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 
 class BusInfo(BusStats):

@@ -26,10 +26,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, ParamSpec, TypeAlias, TypedDict
 from urllib.parse import parse_qsl, quote, urlencode
 
-import structlog
 from pydantic import TypeAdapter
 from starlette.applications import Starlette
 
+from coherent_cache._log import get_logger
 from coherent_cache._supervisor import TaskState
 from coherent_cache.config import CacheConfig
 from coherent_cache.errors import BackendError, CacheClosedError, CacheError
@@ -50,7 +50,7 @@ __all__ = [
     "response_etag",
 ]
 
-log = structlog.get_logger("coherent_cache")
+log = get_logger()
 
 P = ParamSpec("P")
 
