@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .bus import BusMessage, BusOp, InvalidationBus, InvalidationPublisher
 from .config import CacheConfig, CacheStrategy, CacheTier
 from .errors import (
@@ -31,11 +30,6 @@ from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import USE_DEFAULT, UseDefault
 from .warming import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
-
-try:
-    __version__ = version("coherent-cache")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "USE_DEFAULT",

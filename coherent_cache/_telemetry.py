@@ -24,6 +24,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from ._version import __version__
 from .keys import key_prefix
 
 __all__ = ()
@@ -33,15 +34,6 @@ RECHECK_EVERY: Final = 1024
 """Untraced operations between two looks at the global providers (a look costs ~1 µs)."""
 
 _propagator: Final = TraceContextTextMapPropagator()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("coherent-cache")
-    except PackageNotFoundError:  # pragma: no cover - source tree never installed
-        return "0+unknown"
 
 
 # -- latency histogram --------------------------------------------------------------------
@@ -191,7 +183,7 @@ def span(name: str, **attributes: AttributeValue) -> Iterator[trace.Span]:
 
     For code without a manager at hand; `Telemetry.span` adds the manager's attributes.
     """
-    tracer = trace.get_tracer(INSTRUMENTATION_NAME, _version())
+    tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__)
     with tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes) as s:
         yield s
 
@@ -320,12 +312,12 @@ def _instruments_for(provider: metrics.MeterProvider | None) -> _Instruments:
     if provider is None:
         if _global_instruments is None:
             # The global (proxy) meter forwards to a provider set later, callbacks included.
-            _global_instruments = _Instruments(metrics.get_meter(INSTRUMENTATION_NAME, _version()))
+            _global_instruments = _Instruments(metrics.get_meter(INSTRUMENTATION_NAME, __version__))
         return _global_instruments
     found = _instruments_by_provider.get(provider)
     if found is None:
         found = _instruments_by_provider[provider] = _Instruments(
-            provider.get_meter(INSTRUMENTATION_NAME, _version())
+            provider.get_meter(INSTRUMENTATION_NAME, __version__)
         )
     return found
 
@@ -380,7 +372,7 @@ class Telemetry:
         self._explicit_tracer = tracer_provider
         self._explicit_meter = meter_provider
         self.tracer = trace.get_tracer(
-            INSTRUMENTATION_NAME, _version(), tracer_provider=tracer_provider
+            INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
         )
         self._instruments = _instruments_for(meter_provider)
         self._stats: Callable[[], Mapping[str, Any] | None] = lambda: None

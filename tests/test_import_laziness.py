@@ -1,0 +1,109 @@
+"""`import coherent_cache` loads only what a plain get/set needs (issue 20).
+
+What a plain manager never uses is imported on first use: the FastAPI integration, the
+CLI and the test helpers, the optional codecs, pydantic's ``TypeAdapter`` (typed values
+only), the installed distributions' metadata (``__version__`` is a constant). These tests
+pin the laziness, not the time (the time is measured by
+``python -m benchmarks.standalone.import_time``; docs/benchmarks.md, "Import time").
+Each runs in a fresh interpreter, where nothing was imported before.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+
+import coherent_cache
+
+NEVER_AT_IMPORT = (
+    "fastapi",
+    "starlette",
+    "coherent_cache.integrations",
+    "coherent_cache.cli",
+    "coherent_cache.testing",
+    "coherent_cache._demo_instance",
+    "msgpack",
+    "zstandard",
+    "lz4",
+    "hiredis",
+    "opentelemetry.sdk",
+    "pydantic.type_adapter",
+    "email.parser",
+)
+"""Modules (and their submodules) `import coherent_cache` must not load itself."""
+
+PROBE = """
+import json, sys
+import anyio, redis.asyncio, orjson, cachetools, structlog, pydantic, opentelemetry.trace
+before = set(sys.modules)
+import coherent_cache
+after_import = set(sys.modules) - before
+
+async def plain_use():
+    config = coherent_cache.CacheConfig(redis_url=None, namespace="lazy")
+    async with coherent_cache.create_cache_manager(config) as cache:
+        await cache.set("k", {"a": 1})
+        assert {"a": 1} == await cache.get("k")
+
+anyio.run(plain_use)
+after_use = set(sys.modules) - before
+print(json.dumps({"import": sorted(after_import), "use": sorted(after_use)}))
+"""
+
+
+def loaded(names: list[str]) -> list[str]:
+    """The modules of ``names`` that are one of NEVER_AT_IMPORT or inside one."""
+    return sorted(
+        name
+        for name in names
+        if any(name == m or name.startswith(m + ".") for m in NEVER_AT_IMPORT)
+    )
+
+
+def run_probe(code: str) -> dict[str, list[str]]:
+    """Run ``code`` in a fresh interpreter; its last stdout line, decoded."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    decoded: dict[str, list[str]] = json.loads(result.stdout.splitlines()[-1])
+    return decoded
+
+
+class TestImportIsLazy:
+    def test_import_and_a_plain_get_set_load_none_of_the_optional_parts(self) -> None:
+        """After `import coherent_cache` (its dependencies imported first, so only what the
+        package itself adds counts) and after an L1 manager's start, set and get, none of
+        the lazy modules is loaded."""
+        got = run_probe(PROBE)
+        assert ([], []) == (loaded(got["import"]), loaded(got["use"]))
+        assert "coherent_cache.manager" in got["import"]  # the probe measured something
+
+    def test_the_lazy_parts_work_when_used(self) -> None:
+        """Typed values build their TypeAdapter on first use; the CLI, the FastAPI
+        integration and the test helpers import as before."""
+        code = """
+import json, sys, uuid
+import coherent_cache
+from coherent_cache._typed import value_decoder
+decode = value_decoder(uuid.UUID)
+assert decode is not None
+value = decode("12345678-1234-5678-1234-567812345678")
+assert isinstance(value, uuid.UUID), value
+from coherent_cache import cli, testing
+from coherent_cache.integrations.fastapi import cache_lifespan
+print(json.dumps({"loaded": sorted(m for m in sys.modules if m.startswith(
+    ("pydantic.type_adapter", "coherent_cache.cli", "fastapi")))}))
+"""
+        got = run_probe(code)
+        assert ["coherent_cache.cli", "fastapi", "pydantic.type_adapter"] == sorted(
+            {name.split(".")[0] if name.startswith("fastapi") else name for name in got["loaded"]}
+        )
+
+
+class TestVersion:
+    def test_version_is_the_installed_distributions(self) -> None:
+        """``__version__`` is a constant in the source (coherent_cache/_version.py, which
+        pyproject.toml reads): the same as the installed distribution's metadata."""
+        assert version("coherent-cache") == coherent_cache.__version__
