@@ -15,17 +15,19 @@ import contextlib
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, TypedDict, final
+from typing import TYPE_CHECKING, Any, Final, TypedDict, final
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from ._version import __version__
 from .keys import key_prefix
+
+if TYPE_CHECKING:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ()
 
@@ -33,7 +35,17 @@ INSTRUMENTATION_NAME: Final = "coherent_cache"
 RECHECK_EVERY: Final = 1024
 """Untraced operations between two looks at the global providers (a look costs ~1 µs)."""
 
-_propagator: Final = TraceContextTextMapPropagator()
+_propagator: TraceContextTextMapPropagator | None = None
+"""Made by `_w3c` when a trace context is first injected or extracted (traced calls only)."""
+
+
+def _w3c() -> TraceContextTextMapPropagator:
+    global _propagator
+    if _propagator is None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _propagator = TraceContextTextMapPropagator()
+    return _propagator
 
 
 # -- latency histogram --------------------------------------------------------------------
@@ -149,7 +161,7 @@ def current_traceparent() -> str | None:
     if not span.get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
+    _w3c().inject(carrier)
     return carrier.get("traceparent")
 
 
@@ -157,7 +169,7 @@ def link_from_traceparent(traceparent: str | None) -> Link | None:
     """A span Link to the span a ``traceparent`` names, or ``None`` if it is not valid."""
     if not traceparent:
         return None
-    context = _propagator.extract({"traceparent": traceparent})
+    context = _w3c().extract({"traceparent": traceparent})
     span_context = trace.get_current_span(context).get_span_context()
     if not span_context.is_valid:
         return None

@@ -2,7 +2,8 @@
 
 What a plain manager never uses is imported on first use: the FastAPI integration, the
 CLI and the test helpers, the optional codecs, pydantic's ``TypeAdapter`` (typed values
-only), the installed distributions' metadata (``__version__`` is a constant). These tests
+only), the installed distributions' metadata (``__version__`` is a constant), the W3C
+trace-context propagator (traced calls and traced bus messages only). These tests
 pin the laziness, not the time (the time is measured by
 ``python -m benchmarks.standalone.import_time``; docs/benchmarks.md, "Import time").
 Each runs in a fresh interpreter, where nothing was imported before.
@@ -31,6 +32,7 @@ NEVER_AT_IMPORT = (
     "opentelemetry.sdk",
     "pydantic.type_adapter",
     "email.parser",
+    "opentelemetry.trace.propagation.tracecontext",
 )
 """Modules (and their submodules) `import coherent_cache` must not load itself."""
 
@@ -81,25 +83,34 @@ class TestImportIsLazy:
         assert "coherent_cache.manager" in got["import"]  # the probe measured something
 
     def test_the_lazy_parts_work_when_used(self) -> None:
-        """Typed values build their TypeAdapter on first use; the CLI, the FastAPI
-        integration and the test helpers import as before."""
+        """Typed values build their TypeAdapter on first use, a bus message's trace
+        context is read with the propagator made then; the CLI, the FastAPI integration
+        and the test helpers import as before."""
         code = """
 import json, sys, uuid
 import coherent_cache
+from coherent_cache import _telemetry
 from coherent_cache._typed import value_decoder
 decode = value_decoder(uuid.UUID)
 assert decode is not None
 value = decode("12345678-1234-5678-1234-567812345678")
 assert isinstance(value, uuid.UUID), value
+link = _telemetry.link_from_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+assert link is not None and link.context.trace_id == 0x0af7651916cd43dd8448eb211c80319c
 from coherent_cache import cli, testing
 from coherent_cache.integrations.fastapi import cache_lifespan
-print(json.dumps({"loaded": sorted(m for m in sys.modules if m.startswith(
-    ("pydantic.type_adapter", "coherent_cache.cli", "fastapi")))}))
+print(json.dumps({"loaded": sorted(sys.modules)}))
 """
-        got = run_probe(code)
-        assert ["coherent_cache.cli", "fastapi", "pydantic.type_adapter"] == sorted(
-            {name.split(".")[0] if name.startswith("fastapi") else name for name in got["loaded"]}
-        )
+        got = run_probe(code)["loaded"]
+        wanted = [
+            "coherent_cache.cli",
+            "coherent_cache.integrations.fastapi",
+            "coherent_cache.testing",
+            "fastapi",
+            "opentelemetry.trace.propagation.tracecontext",
+            "pydantic.type_adapter",
+        ]
+        assert wanted == [name for name in wanted if name in got]
 
 
 class TestVersion:

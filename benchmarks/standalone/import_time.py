@@ -57,12 +57,15 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "import_time.json"
+NEUTRAL = tempfile.gettempdir()
+"""The children's working directory: the same for every checkout compared."""
 
 PACKAGES = "anyio, redis.asyncio, orjson, cachetools, structlog"
 OTEL = "opentelemetry.trace, opentelemetry.metrics"
@@ -102,11 +105,11 @@ def environ(source: Path = ROOT) -> dict[str, str]:
 
 
 def run(*args: str, source: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """``python *args`` in ``source`` (the package imported from there); raises if it fails."""
+    """``python *args`` with ``source``'s package first on the path; raises if it fails."""
     return subprocess.run(
         [sys.executable, *args],
         capture_output=True, text=True, check=True, timeout=600, env=environ(source),
-        cwd=source,
+        cwd=NEUTRAL,
     )  # fmt: skip
 
 
@@ -117,10 +120,11 @@ def timed(prelude: str, statement: str, source: Path = ROOT) -> tuple[float, flo
     return int(wall) / 1e6, int(cpu) / 1e6, int(modules)
 
 
-def importtime(prelude: str, statement: str) -> dict[str, int]:
+def importtime(prelude: str, statement: str, source: Path = ROOT) -> dict[str, int]:
     """Self time (µs) of every module ``python -X importtime`` reports for ``statement``."""
     selfs: dict[str, int] = {}
-    for line in run("-X", "importtime", "-c", prelude + statement).stderr.splitlines():
+    output = run("-X", "importtime", "-c", prelude + statement, source=source).stderr
+    for line in output.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
         own, _cumulative, name = line.removeprefix("import time:").split("|")
@@ -141,13 +145,13 @@ def group_of(module: str, startup: set[str], deps: set[str]) -> str:
     return f"{top} ({kind}, beyond the baseline)"
 
 
-def profile(prelude: str, runs: int) -> dict[str, Any]:
+def profile(prelude: str, runs: int, source: Path = ROOT) -> dict[str, Any]:
     """Median self times over ``runs`` importtime runs, grouped; our slowest modules."""
     startup = set(importtime(prelude, "pass"))
     deps = set(importtime(prelude, STATEMENTS["deps"]))
     samples: dict[str, list[int]] = defaultdict(list)
     for _ in range(runs):
-        for name, us in importtime(prelude, STATEMENTS["coherent_cache"]).items():
+        for name, us in importtime(prelude, STATEMENTS["coherent_cache"], source).items():
             samples[name].append(us)
     median = {
         name: statistics.median(got + [0] * (runs - len(got))) for name, got in samples.items()
@@ -171,10 +175,7 @@ def profile(prelude: str, runs: int) -> dict[str, Any]:
 def measure(prelude: str, pairs: int, compare: Path | None) -> dict[str, Any]:
     """Medians (ms) of the statements, run alternately in fresh interpreters; with
     ``compare``, the package's two statements from that checkout too (suffix ``[compare]``)."""
-    cases = {name: (statement, ROOT) for name, statement in STATEMENTS.items()}
-    if compare is not None:
-        for name in ("coherent_cache", "coherent_cache + manager"):
-            cases[f"{name} [compare]"] = (STATEMENTS[name], compare)
+    cases = cases_of(compare)
     names = list(cases)
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -215,22 +216,33 @@ def measure(prelude: str, pairs: int, compare: Path | None) -> dict[str, Any]:
     }
 
 
-def instructions(prelude: str) -> dict[str, int]:
+def cases_of(compare: Path | None) -> dict[str, tuple[str, Path]]:
+    """The statements and the checkout each runs from; with ``compare``, the package's two
+    statements from that checkout too (names suffixed ``[compare]``)."""
+    cases = {name: (statement, ROOT) for name, statement in STATEMENTS.items()}
+    if compare is not None:
+        for name in ("coherent_cache", "coherent_cache + manager"):
+            cases[f"{name} [compare]"] = (STATEMENTS[name], compare)
+    return cases
+
+
+def instructions(prelude: str, compare: Path | None) -> dict[str, int]:
     """CPU instructions of each statement (callgrind; the whole process minus ``pass``)."""
 
-    def count(statement: str) -> int:
+    def count(statement: str, source: Path) -> int:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
              sys.executable, "-c", prelude + statement],
-            capture_output=True, text=True, check=True, timeout=1800, env=environ(), cwd=ROOT,
+            capture_output=True, text=True, check=True, timeout=1800, env=environ(source),
+            cwd=NEUTRAL,
         )  # fmt: skip
         for line in done.stderr.splitlines():
             if "Collected :" in line:
                 return int(line.rsplit(":", 1)[1].strip())
         raise RuntimeError(f"no instruction count in callgrind's output:\n{done.stderr}")
 
-    empty = count("pass")
-    return {name: count(statement) - empty for name, statement in STATEMENTS.items()}
+    empty = count("pass", ROOT)
+    return {name: count(*case) - empty for name, case in cases_of(compare).items()}
 
 
 def report(env: str, got: dict[str, Any], args: argparse.Namespace) -> None:
@@ -243,23 +255,27 @@ def report(env: str, got: dict[str, Any], args: argparse.Namespace) -> None:
         )
     for what, ratio in got["wall_ratios"].items():
         print(f"  {what:<34} wall {ratio:.2f}x   CPU {got['cpu_ratios'][what]:.2f}x")
-    print(f"  -X importtime, median self time of {args.profiles} runs, by group (ms):")
-    for group, ms in got["profile"]["groups_ms"].items():
-        if ms >= 0.3:
-            print(f"    {group:<56}{ms:>8.1f}")
-    print("  our slowest modules (self ms):")
-    for name, ms in list(got["profile"]["own_modules_ms"].items())[:10]:
-        print(f"    {name:<56}{ms:>8.2f}")
+    for key in ("profile", "profile [compare]"):
+        if key not in got:
+            continue
+        print(f"  {key}: -X importtime, median self time of {args.profiles} runs, by group (ms):")
+        for group, ms in got[key]["groups_ms"].items():
+            if ms >= 0.3:
+                print(f"    {group:<56}{ms:>8.1f}")
+        print("  our slowest modules (self ms):")
+        for name, ms in list(got[key]["own_modules_ms"].items())[:10]:
+            print(f"    {name:<56}{ms:>8.2f}")
     if "instructions" in got:
         counts = got["instructions"]
         print("  callgrind, instructions of each statement (millions):")
         for name, n in counts.items():
             print(f"    {name:<56}{n / 1e6:>8.1f}")
-        print(
-            f"    coherent_cache / deps {counts['coherent_cache'] / counts['deps']:.2f}x, "
-            f"+ manager {counts['coherent_cache + manager'] / counts['deps']:.2f}x, "
-            f"/ bare packages {counts['coherent_cache'] / counts['deps (bare packages)']:.2f}x"
-        )
+        for name, n in counts.items():
+            if name.startswith("coherent_cache"):
+                print(
+                    f"    {name} / deps {n / counts['deps']:.3f}x, "
+                    f"/ bare packages {n / counts['deps (bare packages)']:.3f}x"
+                )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,10 +291,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for env, prelude in PRELUDE.items():
         got = measure(prelude, args.pairs, compare)
         got["profile"] = profile(prelude, args.profiles)
+        if compare is not None:
+            got["profile [compare]"] = profile(prelude, args.profiles, compare)
         if args.instructions and env == "plain":
             if shutil.which("valgrind") is None:
                 raise SystemExit("--instructions needs valgrind on PATH")
-            got["instructions"] = instructions(prelude)
+            got["instructions"] = instructions(prelude, compare)
         result["environments"][env] = got
         report(env, got, args)
     result.update(
