@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .bus import BusMessage, BusOp, InvalidationBus, InvalidationPublisher
 from .config import CacheConfig, CacheStrategy, CacheTier
@@ -29,7 +31,18 @@ from .monitoring import CacheMonitor
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import USE_DEFAULT, UseDefault
-from .warming import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
+
+if TYPE_CHECKING:
+    from .warming import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
+
+_ON_FIRST_USE: dict[str, str] = {
+    "CacheWarmer": "warming",
+    "WarmHandle": "warming",
+    "WarmResult": "warming",
+    "WarmSchedule": "warming",
+}
+"""Names imported from their module when first used (issue 20: a plain get/set never
+needs them); ``from coherent_cache import CacheWarmer`` works as for the others."""
 
 __all__ = [
     "USE_DEFAULT",
@@ -71,3 +84,18 @@ __all__ = [
     "__version__",
     "create_cache_manager",
 ]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the names of _ON_FIRST_USE
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,12 +1,13 @@
 """`import coherent_cache` loads only what a plain get/set needs (issue 20).
 
 What a plain manager never uses is imported on first use: the FastAPI integration, the
-CLI and the test helpers, the optional codecs, pydantic's ``TypeAdapter`` (typed values
-only), the installed distributions' metadata (``__version__`` is a constant), the W3C
-trace-context propagator (traced calls and traced bus messages only). These tests
-pin the laziness, not the time (the time is measured by
-``python -m benchmarks.standalone.import_time``; docs/benchmarks.md, "Import time").
-Each runs in a fresh interpreter, where nothing was imported before.
+CLI and the test helpers, the decorators and the warmer (`CacheManager.cached`,
+``warm_cache``, ...; ``from coherent_cache import CacheWarmer``), the optional codecs,
+pydantic's ``TypeAdapter`` (typed values only), the installed distributions' metadata
+(``__version__`` is a constant), the W3C trace-context propagator (traced calls and
+traced bus messages only). These tests pin the laziness, not the time (the time is
+measured by ``python -m benchmarks.standalone.import_time``; docs/benchmarks.md, "Import
+time"). Each runs in a fresh interpreter, where nothing was imported before.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ NEVER_AT_IMPORT = (
     "coherent_cache.cli",
     "coherent_cache.testing",
     "coherent_cache._demo_instance",
+    "coherent_cache.decorators",
+    "coherent_cache._calls",
+    "coherent_cache.warming",
+    "coherent_cache._warm_input",
     "msgpack",
     "zstandard",
     "lz4",
@@ -84,11 +89,34 @@ class TestImportIsLazy:
 
     def test_the_lazy_parts_work_when_used(self) -> None:
         """Typed values build their TypeAdapter on first use, a bus message's trace
-        context is read with the propagator made then; the CLI, the FastAPI integration
-        and the test helpers import as before."""
+        context is read with the propagator made then, the manager's decorators and
+        warming methods and the package's warming names resolve to the real ones; the
+        CLI, the FastAPI integration and the test helpers import as before."""
         code = """
 import json, sys, uuid
+import anyio
 import coherent_cache
+assert "CacheWarmer" in dir(coherent_cache) and "coherent_cache.warming" not in sys.modules
+from coherent_cache import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
+from coherent_cache import warming
+assert (CacheWarmer, WarmResult) == (warming.CacheWarmer, warming.WarmResult)
+assert isinstance(coherent_cache.CacheManager.warm_cache, warming.WarmerMethod)
+
+async def use():
+    config = coherent_cache.CacheConfig(redis_url=None, namespace="lazy")
+    async with coherent_cache.create_cache_manager(config) as cache:
+        calls = []
+
+        @cache.cached(ttl=60, key_prefix="f")
+        async def f(x: int) -> int:
+            calls.append(x)
+            return x * 2
+
+        assert (14, 14, [7]) == (await f(7), await f(7), calls)
+        result = await cache.warm_cache([("w", 1)])
+        assert isinstance(result, WarmResult) and 1 == await cache.get("w")
+
+anyio.run(use)
 from coherent_cache import _telemetry
 from coherent_cache._typed import value_decoder
 decode = value_decoder(uuid.UUID)
@@ -103,11 +131,14 @@ print(json.dumps({"loaded": sorted(sys.modules)}))
 """
         got = run_probe(code)["loaded"]
         wanted = [
+            "coherent_cache._calls",
             "coherent_cache.cli",
+            "coherent_cache.decorators",
             "coherent_cache.integrations.fastapi",
             "coherent_cache.testing",
             "fastapi",
             "opentelemetry.trace.propagation.tracecontext",
+            "coherent_cache.warming",
             "pydantic.type_adapter",
         ]
         assert wanted == [name for name in wanted if name in got]
