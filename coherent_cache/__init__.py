@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .bus import BusMessage, BusOp, InvalidationBus, InvalidationPublisher
 from .config import CacheConfig, CacheStrategy, CacheTier
 from .errors import (
@@ -30,12 +31,18 @@ from .monitoring import CacheMonitor
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import USE_DEFAULT, UseDefault
-from .warming import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
 
-try:
-    __version__ = version("coherent-cache")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from .warming import CacheWarmer, WarmHandle, WarmResult, WarmSchedule
+
+_ON_FIRST_USE: dict[str, str] = {
+    "CacheWarmer": "warming",
+    "WarmHandle": "warming",
+    "WarmResult": "warming",
+    "WarmSchedule": "warming",
+}
+"""Names imported from their module when first used (issue 20: a plain get/set never
+needs them); ``from coherent_cache import CacheWarmer`` works as for the others."""
 
 __all__ = [
     "USE_DEFAULT",
@@ -77,3 +84,18 @@ __all__ = [
     "__version__",
     "create_cache_manager",
 ]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the names of _ON_FIRST_USE
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

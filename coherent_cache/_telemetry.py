@@ -15,16 +15,19 @@ import contextlib
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, TypedDict, final
+from typing import TYPE_CHECKING, Any, Final, TypedDict, final
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from ._version import __version__
 from .keys import key_prefix
+
+if TYPE_CHECKING:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ()
 
@@ -32,16 +35,17 @@ INSTRUMENTATION_NAME: Final = "coherent_cache"
 RECHECK_EVERY: Final = 1024
 """Untraced operations between two looks at the global providers (a look costs ~1 µs)."""
 
-_propagator: Final = TraceContextTextMapPropagator()
+_propagator: TraceContextTextMapPropagator | None = None
+"""Made by `_w3c` when a trace context is first injected or extracted (traced calls only)."""
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def _w3c() -> TraceContextTextMapPropagator:
+    global _propagator
+    if _propagator is None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    try:
-        return version("coherent-cache")
-    except PackageNotFoundError:  # pragma: no cover - source tree never installed
-        return "0+unknown"
+        _propagator = TraceContextTextMapPropagator()
+    return _propagator
 
 
 # -- latency histogram --------------------------------------------------------------------
@@ -157,7 +161,7 @@ def current_traceparent() -> str | None:
     if not span.get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
+    _w3c().inject(carrier)
     return carrier.get("traceparent")
 
 
@@ -165,7 +169,7 @@ def link_from_traceparent(traceparent: str | None) -> Link | None:
     """A span Link to the span a ``traceparent`` names, or ``None`` if it is not valid."""
     if not traceparent:
         return None
-    context = _propagator.extract({"traceparent": traceparent})
+    context = _w3c().extract({"traceparent": traceparent})
     span_context = trace.get_current_span(context).get_span_context()
     if not span_context.is_valid:
         return None
@@ -191,7 +195,7 @@ def span(name: str, **attributes: AttributeValue) -> Iterator[trace.Span]:
 
     For code without a manager at hand; `Telemetry.span` adds the manager's attributes.
     """
-    tracer = trace.get_tracer(INSTRUMENTATION_NAME, _version())
+    tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__)
     with tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes) as s:
         yield s
 
@@ -320,12 +324,12 @@ def _instruments_for(provider: metrics.MeterProvider | None) -> _Instruments:
     if provider is None:
         if _global_instruments is None:
             # The global (proxy) meter forwards to a provider set later, callbacks included.
-            _global_instruments = _Instruments(metrics.get_meter(INSTRUMENTATION_NAME, _version()))
+            _global_instruments = _Instruments(metrics.get_meter(INSTRUMENTATION_NAME, __version__))
         return _global_instruments
     found = _instruments_by_provider.get(provider)
     if found is None:
         found = _instruments_by_provider[provider] = _Instruments(
-            provider.get_meter(INSTRUMENTATION_NAME, _version())
+            provider.get_meter(INSTRUMENTATION_NAME, __version__)
         )
     return found
 
@@ -380,7 +384,7 @@ class Telemetry:
         self._explicit_tracer = tracer_provider
         self._explicit_meter = meter_provider
         self.tracer = trace.get_tracer(
-            INSTRUMENTATION_NAME, _version(), tracer_provider=tracer_provider
+            INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
         )
         self._instruments = _instruments_for(meter_provider)
         self._stats: Callable[[], Mapping[str, Any] | None] = lambda: None

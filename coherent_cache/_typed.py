@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.errors import PydanticUserError
 
 from .errors import ConfigurationError
@@ -117,6 +117,8 @@ def decoder_of(tp: Any) -> Decoder | None:
 def _build(tp: Any) -> Decoder | None:
     if is_json_native(tp):
         return None
+    from pydantic import TypeAdapter  # once per declared type: not loaded before typed use
+
     validate: Decoder
     try:
         try:

@@ -17,7 +17,6 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final, Literal, Protocol, TypedDict, final
 
 import anyio
@@ -29,6 +28,7 @@ from ._backoff import backoff_delay
 from ._clients import L2Client
 from ._supervisor import Supervisor
 from ._telemetry import LatencyStats
+from ._version import __version__
 from .config import CacheConfig
 from .errors import BackendError, BackendTimeoutError, BackendUnavailableError, CacheClosedError
 from .l2 import RedisCache
@@ -205,15 +205,7 @@ def fleet_key(namespace: str) -> str:
     return f"{namespace}#fleet"
 
 
-def _version() -> str:
-    try:
-        return version("coherent-cache")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
-
-
 _HOST: Final = socket.gethostname()
-_VERSION: Final = _version()
 
 
 def _reasons(health: HealthReport, config: CacheConfig) -> list[str]:
@@ -245,7 +237,7 @@ def build_report(
         "origin": origin,
         "host": _HOST,
         "pid": os.getpid(),
-        "version": _VERSION,
+        "version": __version__,
         "namespace": config.namespace,
         "started_at": round(started_at, 3),
         "reported_at": round(time.time(), 3),

@@ -6,12 +6,11 @@ import itertools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, Protocol, TypeAlias, TypedDict, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypedDict, final
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._l1store import (
     ENTRY_COST,
@@ -28,6 +27,9 @@ from ._tinylfu import TinyLFUStore
 from .config import CacheConfig, CacheStrategy
 from .keys import compile_pattern
 from .types import MISSING, check_ttl
+
+if TYPE_CHECKING:  # loaded by anyio itself when the actor's mailbox is made
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = [
     "ActorStats",

@@ -7,7 +7,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Self, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, final, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -16,8 +16,8 @@ from opentelemetry.trace import TracerProvider
 from opentelemetry.util.types import AttributeValue
 from redis.asyncio import Redis
 
-from . import decorators as _decorators
 from . import fleet as _fleet
+from ._first_use import FirstUseMethods
 from ._host import DetachedHost
 from ._invalidation import TrustGate, make_bus
 from ._loader import LoadEngine, LoadPolicy
@@ -45,7 +45,9 @@ from .monitoring import (
 from .multitier import MultiTierCache
 from .serializer import CacheSerializer
 from .types import MISSING, NOT_LOOKED, TTL, USE_DEFAULT, UseDefault
-from .warming import CacheWarmer, WarmerMethod, WarmLauncher
+
+if TYPE_CHECKING:  # imported on first use: a plain get/set never needs it
+    from .warming import CacheWarmer
 
 __all__ = [
     "BusInfo",
@@ -70,7 +72,7 @@ class _State(enum.Enum):
 
 
 @final
-class CacheManager(anyio.AsyncContextManagerMixin):
+class CacheManager(FirstUseMethods, anyio.AsyncContextManagerMixin):
     """The cache of one app instance: an L1 in memory and, when configured, a Redis L2.
 
     Use it as ``async with create_cache_manager(config) as cache:`` or call `start` and
@@ -562,23 +564,19 @@ class CacheManager(anyio.AsyncContextManagerMixin):
         """The `MultiTierCache` this manager drives."""
         return self._cache
 
-    # the functions of `coherent_cache.decorators` and `CacheWarmer`'s methods, bound here
-    cached = _decorators.cached
-    cache_invalidate = _decorators.cache_invalidate
+    # `cached`, `cache_invalidate` (coherent_cache.decorators) and `CacheWarmer`'s methods
+    # `warm_cache`, `warm_in_background`, `schedule_warming`, `warm_when`: FirstUseMethods
     fleet = _fleet.fleet  # the live instances' reports (`coherent_cache.fleet`)
 
     @property
     def warmer(self) -> CacheWarmer:
         """This manager's `CacheWarmer` (made on first use)."""
         if self._warmer is None:
+            from .warming import CacheWarmer, WarmLauncher
+
             launcher = WarmLauncher(self._warm_task_group, self._warm_supervisor)
             self._warmer = CacheWarmer(self, telemetry=self._telemetry, launcher=launcher)
         return self._warmer
-
-    warm_cache = WarmerMethod(CacheWarmer.warm_cache)
-    warm_in_background = WarmerMethod(CacheWarmer.warm_in_background)
-    schedule_warming = WarmerMethod(CacheWarmer.schedule_warming)
-    warm_when = WarmerMethod(CacheWarmer.warm_when)
 
     def _warm_task_group(self) -> TaskGroup:
         if self._state is not _State.RUNNING or self._tg is None:
