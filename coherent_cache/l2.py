@@ -249,12 +249,15 @@ class RedisCache:
         try:
             # asyncio.timeout, not anyio.fail_after: a third of the cost per call, and
             # redis.asyncio ties this tier to asyncio anyway.
-            async with asyncio.timeout(None if bounded and self._slots is None else self._timeout):
-                if self._slots is None:
-                    result = await func()
-                else:
-                    async with self._slots:
+            if bounded and self._slots is None:
+                result = await func()  # its own deadline, no timer here
+            else:
+                async with asyncio.timeout(self._timeout):
+                    if self._slots is None:
                         result = await func()
+                    else:
+                        async with self._slots:
+                            result = await func()
         except TimeoutError as exc:
             self._timeouts += 1
             self._record_failure(op, exc, probe)
@@ -339,6 +342,11 @@ class RedisCache:
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the value of ``key``, or ``default`` on a miss, a bad payload or an outage."""
         validate_key(key)
+        return await self.read_value(key, default)
+
+    async def read_value(self, key: str, default: Any) -> Any:
+        """`get` of a ``key`` already checked (the read path of `MultiTierCache`, which
+        checks it once, at the public boundary)."""
         try:
             name = redis_key(self.namespace, key)
             payload = await self._call("GET", lambda: self._reads.get(name), True)
