@@ -99,7 +99,7 @@ class OwnConnection:
                 conn = self._conn = self._pool.make_connection()
             replies = await exchange(conn, conn.pack_commands(commands), len(commands))
         finally:
-            self.busy = False
+            self.busy = self._pool is None  # always busy without an own connection
         for reply in replies:
             if isinstance(reply, redis_errors.ResponseError):
                 raise reply
