@@ -298,7 +298,7 @@ async def raw_subjects(
         if row == l2_rows[0]:
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.set(name, payload, ex=TTL)
+                    _ = pipe.set(name, payload, ex=TTL)
                 await pipe.execute()
 
         async def get_loads(key: str, client: Redis = client) -> Any:
@@ -325,7 +325,7 @@ async def raw_subjects(
             for _ in range(n):
                 async with client.pipeline(transaction=False) as pipe:
                     for name in wave:
-                        pipe.get(name)
+                        _ = pipe.get(name)
                     replies = await pipe.execute(raise_on_error=False)
                 errors += sum(
                     1 for r in replies if not isinstance(r, bytes) or orjson.loads(r) != VALUE
