@@ -2,16 +2,20 @@
 
 Like ioredis' ``enableAutoPipelining``: a read issued while the batcher is idle goes out at
 once, alone (a sequential caller pays nothing extra); reads issued while one is in flight
-are queued, and the queue is sent at the next event-loop turn as one
-``pipeline(transaction=False)`` (one connection, one write, the replies read in order).
+are queued, and the queue is sent at the next event-loop turn as one batch (one
+connection, one write, the replies read in order): on a standalone server its commands
+packed directly on a pooled connection and its replies read under the batch's one
+deadline (`_send_batch`), elsewhere a ``pipeline(transaction=False)``.
 So 100 tasks reading at once cost two or three round trips instead of 100 connection
 checkouts, and at most ``max_batches`` pooled connections serve any number of readers.
 
-Each caller keeps its own deadline (the `RedisCache` call timeout around its wait) and its
-own outcome: an error reply (``WRONGTYPE``...) fails only the caller whose key it was; a
-lost connection or a batch timeout fails the callers of that batch, each with its own
-exception object. A caller that gave up is skipped when the replies arrive. Works with
-``redis.asyncio.Redis`` and ``RedisCluster`` alike (both pipeline without a transaction).
+Each caller keeps its own deadline (carried with its queued read: a batch ends by its
+earliest caller's deadline, and a read that waited it out for a free batch fails unsent;
+a read made alone runs under ``asyncio.timeout``) and its own outcome: an error reply
+(``WRONGTYPE``...) fails only the caller whose key it was; a lost connection or a batch
+timeout fails the callers of that batch, each with its own exception object. A caller
+that gave up is skipped when the replies arrive. Works with ``redis.asyncio.Redis`` and
+``RedisCluster`` alike (both pipeline without a transaction).
 
 Concurrency style: plain asyncio (a bare future per queued read, the flush scheduled with
 ``loop.call_soon``, one ``loop.create_task`` per batch, ``asyncio.timeout``), not the
@@ -26,10 +30,12 @@ redis.asyncio ties this tier to asyncio anyway.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Final, final
 
 from redis import exceptions as redis_errors
-from redis.asyncio.sentinel import SentinelConnectionPool
+
+from ._direct import checkout_args, exchange, own_pool
 
 __all__ = ()
 
@@ -62,6 +68,7 @@ class ReadBatcher:
 
     __slots__ = (
         "_batches",
+        "_checkout",
         "_client",
         "_conn",
         "_direct",
@@ -86,16 +93,16 @@ class ReadBatcher:
         # command plumbing were a fifth of a sequential read. Reads made alone never
         # overlap (see `get`), so one connection serves them all. RedisCluster has no
         # single pool: there, as with Sentinel, a read made alone is a plain client call.
-        pool = getattr(client, "connection_pool", None)
         # Sentinel: the pool re-resolves the primary and drops its connections on a
         # failover; a connection of our own outside it read stale data in the failover test
         # (tests/deployments/test_sentinel_failover.py), so reads made alone use the client.
-        self._pool: Any = None if isinstance(pool, SentinelConnectionPool) else pool
+        self._pool: Any = own_pool(client)
+        self._checkout = () if self._pool is None else checkout_args(self._pool)
         self._conn: Any = None
         self._timeout = timeout
         self.max_batches = max_batches
         self.max_batch = max_batch
-        self._queue: list[tuple[str, int, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[str, int, asyncio.Future[Any], float]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._batches = 0
@@ -106,42 +113,54 @@ class ReadBatcher:
         """Reads sent inside a pipeline rather than alone."""
 
     async def get(self, name: str) -> Any:
-        """``GET name``: the payload or ``None``."""
+        """``GET name``: the payload or ``None``, within the batcher's ``timeout``.
+
+        Raises:
+            TimeoutError: no reply within ``timeout`` of the call.
+        """
         if self._direct or self._batches or self._queue:
             return await self._enqueue(name, GET)
         self._direct += 1
         try:
-            if self._pool is None:
-                return await self._client.get(name)
-            return (await self._send_alone((("GET", name),)))[0]
+            async with asyncio.timeout(self._timeout):
+                if self._pool is None:
+                    return await self._client.get(name)
+                return (await self._send_alone(name, GET))[0]
         finally:
             self._direct -= 1
 
     async def get_with_pttl(self, name: str) -> tuple[Any, Any]:
-        """``GET name`` and ``PTTL name`` in one round trip: ``(payload, pttl)``."""
+        """``GET name`` and ``PTTL name`` in one round trip: ``(payload, pttl)``, within the
+        batcher's ``timeout``.
+
+        Raises:
+            TimeoutError: no reply within ``timeout`` of the call.
+        """
         if self._direct or self._batches or self._queue:
             result: tuple[Any, Any] = await self._enqueue(name, GET_PTTL)
             return result
         self._direct += 1
         try:
-            if self._pool is None:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    _ = pipe.get(name)
-                    _ = pipe.pttl(name)
-                    payload, pttl = await pipe.execute()
-                    return payload, pttl
-            payload, pttl = await self._send_alone((("GET", name), ("PTTL", name)))
-            return payload, pttl
+            async with asyncio.timeout(self._timeout):
+                if self._pool is None:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        _ = pipe.get(name)
+                        _ = pipe.pttl(name)
+                        payload, pttl = await pipe.execute()
+                        return payload, pttl
+                payload, pttl = await self._send_alone(name, GET_PTTL)
+                return payload, pttl
         finally:
             self._direct -= 1
 
-    async def _send_alone(self, commands: tuple[tuple[str, str], ...]) -> list[Any]:
-        """Send ``commands`` on the batcher's own connection, read every reply.
+    async def _send_alone(self, name: str, kind: int) -> list[Any]:
+        """``GET name`` (and ``PTTL name``) on the batcher's own connection: the replies.
 
         A connection the server closed while idle (a restart, an idle timeout) fails on
         first use: the read is made once more on a fresh connection, as the client's
         ``Retry(NoBackoff(), 1)`` does. redis-py disconnects the connection itself when a
-        send or read fails or is cancelled, so a half-read reply never stays behind.
+        send or read fails or is cancelled, so a half-read reply never stays behind. The
+        caller bounds the whole (`get`'s ``asyncio.timeout``).
 
         Raises:
             redis.exceptions.ResponseError: the first error reply (the others are read).
@@ -149,21 +168,8 @@ class ReadBatcher:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._pool.make_connection()
-        replies: list[Any] = []
-        for attempt in (0, 1):
-            try:
-                await conn.send_packed_command(conn.pack_commands(commands))
-                replies = []
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except redis_errors.ResponseError as exc:  # the connection is in step
-                        replies.append(exc)
-                break
-            except redis_errors.ConnectionError:
-                await conn.disconnect()
-                if attempt:
-                    raise
+        packed, count = _pack_reads(conn.encoder, ((name, kind),))
+        replies = await exchange(conn, packed, count)
         for reply in replies:
             if isinstance(reply, redis_errors.ResponseError):
                 raise reply
@@ -185,9 +191,11 @@ class ReadBatcher:
     def _enqueue(self, name: str, kind: int) -> asyncio.Future[Any]:
         # A bare asyncio future and call_soon, for the measured reason in the module
         # docstring (docs/benchmarks.md, auto-pipelining: 100 tasks 1.27-1.37x -> 0.31-0.55x raw).
+        # The caller's deadline rides with its read (its batch ends by the earliest one):
+        # no timer per caller (docs/benchmarks.md, "Performance round 2").
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((name, kind, future))
+        self._queue.append((name, kind, future, loop.time() + self._timeout))
         if not self._scheduled:
             # Flushed at the next turn: every read issued in this turn joins the batch.
             self._scheduled = True
@@ -197,33 +205,49 @@ class ReadBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         loop = asyncio.get_running_loop()
+        now = loop.time()
         while self._queue and self._batches < self.max_batches:
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
-            live = [item for item in batch if not item[2].done()]
+            live = []
+            for item in batch:
+                future = item[2]
+                if future.done():
+                    continue  # its caller gave up
+                if item[3] <= now:  # waited out its deadline for a free batch slot
+                    future.set_exception(TimeoutError("auto-pipelined read timed out queued"))
+                else:
+                    live.append(item)
             if live:
                 self._batches += 1
                 # loop.create_task, not an anyio task group: the measured design of the
                 # module docstring (docs/benchmarks.md, auto-pipelining: 100 tasks
                 # 1.27-1.37x -> 0.31-0.55x raw). The batch ends by itself: `_run` is bounded
-                # by the batch timeout and fails every caller's future on any error.
+                # by its earliest caller's deadline and fails every caller's future on any
+                # error.
                 task = loop.create_task(self._run(live))
                 self._tasks.add(task)  # the loop keeps only a weak reference
                 task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[str, int, asyncio.Future[Any]]]) -> None:
+    async def _run(self, batch: list[tuple[str, int, asyncio.Future[Any], float]]) -> None:
         try:
-            # asyncio.timeout: anyio.fail_after cost about twice as much (docs/benchmarks.md,
+            # The queue is in call order, so batch[0] has the earliest deadline: when it
+            # passes, every caller of the batch fails together (as they would have, each
+            # with its own timer, at about the same time). asyncio.timeout_at:
+            # anyio.fail_after cost about twice as much (docs/benchmarks.md,
             # auto-pipelining row).
-            async with asyncio.timeout(self._timeout):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for name, kind, _future in batch:
-                        _ = pipe.get(name)
-                        if kind == GET_PTTL:
-                            _ = pipe.pttl(name)
-                    replies = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout_at(batch[0][3]):
+                if self._pool is not None:
+                    replies = await self._send_batch(batch)
+                else:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for name, kind, _future, _deadline in batch:
+                            _ = pipe.get(name)
+                            if kind == GET_PTTL:
+                                _ = pipe.pttl(name)
+                        replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
-            for _name, _kind, future in batch:
+            for _name, _kind, future, _deadline in batch:
                 if not future.done():
                     future.set_exception(_copy_error(exc))
             if not isinstance(exc, Exception):
@@ -236,7 +260,7 @@ class ReadBatcher:
             if self._queue and not self._scheduled:
                 self._flush()
         i = 0
-        for _name, kind, future in batch:
+        for _name, kind, future, _deadline in batch:
             if kind == GET_PTTL:
                 reply: Any = (replies[i], replies[i + 1])
                 error = next((r for r in reply if isinstance(r, Exception)), None)
@@ -251,3 +275,41 @@ class ReadBatcher:
                 future.set_exception(error)
             else:
                 future.set_result(reply)
+
+    async def _send_batch(
+        self, batch: list[tuple[str, int, asyncio.Future[Any], float]]
+    ) -> list[Any]:
+        """A batch on one pooled connection: its commands packed in one write, each reply
+        read in order (an error reply kept in its place), the whole under the batch's one
+        deadline (`_run`) rather than redis-py's timer per reply; the same single retry on
+        a fresh connection as the client's pipelines."""
+        pool = self._pool
+        conn = await pool.get_connection(*self._checkout)
+        try:
+            packed, count = _pack_reads(conn.encoder, batch)
+            return await exchange(conn, packed, count)
+        finally:
+            await pool.release(conn)
+
+
+def _pack_reads(encoder: Any, reads: Iterable[tuple[Any, ...]]) -> tuple[bytes, int]:
+    """The RESP of ``GET`` (and ``PTTL``) commands of ``(name, kind, ...)`` reads, and
+    how many commands.
+
+    redis-py's ``pack_commands`` encodes each argument through its general encoder; the
+    names here are always str and the commands fixed, so the bytes are built directly
+    (the same bytes, a third of the cost).
+    """
+    parts: list[bytes] = []
+    encoding, errors = encoder.encoding, encoder.encoding_errors
+    count = 0
+    for read in reads:  # (name, kind, ...)
+        name, kind = read[0], read[1]
+        key = name.encode(encoding, errors)
+        arg = b"$%d\r\n%b\r\n" % (len(key), key)
+        parts.append(b"*2\r\n$3\r\nGET\r\n" + arg)
+        count += 1
+        if kind == GET_PTTL:
+            parts.append(b"*2\r\n$4\r\nPTTL\r\n" + arg)
+            count += 1
+    return b"".join(parts), count

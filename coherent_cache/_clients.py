@@ -19,7 +19,7 @@ One place for "how we connect" in each ``redis_mode`` (standalone, cluster, sent
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -41,6 +41,19 @@ L2Client: TypeAlias = Redis | RedisCluster
 cluster client that routes each key to its slot's primary."""
 
 T = TypeVar("T")
+
+UNAVAILABLE: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ClusterError,
+    redis_errors.RedisClusterException,
+    redis_errors.TryAgainError,
+    OSError,
+)
+"""Failures that say "the server (or the cluster) cannot serve now": they count against
+`RedisCache`'s breaker. Cluster topology errors are not all ConnectionErrors
+(RedisClusterException is not even a RedisError), and a cluster mid-failover answers
+CLUSTERDOWN / TRYAGAIN."""
 
 
 class GuardedCall(Protocol):

@@ -26,7 +26,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
-from ._clients import L2Client, build_client, close_client, watch_primary
+from ._clients import UNAVAILABLE, L2Client, build_client, close_client, watch_primary
+from ._direct import OwnConnection
 from ._lease import LeaseLocks
 from ._log import Logger, get_logger
 from ._signing import sign
@@ -65,19 +66,6 @@ class L2Stats(TypedDict):
     breaker). They are not queued or retried: see docs/reliability.md."""
     breaker: str
     url: str | None
-
-
-# Failures that say "the server (or the cluster) cannot serve now": they count against the
-# breaker. Cluster topology errors are not all ConnectionErrors (RedisClusterException is
-# not even a RedisError), and a cluster mid-failover answers CLUSTERDOWN / TRYAGAIN.
-_UNAVAILABLE: Final = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ClusterError,
-    redis_errors.RedisClusterException,
-    redis_errors.TryAgainError,
-    OSError,
-)
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -142,6 +130,7 @@ class RedisCache:
         )
         self._reads = ReadBatcher(self._client, timeout=self._timeout)
         """GETs issued while another is in flight share one pipeline (auto-pipelining)."""
+        self._writes = OwnConnection(self._client)  # a write and its bus message, no checkout
         self._breaker = CircuitBreaker(
             threshold=config.circuit_breaker_threshold,
             max_cooldown=config.circuit_breaker_cooldown,
@@ -191,7 +180,8 @@ class RedisCache:
             with anyio.fail_after(self.config.connect_timeout + self._timeout):
                 await self._client.ping()
                 await self._reads.connect()  # the first read does not pay a handshake
-        except (TimeoutError, redis_errors.RedisError, *_UNAVAILABLE) as exc:
+                await self._writes.connect()
+        except (TimeoutError, redis_errors.RedisError, *UNAVAILABLE) as exc:
             self._errors += 1
             self.connected = False
             self._breaker.trip()
@@ -211,6 +201,7 @@ class RedisCache:
         self.connected = False
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
             await self._reads.aclose()
+            await self._writes.aclose()
         if self._owns_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.connect_timeout):
                 await close_client(self._client)
@@ -238,8 +229,9 @@ class RedisCache:
 
     # -- the guarded call ------------------------------------------------------------------
 
-    async def _call(self, op: str, func: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis call under the breaker and the operation timeout.
+    async def _call(self, op: str, func: Callable[[], Awaitable[T]], bounded: bool = False) -> T:
+        """Run one Redis call under the breaker and the operation timeout (``bounded``: ``func``
+        keeps it itself, as `ReadBatcher` does, without a timer per call).
 
         Raises:
             BackendUnavailableError: the breaker is open or the connection failed.
@@ -257,19 +249,22 @@ class RedisCache:
         try:
             # asyncio.timeout, not anyio.fail_after: a third of the cost per call, and
             # redis.asyncio ties this tier to asyncio anyway.
-            async with asyncio.timeout(self._timeout):
-                if self._slots is None:
-                    result = await func()
-                else:
-                    async with self._slots:
+            if bounded and self._slots is None:
+                result = await func()  # its own deadline, no timer here
+            else:
+                async with asyncio.timeout(self._timeout):
+                    if self._slots is None:
                         result = await func()
+                    else:
+                        async with self._slots:
+                            result = await func()
         except TimeoutError as exc:
             self._timeouts += 1
             self._record_failure(op, exc, probe)
             raise BackendTimeoutError(
                 f"Redis {op} took longer than operation_timeout={self._timeout}s"
             ) from exc
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             self._record_failure(op, exc, probe)
             raise BackendUnavailableError(f"Redis {op} failed: {exc}") from exc
         except redis_errors.RedisError as exc:
@@ -347,9 +342,14 @@ class RedisCache:
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the value of ``key``, or ``default`` on a miss, a bad payload or an outage."""
         validate_key(key)
+        return await self.read_value(key, default)
+
+    async def read_value(self, key: str, default: Any) -> Any:
+        """`get` of a ``key`` already checked (the read path of `MultiTierCache`, which
+        checks it once, at the public boundary)."""
         try:
             name = redis_key(self.namespace, key)
-            payload = await self._call("GET", lambda: self._reads.get(name))
+            payload = await self._call("GET", lambda: self._reads.get(name), True)
         except BackendError:
             return default
         value = MISSING if payload is None else self._decode(key, payload)
@@ -381,9 +381,10 @@ class RedisCache:
         `MultiTierCache`: ``key`` must be valid (checked once, at the public boundary).
         """
         name = redis_key(self.namespace, key)
-
         try:
-            payload, pttl = await self._call("GET+PTTL", lambda: self._reads.get_with_pttl(name))
+            payload, pttl = await self._call(
+                "GET+PTTL", lambda: self._reads.get_with_pttl(name), True
+            )
         except BackendError:
             return None
         # pttl == -2: the key expired between GET and PTTL; the value is still a valid read.
@@ -467,6 +468,9 @@ class RedisCache:
         async def call() -> Any:
             if notify is None and not tags:
                 return await self._client.set(name, payload, px=px)
+            if not tags and not self._cluster:
+                set_ = ("SET", name, payload) if px is None else ("SET", name, payload, "PX", px)
+                return await self._writes.send(set_, ("PUBLISH", self.config.channel, notify))
             async with self._client.pipeline(transaction=False) as pipe:
                 _ = pipe.set(name, payload, px=px)
                 self._tags.add(pipe, key, tags, px)
@@ -620,11 +624,8 @@ class RedisCache:
                 count = await self._client.unlink(name)
                 await self._publish(self.config.channel, notify)
                 return count
-            async with self._client.pipeline(transaction=False) as pipe:
-                _ = pipe.unlink(name)
-                _ = pipe.publish(self.config.channel, notify)
-                count, _receivers = await pipe.execute()
-                return count
+            publish = ("PUBLISH", self.config.channel, notify)
+            return (await self._writes.send(("UNLINK", name), publish))[0]
 
         try:
             count = await self._call("UNLINK", call)

@@ -232,7 +232,7 @@ class MultiTierCache:
                 if entry_ttl is not None:
                     found = self._decoded(entry_ttl[0].value, entry_ttl[0].is_fresh(), decode)
             else:
-                value = await l2.get(key, MISSING)
+                value = await l2.read_value(key, MISSING)
                 if value is not MISSING:
                     found = self._decoded(value, True, decode)
         if found is not None and found[1]:

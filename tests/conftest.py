@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -125,6 +125,7 @@ async def make_manager(
             await manager.stop()
 
 
+T = TypeVar("T")
 _TRUTHY: Any = object()
 
 
@@ -152,6 +153,31 @@ async def eventually(
     except TimeoutError:
         wanted = "a true value" if expect is _TRUTHY else repr(expect)
         raise AssertionError(f"waited {within}s for {wanted}, last saw {last!r}") from None
+
+
+def l1_applied(cache: CacheManager) -> int:
+    """Bus invalidations ``cache`` has applied to its L1 (its mailbox's count)."""
+    return cache.stats()["bus"]["mailbox"]["applied"]
+
+
+async def settle(write: Awaitable[T], *readers: CacheManager) -> T:
+    """Await ``write`` (made through another manager of this process), then wait (bounded)
+    until each of ``readers`` has applied a bus invalidation since.
+
+    The bus is asynchronous: a writer's call returns once Redis has answered, and the other
+    instances drop their copies when the message reaches them, a few event-loop turns later
+    even in one process. A test reading through another manager right after a write waits
+    here first, or the late message drops (or marks stale) the very fill it checks.
+    """
+    before = [l1_applied(reader) for reader in readers]
+    result = await write
+    for reader, count in zip(readers, before, strict=True):
+
+        def applied(reader: CacheManager = reader, count: int = count) -> bool:
+            return l1_applied(reader) > count
+
+        await eventually(applied)
+    return result
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -15,7 +15,7 @@ from anyio import wait_all_tasks_blocked
 
 from coherent_cache import CacheManager, CacheTier
 
-from .conftest import ManagerFactory
+from .conftest import ManagerFactory, settle
 from .support.proxy import HoldingProxy
 
 
@@ -65,7 +65,7 @@ class TestFillRace:
     ) -> None:
         """A set that lands while the fill is in flight is what L1 keeps, not the older read."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
         raced = await race(proxy, reader, "k", lambda: reader.set("k", "v2", ttl=60))
         assert "v1" == raced  # the racing read returns what it read
         assert "v2" == reader.l1.peek("k")
@@ -76,7 +76,7 @@ class TestFillRace:
     ) -> None:
         """A delete that lands while the fill is in flight keeps the old value out of L1."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
         await race(proxy, reader, "k", lambda: reader.delete("k"))
         assert None is reader.l1.peek("k")
         assert None is await reader.get("k")
@@ -95,7 +95,7 @@ class TestFillRace:
     ) -> None:
         """A clear during the fill keeps the old value out of L1."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
         await race(proxy, reader, "k", reader.clear)
         assert None is reader.l1.peek("k")
 
@@ -104,7 +104,7 @@ class TestFillRace:
     ) -> None:
         """invalidate_local (the hook remote invalidations use) also drops the raced fill."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
 
         async def remote() -> None:
             reader.multi_tier.invalidate_local("k")
@@ -117,7 +117,7 @@ class TestFillRace:
     ) -> None:
         """Invalidating another key (or a non-matching pattern) leaves the fill installed."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
 
         async def unrelated() -> None:
             reader.multi_tier.invalidate_local("other")
@@ -131,7 +131,7 @@ class TestFillRace:
     ) -> None:
         """Even an L1-only set during the fill wins over the older L2 read."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
         await race(proxy, reader, "k", lambda: reader.set("k", "mine", ttl=60, tier=CacheTier.L1))
         assert "mine" == reader.l1.peek("k")
 
@@ -202,7 +202,7 @@ class TestSharedRead:
         """A get that starts after an invalidation does not take the answer of an L2 read
         that started before it (that read may carry the value the write replaced)."""
         reader, writer = pair
-        await writer.set("k", "v1", ttl=60)
+        await settle(writer.set("k", "v1", ttl=60), reader)
         await warm_pool(reader)
         result: dict[str, Any] = {}
 

@@ -18,7 +18,7 @@ from coherent_cache import (
     create_cache_manager,
 )
 
-from .conftest import FakeClock, ManagerFactory
+from .conftest import FakeClock, ManagerFactory, settle
 
 
 class Unencodable:
@@ -148,7 +148,7 @@ class TestMultiTier:
         """An L1 miss that hits L2 fills L1 for the entry's remaining L2 TTL, never longer."""
         writer = await make_manager()
         reader = await make_manager(timer=clock)
-        await writer.set("k", "v", ttl=2)
+        await settle(writer.set("k", "v", ttl=2), reader)
         assert None is reader.l1.peek("k")
         assert "v" == await reader.get("k")
         assert "v" == reader.l1.peek("k")
@@ -163,7 +163,7 @@ class TestMultiTier:
         """A long-lived L2 entry stays in L1 at most memory_cache_ttl seconds."""
         writer = await make_manager()
         reader = await make_manager(timer=clock, memory_cache_ttl=10)
-        await writer.set("k", "v", ttl=None)
+        await settle(writer.set("k", "v", ttl=None), reader)
         assert "v" == await reader.get("k")
         clock.tick(9.9)
         assert "v" == reader.l1.peek("k")
@@ -270,7 +270,7 @@ class TestStats:
         """get_stats returns the seed's keys with counts of this instance's operations."""
         writer = await make_manager()
         cache = await make_manager()
-        await writer.set("k", 1, ttl=60)
+        await settle(writer.set("k", 1, ttl=60), cache)
         await cache.get("k")  # L1 miss, L2 hit, fill
         await cache.get("k")  # L1 hit
         await cache.get("none")  # miss everywhere

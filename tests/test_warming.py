@@ -24,7 +24,7 @@ from coherent_cache import (
 from coherent_cache.testing import RedisServer
 from coherent_cache.warming import WarmItem
 
-from .conftest import ManagerFactory, eventually
+from .conftest import ManagerFactory, eventually, l1_applied
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "warming.md"
 
@@ -35,10 +35,10 @@ def count_calls(manager: CacheManager, monkeypatch: pytest.MonkeyPatch, op: str)
     real = manager.l2._call
     seen: list[str] = []
 
-    async def counting(name: str, func: Callable[[], Awaitable[Any]]) -> Any:
+    async def counting(name: str, func: Callable[[], Awaitable[Any]], *rest: Any) -> Any:
         if name == op:
             seen.append(name)
-        return await real(name, func)
+        return await real(name, func, *rest)
 
     monkeypatch.setattr(manager.l2, "_call", counting)
     return seen
@@ -329,12 +329,12 @@ class TestFillRace:
         other = await make_manager()
         assert warmer.l2 is not None
         real = warmer.l2.set_payloads
-        applied = warmer.stats()["bus"]["applied"]
+        applied = l1_applied(warmer)
 
         async def racing(items: Any, *, raise_errors: bool = False) -> bool:
             ok = await real(items, raise_errors=raise_errors)
             await other.delete("race:1")  # lands after the warm's SET, before L1 install
-            await eventually(lambda: warmer.stats()["bus"]["applied"] > applied)
+            await eventually(lambda: l1_applied(warmer) > applied)  # its L1 mailbox applied it
             return ok
 
         monkeypatch.setattr(warmer.l2, "set_payloads", racing)
