@@ -455,6 +455,9 @@ class InMemoryCache:
 PATTERN_CHUNK: Final = 512
 """Keys matched per step of a pattern clear before yielding to the event loop."""
 
+INLINE_MAX_KEYS: Final = 16
+"""Most keys an `InvalidateKeys` may carry to be applied inline by `L1Actor.submit`."""
+
 
 @final
 class InvalidateKeys:
@@ -531,6 +534,12 @@ class L1Actor:
     command still queued. A pattern clear over a large L1 matches keys in chunks of
     `PATTERN_CHUNK` and yields to the event loop between chunks; in-flight fills that
     match are made stale before the first chunk.
+
+    Fast path: when the actor is idle (every command submitted so far is fully applied,
+    none queued, none handed to the loop, no chunked clear in progress), a cheap command
+    (`InvalidateKeys` with at most `INLINE_MAX_KEYS` keys, `FlushAll`) is applied inside
+    `submit`, synchronously, exactly as the loop would apply it; order is kept because
+    nothing submitted earlier is still pending.
     """
 
     def __init__(self, owner: L1Owner, *, mailbox_size: int, logger: Logger | None = None) -> None:
@@ -545,18 +554,39 @@ class L1Actor:
         self._alive = False
         self._applied = 0
         self._overflows = 0
+        self._pending = 0
+        """Commands sent to the mailbox and not yet fully applied (queued or in progress)."""
+        self._closed = False
+        self.inline = 0
+        """Commands applied inline by `submit` (the fast path), included in ``applied``."""
 
     def submit(self, command: L1Command) -> None:
-        """Queue ``command``; on a full mailbox (or none yet), flush L1 now instead."""
+        """Apply ``command`` now if the actor is idle and it is cheap, else queue it; on a
+        full mailbox (or none yet), flush L1 now instead."""
         try:
-            if self._send is None or not self._alive:
+            if self._send is None or not self._alive or self._closed:
                 # Nobody would apply it (not started, restarting or given up): flush now.
                 raise anyio.WouldBlock
+            if self._pending == 0 and _cheap(command):
+                self._apply_inline(command)
+                return
             self._send.send_nowait(command)
+            self._pending += 1
         except (anyio.WouldBlock, anyio.ClosedResourceError):
             self._overflows += 1
             self._owner.invalidate_local_all()
             self.log.warning("l1_mailbox_overflow", capacity=self._capacity)
+
+    def _apply_inline(self, command: L1Command) -> None:
+        try:
+            self._apply_now(command)
+        except Exception:
+            # As when the loop fails on a command: the drop may be lost, so flush L1.
+            self.log.exception("l1_inline_apply_failed")
+            self._owner.invalidate_local_all()
+            return
+        self.inline += 1
+        self._applied += 1
 
     def stats(self) -> ActorStats:
         """Queue length, capacity, commands applied and overflows."""
@@ -579,6 +609,8 @@ class L1Actor:
         self._runs += 1
         if self._runs > 1:
             self._owner.invalidate_local_all()
+        # Nothing is in progress now: what is pending is what is queued.
+        self._pending = self._send.statistics().current_buffer_used
         self._alive = True
         task_status.started()
         try:
@@ -588,19 +620,29 @@ class L1Actor:
 
     async def _apply_forever(self, receive: MemoryObjectReceiveStream[L1Command]) -> None:
         async for command in receive:
-            if isinstance(command, InvalidateKeys):
-                if command.tally is None:
-                    for key in command.keys:
-                        self._owner.invalidate_local(key)
+            try:
+                if isinstance(command, InvalidatePattern):
+                    await self._clear_pattern(command.pattern)
                 else:
-                    command.tally(sum(bool(self._owner.invalidate_local(k)) for k in command.keys))
-            elif isinstance(command, InvalidatePattern):
-                await self._clear_pattern(command.pattern)
-            elif isinstance(command, InvalidateTags):
-                self._owner.invalidate_local_tags(command.tags)
-            else:
-                self._owner.invalidate_local_all()
+                    self._apply_now(command)
+            finally:
+                self._pending -= 1
             self._applied += 1
+
+    def _apply_now(self, command: L1Command) -> None:
+        """Apply a command that needs no await (all but `InvalidatePattern`)."""
+        if isinstance(command, InvalidateKeys):
+            if command.tally is None:
+                for key in command.keys:
+                    self._owner.invalidate_local(key)
+            else:
+                command.tally(sum(bool(self._owner.invalidate_local(k)) for k in command.keys))
+        elif isinstance(command, InvalidateTags):
+            self._owner.invalidate_local_tags(command.tags)
+        elif isinstance(command, FlushAll):
+            self._owner.invalidate_local_all()
+        else:
+            raise TypeError(f"not an inline command: {command!r}")
 
     async def _clear_pattern(self, pattern: str) -> None:
         self._owner.stale_fills_matching(pattern)
@@ -608,6 +650,14 @@ class L1Actor:
 
     async def aclose(self) -> None:
         """Close the mailbox; later commands flush L1 directly."""
+        self._closed = True
         if self._send is not None and self._receive is not None:
             await self._send.aclose()
             await self._receive.aclose()
+
+
+def _cheap(command: L1Command) -> bool:
+    """Whether `L1Actor.submit` may apply ``command`` inline: a few keys or a flush."""
+    if isinstance(command, InvalidateKeys):
+        return len(command.keys) <= INLINE_MAX_KEYS
+    return isinstance(command, FlushAll)

@@ -9,10 +9,12 @@ import pytest
 
 from coherent_cache import CacheStrategy, InMemoryCache
 from coherent_cache.l1 import (
+    INLINE_MAX_KEYS,
     PATTERN_CHUNK,
     FlushAll,
     InvalidateKeys,
     InvalidatePattern,
+    InvalidateTags,
     L1Actor,
 )
 
@@ -31,8 +33,8 @@ class Owner:
     def l1(self) -> InMemoryCache:
         return self._l1
 
-    def invalidate_local(self, key: str) -> None:
-        self._l1.delete(key)
+    def invalidate_local(self, key: str) -> bool | None:
+        return self._l1.delete(key)
 
     def invalidate_local_all(self) -> None:
         self.flushes += 1
@@ -83,8 +85,9 @@ class TestActor:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             l1.set("victim", 1)
-            # No checkpoint between submits: the actor cannot run, the mailbox fills.
-            actor.submit(InvalidateKeys(("x",)))
+            # No checkpoint between submits: the actor cannot run, the mailbox fills (a
+            # pattern clear is never applied inline, so the key drop queues behind it).
+            actor.submit(InvalidatePattern("x*"))
             actor.submit(InvalidateKeys(("y",)))
             assert 1 == l1.peek("victim")
             actor.submit(InvalidateKeys(("victim-not-queued",)))
@@ -183,4 +186,126 @@ class TestActorDown:
         l1.set("k", 1)
         actor.submit(InvalidateKeys(("other",)))
         assert 0 == len(l1)
+        await actor.aclose()
+
+
+class TestInline:
+    """The fast path: a cheap command submitted to an idle actor is applied in `submit`."""
+
+    async def test_idle_actor_applies_a_key_drop_and_a_flush_inline(self) -> None:
+        """No await between submit and the check: the drop already happened; stats add up."""
+        l1 = InMemoryCache(100)
+        for key in ["a", "b", "c"]:
+            l1.set(key, key)
+        owner = Owner(l1)
+        actor = L1Actor(owner, mailbox_size=4)
+        tallies: list[int] = []
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await anyio.wait_all_tasks_blocked()
+            actor.submit(InvalidateKeys(("a", "zz"), tallies.append))
+            assert ["b", "c"] == sorted(l1.keys())
+            assert [1] == tallies  # the tally callback ran, counting live keys only
+            actor.submit(FlushAll())
+            assert 0 == len(l1)
+            assert 1 == owner.flushes
+            stats = actor.stats()
+            assert (0, 2, 0) == (stats["queued"], stats["applied"], stats["overflows"])
+            assert 2 == actor.inline
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+
+    async def test_big_key_drops_tags_and_patterns_go_through_the_mailbox(self) -> None:
+        """Only a few keys or a flush go inline; the rest is applied by the actor's loop."""
+        keys = tuple(f"k{i}" for i in range(INLINE_MAX_KEYS + 1))
+        l1 = InMemoryCache(100)
+        for key in keys:
+            l1.set(key, key, tags=("t",) if key == "k0" else ())
+        l1.set("user:1", 1)
+        actor = L1Actor(Owner(l1), mailbox_size=8)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await anyio.wait_all_tasks_blocked()
+            actor.submit(InvalidateTags(("t",)))
+            actor.submit(InvalidateKeys(keys))
+            actor.submit(InvalidatePattern("user:*"))
+            assert len(keys) + 1 == len(l1)  # nothing applied yet
+            await drain(actor)
+            assert 0 == len(l1)
+            assert (3, 0) == (actor.stats()["applied"], actor.inline)
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+
+    async def test_key_drop_queues_behind_a_command_handed_to_the_loop(self) -> None:
+        """A command handed straight to the waiting loop (the buffer stays empty) is still
+        pending: a later key drop waits for it rather than overtaking it."""
+        l1 = InMemoryCache(100)
+        l1.set("a", 1)
+        actor = L1Actor(Owner(l1), mailbox_size=4)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await anyio.wait_all_tasks_blocked()  # the loop waits in receive
+            actor.submit(InvalidatePattern("user:*"))
+            actor.submit(InvalidateKeys(("a",)))
+            assert 1 == l1.peek("a")  # queued, not applied inline
+            await drain(actor)
+            assert None is l1.peek("a")
+            assert (2, 0) == (actor.stats()["applied"], actor.inline)
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+
+    async def test_key_drop_during_a_chunked_pattern_clear_is_queued_behind_it(self) -> None:
+        """While a pattern clear is between chunks (mailbox empty, actor busy), a key drop
+        is queued and applied after the clear, never inline in the middle of it."""
+        size = PATTERN_CHUNK * 8
+        l1 = InMemoryCache(size + 10, strategy=CacheStrategy.LRU)
+        for i in range(size):
+            l1.set(f"user:{i}", i)
+        l1.set("order:1", 1)
+        actor = L1Actor(Owner(l1), mailbox_size=4)
+        seen: dict[str, object] = {}
+
+        async def drop_mid_clear() -> None:
+            with anyio.fail_after(5):
+                while len(l1) > size - PATTERN_CHUNK:  # the clear has done a chunk or more
+                    await anyio.lowlevel.checkpoint()
+            seen["left"] = len(l1)
+            seen["queued"] = actor.stats()["queued"]
+            actor.submit(InvalidateKeys(("order:1",)))
+            seen["order:1 right after"] = l1.peek("order:1")
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            actor.submit(InvalidatePattern("user:*"))
+            tg.start_soon(drop_mid_clear)
+            with anyio.fail_after(5):
+                while "order:1 right after" not in seen:
+                    await anyio.lowlevel.checkpoint()
+            await drain(actor)
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+        assert 1 < int(str(seen["left"])) < size  # the clear was in the middle
+        assert 0 == seen["queued"]  # the mailbox itself was empty
+        assert 1 == seen["order:1 right after"]  # queued, not applied inline
+        assert 0 == len(l1)
+        assert (2, 0) == (actor.stats()["applied"], actor.inline)
+
+    async def test_a_failing_inline_drop_flushes_l1(self) -> None:
+        """As when the loop fails on a command: the drop may be lost, so L1 is flushed."""
+
+        class Failing(Owner):
+            def invalidate_local(self, key: str) -> bool | None:
+                raise RuntimeError("boom")
+
+        l1 = InMemoryCache(10)
+        l1.set("k", 1)
+        owner = Failing(l1)
+        actor = L1Actor(owner, mailbox_size=4)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await anyio.wait_all_tasks_blocked()
+            actor.submit(InvalidateKeys(("k",)))
+            assert (0, 1) == (len(l1), owner.flushes)
+            assert (0, 0) == (actor.stats()["applied"], actor.inline)
+            tg.cancel_scope.cancel()
         await actor.aclose()

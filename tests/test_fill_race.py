@@ -15,7 +15,7 @@ from anyio import wait_all_tasks_blocked
 
 from coherent_cache import CacheManager, CacheTier
 
-from .conftest import ManagerFactory, settle
+from .conftest import ManagerFactory, eventually, settle
 from .support.proxy import HoldingProxy
 
 
@@ -111,6 +111,34 @@ class TestFillRace:
 
         await race(proxy, reader, "k", remote)
         assert None is reader.l1.peek("k")
+
+    async def test_bus_delete_during_fill_is_applied_inline_and_drops_it(
+        self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
+    ) -> None:
+        """Another instance's delete reaches the reader over the bus while its fill is in
+        flight; the idle L1 actor applies it inline (the fast path) and the fill is dropped."""
+        reader, writer = pair
+        await settle(writer.set("k", "v1", ttl=60), reader)
+        actor = reader._actor
+        inline = actor.inline
+        result: dict[str, Any] = {}
+
+        async def read() -> None:
+            result["value"] = await reader.get("k")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                proxy.hold(subscribers=False)  # the bus keeps flowing
+                tg.start_soon(read)
+                await proxy.wait_reply_held()
+                assert "k" in reader.multi_tier._fills  # the fill is in flight
+                await writer.delete("k")
+                await eventually(lambda: actor.inline > inline)  # applied, inline
+                assert 0 == reader.stats()["bus"]["mailbox"]["queued"]
+                proxy.release()
+        assert "v1" == result["value"]  # the racing read returns what it read
+        assert None is reader.l1.peek("k")  # but did not install it
+        assert None is await reader.get("k")
 
     async def test_unrelated_invalidation_does_not_drop_the_fill(
         self, proxy: HoldingProxy, pair: tuple[CacheManager, CacheManager]
