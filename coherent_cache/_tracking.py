@@ -41,6 +41,7 @@ from redis.asyncio.connection import AbstractConnection
 from ._backoff import backoff_delay
 from ._clients import BusEndpoint, bus_endpoint, bus_pool
 from ._invalidation import TrustGate
+from ._listen import listen
 from ._log import Logger, get_logger
 from .config import CacheConfig
 from .keys import redis_key
@@ -368,45 +369,32 @@ class TrackingChannel:
                 raise
 
     async def _listen(self, conn: AbstractConnection) -> None:
-        owner, cfg = self.owner, self.owner.config
-        interval = cfg.bus_health_check_interval
-        deadline = interval + cfg.operation_timeout
-        ping_sent: float | None = None
-        endpoint = self._endpoint
-        check_every = endpoint.check_interval if endpoint is not None else None
-        next_check = None if check_every is None else time.monotonic() + check_every
-        while True:
-            if endpoint is not None and next_check is not None and check_every is not None:
-                if time.monotonic() >= next_check:
-                    with anyio.move_on_after(cfg.operation_timeout):
-                        moved_to = await endpoint.moved_to()
-                        if moved_to is not None:
-                            raise TrackingLost(f"the primary moved to {moved_to}")
-                    next_check = time.monotonic() + check_every
-            now = owner.timer()
-            if ping_sent is None:
-                wait = self.last_seen + interval - now
-                if wait <= 0:
-                    with anyio.fail_after(cfg.operation_timeout):
-                        await conn.send_command("PING")
-                    ping_sent = now
-                    owner.gate.down(self.name, self.last_seen)  # suspect until answered
-                    continue
-            else:
-                wait = ping_sent + deadline - now
-                if wait <= 0:
-                    raise TrackingLost(f"no reply to PING within {deadline:.2f}s")
-            if next_check is not None:
-                wait = min(wait, max(0.0, next_check - time.monotonic()))
-            reply = await conn.read_response(timeout=wait)
-            if reply is None:
-                continue
-            self.last_seen = owner.timer()
-            if ping_sent is not None:
-                ping_sent = None
-                owner.gate.up(self.name)
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                owner.invalidate(reply[2])
+        owner = self.owner
+        await listen(
+            conn,
+            owner.config,
+            endpoint=self._endpoint,
+            timer=owner.timer,
+            last_seen=self.last_seen,
+            on_reply=self._reply,
+            on_seen=self._seen,
+            on_suspect=self._suspect,
+            on_alive=self._alive,
+            lost=TrackingLost,
+        )
+
+    def _reply(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            self.owner.invalidate(reply[2])
+
+    def _seen(self, when: float) -> None:
+        self.last_seen = when
+
+    def _suspect(self, since: float) -> None:
+        self.owner.gate.down(self.name, since)
+
+    def _alive(self) -> None:
+        self.owner.gate.up(self.name)
 
 
 # -- cluster: one channel per primary --------------------------------------------------------

@@ -36,6 +36,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from ._backoff import backoff_delay
 from ._clients import bus_endpoint, bus_pool
+from ._listen import listen
 from ._log import Logger, get_logger
 from ._signing import OVERHEAD, verify
 from .config import CacheConfig
@@ -481,58 +482,22 @@ class InvalidationBus:
         self._on_lost(self._last_seen)
 
     async def _listen(self, conn: AbstractConnection) -> None:
-        cfg = self.config
-        interval = cfg.bus_health_check_interval
-        deadline = interval + cfg.operation_timeout
         self._last_seen = self._timer()
-        ping_sent: float | None = None
-        check_every = self._endpoint.check_interval
-        next_check = None if check_every is None else time.monotonic() + check_every
-        while True:
-            if next_check is not None and check_every is not None:
-                if time.monotonic() >= next_check:
-                    await self._check_endpoint()
-                    next_check = time.monotonic() + check_every
-            now = self._timer()
-            if ping_sent is None:
-                wait = self._last_seen + interval - now
-                if wait <= 0:
-                    # Silence: ask, and meanwhile bound L1 as if the bus were lost since the
-                    # last reply (undone by the answer).
-                    with anyio.fail_after(cfg.operation_timeout):
-                        await conn.send_command("PING")
-                    ping_sent = now
-                    if self._on_suspect is not None:
-                        self._on_suspect(self._last_seen)
-                    continue
-            else:
-                wait = ping_sent + deadline - now
-                if wait <= 0:
-                    raise BusConnectionLost(f"no reply to PING within {deadline:.2f}s")
-            if next_check is not None:
-                wait = min(wait, max(0.0, next_check - time.monotonic()))
-            reply = await conn.read_response(timeout=wait)
-            if reply is None:
-                continue
-            self._last_seen = self._timer()
-            if ping_sent is not None:
-                ping_sent = None
-                if self._on_alive is not None:
-                    self._on_alive()
-            self._handle(reply)
+        await listen(
+            conn,
+            self.config,
+            endpoint=self._endpoint,
+            timer=self._timer,
+            last_seen=self._last_seen,
+            on_reply=self._handle,
+            on_seen=self._seen,
+            on_suspect=self._on_suspect,
+            on_alive=self._on_alive,
+            lost=BusConnectionLost,
+        )
 
-    async def _check_endpoint(self) -> None:
-        """Ask the deployment whether this is still the node to listen on (Sentinel: the
-        current primary); end the subscription if not. A check that fails or takes longer
-        than ``operation_timeout`` changes nothing.
-
-        Raises:
-            BusConnectionLost: the node is no longer the right one (a failover happened).
-        """
-        with anyio.move_on_after(self.config.operation_timeout):
-            moved_to = await self._endpoint.moved_to()
-            if moved_to is not None:
-                raise BusConnectionLost(f"the primary moved to {moved_to}")
+    def _seen(self, when: float) -> None:
+        self._last_seen = when
 
     def _handle(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
