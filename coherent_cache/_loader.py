@@ -410,7 +410,14 @@ class LoadEngine:
         assert window is not None
         stored, fresh = window
         ttl = policy.ttl
-        span = min(ttl, fresh - stored) if isinstance(ttl, float) else fresh - stored
+        # Two thresholds. The lock holder finds L2 due when its entry has at most (1 - f) of
+        # the call's TTL left: measuring against this copy's length instead (a copy made
+        # from L2 late is shorter) made holders find L2 "refreshed elsewhere" over and over,
+        # each copy shorter still, while nobody loaded, until the key expired fleet-wide.
+        # A lock loser's copy is renewed when it has more than (1 - f) of its length left.
+        length = fresh - stored
+        l2_span = ttl if isinstance(ttl, float) else length
+        l1_span = min(ttl, length) if isinstance(ttl, float) else length
         marks = self._refresh_marks
         if len(marks) >= REFRESH_MARKS_MAX:
             marks.clear()
@@ -418,7 +425,12 @@ class LoadEngine:
         flight = self._refreshing[key] = Flight(self._cache.begin_fill(key))
         self._stats["refreshes"] += 1
         self._tg.start_soon(
-            self._run_flight, key, loader, policy, flight, (value, (1 - fraction) * span)
+            self._run_flight,
+            key,
+            loader,
+            policy,
+            flight,
+            (value, (1 - fraction) * l2_span, (1 - fraction) * l1_span),
         )
 
     async def _refresh_locked(
@@ -428,25 +440,54 @@ class LoadEngine:
         policy: LoadPolicy,
         l2: RedisCache,
         fill: FillToken,
-        refresh: tuple[Any, float],
+        refresh: tuple[Any, float, float],
     ) -> Any:
         """A refresh-ahead under the lease lock (``tier=BOTH``): one instance of the fleet
         loads, the others adopt its result from L2 before their own copy expires.
 
         The lock holder loads unless L2 already holds an entry that is not due (refreshed
         elsewhere), which it copies into L1 instead. An instance that finds the lock held
-        polls L2 for the new entry (as a lock waiter does, at most ``lock_timeout``) and
-        copies it into L1. Either way no caller waits: they are served the entry held.
+        polls L2 for the new entry (as a lock waiter does) and copies it into L1; each poll
+        tries the lock again, so when the holder left without storing a new entry (it found
+        L2 not due by its own measure, failed, or died) a poller takes over and loads. It
+        stops at ``lock_timeout`` or at the expiry of the entry held (then callers miss and
+        load as usual). Either way no caller waits: they are served the entry held.
         """
-        value, due_within = refresh
+        value, _, renewed_within = refresh
         token = secrets.token_hex(16)
-        try:
-            acquired = await l2.try_lock(key, token, self._config.lock_lease)
-        except BackendError:
-            return value  # keep serving; the entry expires as usual
-        if not acquired:
-            await self._adopt_refresh(key, due_within)
-            return value
+        l1 = self._cache.l1
+        started = self._timer()
+        window = l1.fresh_window(key)
+        deadline = started + self._config.lock_timeout
+        if window is not None:
+            deadline = min(deadline, window[1])
+        while True:
+            try:
+                acquired = await l2.try_lock(key, token, self._config.lock_lease)
+            except BackendError:
+                return value  # keep serving; the entry expires as usual
+            if acquired:
+                return await self._refresh_holding(key, loader, policy, l2, fill, token, refresh)
+            await self._cache.read(key, CacheTier.BOTH)  # L2 only, installed in L1
+            window = l1.fresh_window(key)
+            now = self._timer()
+            if window is None or window[1] - now > renewed_within or now >= deadline:
+                return value
+            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
+
+    async def _refresh_holding(
+        self,
+        key: str,
+        loader: Loader,
+        policy: LoadPolicy,
+        l2: RedisCache,
+        fill: FillToken,
+        token: str,
+        refresh: tuple[Any, float, float],
+    ) -> Any:
+        """`_refresh_locked`'s part with the lock held (``token``): load, or copy L2's entry
+        when it is not due; the lock is released either way."""
+        value, due_within, _ = refresh
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew_lease, l2, key, token)
@@ -468,24 +509,6 @@ class LoadEngine:
             ):
                 await l2.unlock(key, token)
 
-    async def _adopt_refresh(self, key: str, due_within: float) -> None:
-        """Copy L2's entry into L1 until it is one that is not due (another instance's
-        refresh landed), polling like a lock waiter, for at most ``lock_timeout`` and not
-        past the expiry of the entry held (then callers miss and load as usual)."""
-        l1 = self._cache.l1
-        started = self._timer()
-        window = l1.fresh_window(key)
-        deadline = started + self._config.lock_timeout
-        if window is not None:
-            deadline = min(deadline, window[1])
-        while True:
-            await self._cache.read(key, CacheTier.BOTH)  # L2 only, installed in L1
-            window = l1.fresh_window(key)
-            now = self._timer()
-            if window is None or window[1] - now > due_within or now >= deadline:
-                return
-            await anyio.sleep(min(0.1, max(0.001, (now - started) / 20)))
-
     # -- flights ---------------------------------------------------------------------------
 
     def _flight(self, key: str, loader: Loader, policy: LoadPolicy) -> Flight:
@@ -506,7 +529,7 @@ class LoadEngine:
         loader: Loader,
         policy: LoadPolicy,
         flight: Flight,
-        refresh: tuple[Any, float] | None = None,
+        refresh: tuple[Any, float, float] | None = None,
     ) -> None:
         try:
             if refresh is None:

@@ -317,6 +317,56 @@ class TestRefreshAhead:
         window = b.l1.fresh_window("k")
         assert window is not None and window[1] - clock() > 90  # the new entry's TTL
 
+    async def test_holder_with_a_late_copy_reloads_when_l2_is_due_by_the_ttl(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str, clock: FakeClock
+    ) -> None:
+        """lock=True: B's L1 copy was read from L2 late, so it is shorter than the TTL. When
+        B refreshes holding the lock and L2's entry has half the TTL left or less, B loads:
+        it does not take the old entry for one refreshed elsewhere (which, copy after
+        shorter copy, left the key to expire fleet-wide with nobody loading)."""
+        a = await make_manager(timer=clock)
+        b = await make_manager(timer=clock)
+        gate_a, gate_b = Gate("a"), Gate("b", blocked=False)
+        gate_a.release.set()
+        options: dict[str, Any] = {"ttl": 100, "refresh_ahead": 0.5, "lock": True}
+        assert "a" == await a.get_or_set("k", gate_a, **options)
+        await raw_redis.pexpire(f"{namespace}:k", 60_000)  # as if 40 s old
+        assert "a" == await b.get_or_set("k", gate_b, **options)  # a ~59 s copy
+        clock.tick(30)
+        await raw_redis.pexpire(f"{namespace}:k", 30_000)  # 70 s old: due by the TTL
+        assert "a" == await b.get_or_set("k", gate_b, **options)  # served, refresh started
+        await eventually(lambda: b.stats()["loader"]["refreshes"], expect=1)
+        await eventually(lambda: not b.load_engine.in_flight("k"))
+        assert 1 == gate_b.calls
+        assert "b" == b.l1.peek("k")
+        assert 90_000 < await raw_redis.pttl(f"{namespace}:k") <= 100_000
+
+    async def test_lock_loser_loads_when_the_holder_leaves_without_refreshing(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str, clock: FakeClock
+    ) -> None:
+        """lock=True: B finds the lock held and polls L2; the holder goes away (its lock is
+        released) without storing a new entry, so B's next poll takes the lock and loads
+        rather than serve the old entry until it expires."""
+        a = await make_manager(timer=clock)
+        b = await make_manager(timer=clock)
+        gate_a, gate_b = Gate("a", blocked=False), Gate("b", blocked=False)
+        options: dict[str, Any] = {"ttl": 100, "refresh_ahead": 0.5, "lock": True}
+        assert "a" == await a.get_or_set("k", gate_a, **options)
+        assert "a" == await b.get_or_set("k", gate_b, **options)  # from L2
+        lock = f"{namespace}#lock:k"
+        assert await raw_redis.set(lock, "a-gone", px=60_000, nx=True)
+        await raw_redis.pexpire(f"{namespace}:k", 40_000)  # as if 60 s old
+        clock.tick(60)
+        assert "a" == await b.get_or_set("k", gate_b, **options)
+        await eventually(lambda: b.stats()["loader"]["refreshes"], expect=1)
+        assert b.load_engine.in_flight("k")  # B polls L2 while the lock is held
+        assert 0 == gate_b.calls
+        await raw_redis.delete(lock)
+        await eventually(lambda: b.l1.peek("k"), expect="b")
+        await eventually(lambda: not b.load_engine.in_flight("k"))
+        assert (1, 1) == (gate_a.calls, gate_b.calls)
+        assert 0 == await raw_redis.exists(lock)
+
 
 class TestTtlOfResult:
     async def test_callable_ttl_on_both_tiers(
