@@ -17,12 +17,12 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, TypedDict, TypeVar, final
+from typing import Any, TypedDict, TypeVar, final
 
 import anyio
 from anyio.abc import TaskStatus
 from redis import exceptions as redis_errors
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from ._autopipeline import ReadBatcher
 from ._breaker import BreakerState, CircuitBreaker
@@ -31,6 +31,8 @@ from ._direct import OwnConnection
 from ._lease import LeaseLocks
 from ._log import Logger, get_logger
 from ._signing import sign
+from ._sweep import SCAN_COUNT as SCAN_COUNT
+from ._sweep import KeyspaceSweep, Progress
 from ._tags import TAG_PRUNE_MIN as TAG_PRUNE_MIN
 from ._tags import TagIndex
 from ._telemetry import LatencyHistogram, note_backend_error
@@ -45,9 +47,6 @@ __all__ = ["L2Stats", "RedisCache"]
 log = get_logger()
 
 T = TypeVar("T")
-SCAN_COUNT: Final = 1000
-"""Keys asked for per SCAN call (and deleted per UNLINK) by ``clear_pattern``; also the
-default batch of `invalidate_tags` and `prune_tag`, and the tag pruner's."""
 
 
 class L2Stats(TypedDict):
@@ -154,6 +153,8 @@ class RedisCache:
         """The tag indexes (`invalidate_tags`, `prune_tag`, `run_tag_pruner`)."""
         self._locks = LeaseLocks(self._client, self.namespace, self._call)
         """The cross-instance lease locks (`try_lock`, `renew_lock`, `unlock`)."""
+        self._sweep = KeyspaceSweep(self._client, self._call, self._writes)
+        """The pattern sweeps of `clear_pattern` and `clear`."""
         keys = config.signing_keys()
         self._signing_key = keys[0] if keys else None
 
@@ -683,26 +684,28 @@ class RedisCache:
             return 0
         return int(count)
 
-    async def clear_pattern(self, pattern: str, *, raise_errors: bool = False) -> int:
+    async def clear_pattern(
+        self, pattern: str, *, raise_errors: bool = False, notify: bytes | None = None
+    ) -> int:
         """Remove this namespace's keys matching the glob ``pattern``; return how many.
 
         Runs ``SCAN MATCH`` + ``UNLINK`` in batches of `SCAN_COUNT`, each call under
-        ``operation_timeout``, so the server is never blocked (no ``KEYS``). If Redis fails
-        midway, the keys removed so far are counted and the failure is logged (or, with
-        ``raise_errors=True``, raised as `BackendError`).
+        ``operation_timeout``, so the server is never blocked (no ``KEYS``); on one server
+        each batch is one script (`_sweep`). If Redis fails midway, the keys removed so far
+        are counted and the failure is logged (or, with ``raise_errors=True``, raised as
+        `BackendError`).
+
+        With ``notify``, the bus message is PUBLISHed after the last UNLINK (on one server
+        by the last batch's script, in the same round trip), and after a failure midway
+        too: the other instances must drop copies of what was removed.
         """
         validate_pattern(pattern)
         match = f"{escape_glob(self.namespace)}:{pattern}"
-        removed = 0
+        channel = self.config.channel
+        signed = None if notify is None else (channel, self._signed(channel, notify))
+        progress = Progress()
         try:
-            for node in await self._scan_nodes():
-                cursor: int = 0
-                while True:
-                    cursor, names = await self._scan(cursor, match, node)
-                    if names:
-                        removed += await self._unlink(names)
-                    if cursor == 0:
-                        break
+            await self._sweep.sweep(match, progress, signed)
         except BackendError as exc:
             self._dropped_writes += 1
             if raise_errors:
@@ -710,46 +713,16 @@ class RedisCache:
             self.log.warning(
                 "l2_clear_pattern_incomplete",
                 pattern_prefix=key_prefix(pattern),
-                removed=removed,
+                removed=progress.removed,
                 error=str(exc),
             )
-        return removed
-
-    async def _scan_nodes(self) -> list[ClusterNode | None]:
-        """Where a keyspace SCAN runs: every primary of a cluster, else the one server.
-
-        Raises:
-            BackendError: the cluster's topology could not be read.
-        """
-        client = self._client
-        if isinstance(client, RedisCluster):
-            _ = await self._call("CLUSTER SLOTS", client.initialize)  # a no-op once known
-            primaries: list[ClusterNode | None] = list(client.get_primaries())
-            return primaries
-        return [None]
-
-    async def _scan(
-        self, cursor: int, match: str, node: ClusterNode | None = None
-    ) -> tuple[int, list[bytes | str]]:
-        client = self._client
-
-        async def scan() -> Any:
-            if isinstance(client, RedisCluster):
-                # A cluster client without a node would SCAN every primary from the same
-                # cursor; each primary has its own cursor, so each is walked on its own.
-                # The cluster's SCAN reply maps each node name to its cursor.
-                reply: Any = await client.scan(
-                    cursor=cursor, match=match, count=SCAN_COUNT, target_nodes=node
-                )
-                cursors, names = reply
-                return next(iter(cursors.values()), 0), names
-            return await client.scan(cursor=cursor, match=match, count=SCAN_COUNT)
-
-        next_cursor, names = await self._call("SCAN", scan)
-        return int(next_cursor), list(names)
-
-    async def _unlink(self, names: Sequence[bytes | str]) -> int:
-        return int(await self._call("UNLINK", lambda: self._client.unlink(*names)))
+        if progress.published:
+            self.published += 1
+        elif signed is not None:
+            with contextlib.suppress(BackendError):  # counted by _call
+                await self._call(self._publish_command, lambda: self._publish(*signed))
+                self.published += 1
+        return progress.removed
 
     async def clear(self) -> int:
         """Remove every key of this namespace (never another namespace's); return how many.
@@ -758,16 +731,7 @@ class RedisCache:
         """
         removed = await self.clear_pattern("*")
         with contextlib.suppress(BackendError):
-            for node in await self._scan_nodes():
-                cursor = 0
-                while True:
-                    cursor, names = await self._scan(
-                        cursor, f"{escape_glob(self.namespace)}#tag:*", node
-                    )
-                    if names:
-                        await self._unlink(names)
-                    if cursor == 0:
-                        break
+            await self._sweep.sweep(f"{escape_glob(self.namespace)}#tag:*", Progress())
         return removed
 
     # -- stats -----------------------------------------------------------------------------

@@ -627,17 +627,20 @@ class MultiTierCache:
         removed = await self._clear_local_pattern(pattern)
         if tier is CacheTier.L1 or self.l2 is None:
             return removed
+        notify = (
+            BusMessage.clear_pattern(
+                pattern, origin=self.origin, traceparent=_telemetry.current_traceparent()
+            ).encode()
+            if self.publish
+            else None
+        )
         try:
-            removed = await self.l2.clear_pattern(pattern)
+            # the message leaves after the last UNLINK (with it, on one server)
+            removed = await self.l2.clear_pattern(pattern, notify=notify)
             await self._clear_local_pattern(pattern)
         except BaseException:
             self.invalidate_local_pattern(pattern)  # at once: no await while unwinding
             raise
-        await self._publish(
-            BusMessage.clear_pattern(
-                pattern, origin=self.origin, traceparent=_telemetry.current_traceparent()
-            )
-        )
         return removed
 
     async def clear(self, tier: CacheTier = CacheTier.BOTH) -> int:

@@ -126,6 +126,39 @@ class TestClearPattern:
             await other.clear()
             await other.aclose()
 
+    async def test_the_message_leaves_once_after_the_last_unlink(
+        self, l2: RedisCache, raw_redis: Redis, namespace: str
+    ) -> None:
+        """With ``notify``, the bus message is PUBLISHed once, after every batch: a
+        subscriber that receives it finds no matching key left (reading then cannot bring
+        an old value back)."""
+        await l2.set_many({f"user:{i}": i for i in range(5_000)}, ttl=300)
+        await l2.set("order:1", 1, ttl=300)
+        published = l2.published
+        async with raw_redis.pubsub() as pubsub:
+            await pubsub.subscribe(l2.config.channel)
+            with anyio.fail_after(5):
+                assert "subscribe" == (await pubsub.get_message(timeout=5))["type"]
+            removed: list[int] = []
+
+            async def clear() -> None:
+                removed.append(await l2.clear_pattern("user:*", notify=b"the message"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(clear)
+                with anyio.fail_after(10):
+                    message = await pubsub.get_message(timeout=10)
+                left = [k async for k in raw_redis.scan_iter(f"{namespace}:user:*", count=1000)]
+            assert message is not None and b"the message" == message["data"]
+            assert [] == left
+            assert [5_000] == removed
+            await raw_redis.publish(l2.config.channel, b"next")
+            with anyio.fail_after(5):
+                following = await pubsub.get_message(timeout=5)
+            assert following is not None and b"next" == following["data"]  # only once
+        assert published + 1 == l2.published
+        assert 1 == await l2.get("order:1")
+
     async def test_glob_metacharacters_in_pattern(self, l2: RedisCache) -> None:
         """`?`, character classes and escapes follow Redis glob rules."""
         for key in ["a1", "a2", "ab", "a*", "b1"]:

@@ -39,7 +39,8 @@ class HoldingProxy:
 
     Requests still reach the server while replies are held, so a test can let the server
     answer a command, keep that answer away from the client, do something else, and then
-    deliver it.
+    deliver it. `hold_requests` does the opposite for one command: it keeps a request
+    away from the server (its connection stalls) while other connections flow.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -58,6 +59,10 @@ class HoldingProxy:
         self._subscribers_blocked = False
         self._reply_delay = 0.0
         self._delay_subscribers = False
+        self._request_marker: bytes | None = None
+        self._requests_flowing = asyncio.Event()
+        self._requests_flowing.set()
+        self._request_held = asyncio.Event()
         self.accepted = 0
         """Connections accepted so far (refused ones included)."""
 
@@ -113,6 +118,23 @@ class HoldingProxy:
         self._reply_held.clear()
         self._flowing.clear()
 
+    def hold_requests(self, containing: bytes) -> None:
+        """Keep client→server data containing ``containing`` (upper case, e.g. ``b"SCAN"``)
+        from the server until `release_requests`; its connection stalls there, the others
+        flow."""
+        self._request_marker = containing
+        self._request_held.clear()
+        self._requests_flowing.clear()
+
+    def release_requests(self) -> None:
+        """Send the held request on and let later ones through."""
+        self._request_marker = None
+        self._requests_flowing.set()
+
+    async def wait_request_held(self, within: float = 5.0) -> None:
+        """Wait until a request is being held by `hold_requests`."""
+        await asyncio.wait_for(self._request_held.wait(), within)
+
     def delay_replies(self, seconds: float, *, subscribers: bool = False) -> None:
         """Deliver each server→client chunk ``seconds`` after the proxy received it.
 
@@ -145,6 +167,7 @@ class HoldingProxy:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+        self.release_requests()
         if self._server is not None:
             self._server.close()
         for link in list(self._links):
@@ -185,6 +208,10 @@ class HoldingProxy:
                         link.subscriber = True
                         if self._subscribers_blocked:
                             break
+                    marker = self._request_marker
+                    if marker is not None and marker in data.upper():
+                        self._request_held.set()
+                        await self._requests_flowing.wait()
                 elif not self._flowing.is_set() and (
                     self._hold_subscribers if link.subscriber else self._hold_commands
                 ):
