@@ -162,6 +162,14 @@ class SegmentIndex:
             return None
         return list(self.buckets.get(head[: i + 1], ()))
 
+    def candidate_count(self, pattern: str) -> int | None:
+        """How many keys `candidates` would return, without copying them (``None``: any)."""
+        head = literal_head(pattern)
+        i = head.find(":")
+        if i < 0:
+            return None
+        return len(self.buckets.get(head[: i + 1], ()))
+
     def clear(self) -> None:
         self.buckets.clear()
 

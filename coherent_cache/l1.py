@@ -341,6 +341,11 @@ class InMemoryCache:
             removed += self.delete_keys([k for k in chunk if match(k)])
         return removed
 
+    def pattern_candidate_count(self, pattern: str) -> int:
+        """How many keys `pattern_candidates` would return (cheap: no copy)."""
+        found = self._data.index.candidate_count(pattern)
+        return len(self._data) if found is None else found
+
     def pattern_candidates(self, pattern: str) -> list[str]:
         """A snapshot of the keys ``pattern`` may match: the bucket of its first segment
         when its literal head has one (``user:*``), else every key."""
@@ -537,9 +542,11 @@ class L1Actor:
 
     Fast path: when the actor is idle (every command submitted so far is fully applied,
     none queued, none handed to the loop, no chunked clear in progress), a cheap command
-    (`InvalidateKeys` with at most `INLINE_MAX_KEYS` keys, `FlushAll`) is applied inside
-    `submit`, synchronously, exactly as the loop would apply it; order is kept because
-    nothing submitted earlier is still pending.
+    (`InvalidateKeys` with at most `INLINE_MAX_KEYS` keys, an `InvalidatePattern` whose
+    candidates, the keys of its first segment, are at most `INLINE_MAX_KEYS`, `FlushAll`)
+    is applied inside `submit`, synchronously, exactly as the loop would apply it (a
+    pattern that small is one chunk there too); order is kept because nothing submitted
+    earlier is still pending.
     """
 
     def __init__(self, owner: L1Owner, *, mailbox_size: int, logger: Logger | None = None) -> None:
@@ -567,7 +574,7 @@ class L1Actor:
             if self._send is None or not self._alive or self._closed:
                 # Nobody would apply it (not started, restarting or given up): flush now.
                 raise anyio.WouldBlock
-            if self._pending == 0 and _cheap(command):
+            if self._pending == 0 and self._cheap(command):
                 self._apply_inline(command)
                 return
             self._send.send_nowait(command)
@@ -629,8 +636,17 @@ class L1Actor:
                 self._pending -= 1
             self._applied += 1
 
+    def _cheap(self, command: L1Command) -> bool:
+        """Whether `submit` may apply ``command`` inline: a few keys, a pattern with a few
+        candidates, or a flush."""
+        if isinstance(command, InvalidateKeys):
+            return len(command.keys) <= INLINE_MAX_KEYS
+        if isinstance(command, InvalidatePattern):
+            return self._owner.l1.pattern_candidate_count(command.pattern) <= INLINE_MAX_KEYS
+        return isinstance(command, FlushAll)
+
     def _apply_now(self, command: L1Command) -> None:
-        """Apply a command that needs no await (all but `InvalidatePattern`)."""
+        """Apply a command that needs no await (a pattern: only a small one, see `_cheap`)."""
         if isinstance(command, InvalidateKeys):
             if command.tally is None:
                 for key in command.keys:
@@ -641,6 +657,9 @@ class L1Actor:
             self._owner.invalidate_local_tags(command.tags)
         elif isinstance(command, FlushAll):
             self._owner.invalidate_local_all()
+        elif isinstance(command, InvalidatePattern):
+            self._owner.stale_fills_matching(command.pattern)
+            self._owner.l1.delete_pattern(command.pattern)
         else:
             raise TypeError(f"not an inline command: {command!r}")
 
@@ -654,10 +673,3 @@ class L1Actor:
         if self._send is not None and self._receive is not None:
             await self._send.aclose()
             await self._receive.aclose()
-
-
-def _cheap(command: L1Command) -> bool:
-    """Whether `L1Actor.submit` may apply ``command`` inline: a few keys or a flush."""
-    if isinstance(command, InvalidateKeys):
-        return len(command.keys) <= INLINE_MAX_KEYS
-    return isinstance(command, FlushAll)

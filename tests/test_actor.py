@@ -86,8 +86,8 @@ class TestActor:
             await tg.start(actor.run)
             l1.set("victim", 1)
             # No checkpoint between submits: the actor cannot run, the mailbox fills (a
-            # pattern clear is never applied inline, so the key drop queues behind it).
-            actor.submit(InvalidatePattern("x*"))
+            # tag drop is never applied inline, so the key drop queues behind it).
+            actor.submit(InvalidateTags(("x",)))
             actor.submit(InvalidateKeys(("y",)))
             assert 1 == l1.peek("victim")
             actor.submit(InvalidateKeys(("victim-not-queued",)))
@@ -216,23 +216,47 @@ class TestInline:
         await actor.aclose()
 
     async def test_big_key_drops_tags_and_patterns_go_through_the_mailbox(self) -> None:
-        """Only a few keys or a flush go inline; the rest is applied by the actor's loop."""
+        """Only a few keys, a pattern with a few candidates or a flush go inline; the rest
+        is applied by the actor's loop."""
         keys = tuple(f"k{i}" for i in range(INLINE_MAX_KEYS + 1))
+        users = [f"user:{i}" for i in range(INLINE_MAX_KEYS + 1)]
         l1 = InMemoryCache(100)
         for key in keys:
             l1.set(key, key, tags=("t",) if key == "k0" else ())
-        l1.set("user:1", 1)
+        for key in users:
+            l1.set(key, 1)
         actor = L1Actor(Owner(l1), mailbox_size=8)
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             await anyio.wait_all_tasks_blocked()
+            actor.submit(InvalidatePattern("user:1*"))  # 17 candidates: the user: keys
             actor.submit(InvalidateTags(("t",)))
             actor.submit(InvalidateKeys(keys))
-            actor.submit(InvalidatePattern("user:*"))
-            assert len(keys) + 1 == len(l1)  # nothing applied yet
+            assert len(keys) + len(users) == len(l1)  # nothing applied yet
             await drain(actor)
-            assert 0 == len(l1)
+            assert sorted(k for k in users if not k.startswith("user:1")) == sorted(l1.keys())
             assert (3, 0) == (actor.stats()["applied"], actor.inline)
+            tg.cancel_scope.cancel()
+        await actor.aclose()
+
+    async def test_a_pattern_with_few_candidates_goes_inline(self) -> None:
+        """A pattern clear whose first segment holds at most INLINE_MAX_KEYS keys is applied
+        in `submit`, matching fills made stale, other segments untouched."""
+        l1 = InMemoryCache(100)
+        for i in range(INLINE_MAX_KEYS):
+            l1.set(f"user:{i}", i)
+        for i in range(INLINE_MAX_KEYS * 4):
+            l1.set(f"order:{i}", i)
+        owner = Owner(l1)
+        actor = L1Actor(owner, mailbox_size=4)
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await anyio.wait_all_tasks_blocked()
+            actor.submit(InvalidatePattern("user:1*"))
+            assert [] == [k for k in l1.keys() if k.startswith("user:1")]
+            assert INLINE_MAX_KEYS - 7 + INLINE_MAX_KEYS * 4 == len(l1)  # user:1, 10-15 gone
+            assert ["user:1*"] == owner.stale_patterns
+            assert (1, 1) == (actor.stats()["applied"], actor.inline)
             tg.cancel_scope.cancel()
         await actor.aclose()
 
@@ -245,7 +269,7 @@ class TestInline:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             await anyio.wait_all_tasks_blocked()  # the loop waits in receive
-            actor.submit(InvalidatePattern("user:*"))
+            actor.submit(InvalidateTags(("t",)))
             actor.submit(InvalidateKeys(("a",)))
             assert 1 == l1.peek("a")  # queued, not applied inline
             await drain(actor)
