@@ -35,7 +35,7 @@ from typing import Any, Final, final
 
 from redis import exceptions as redis_errors
 
-from ._direct import checkout_args, exchange, own_pool
+from ._direct import OwnConnection, checkout_args, exchange, own_pool
 
 __all__ = ()
 
@@ -67,10 +67,10 @@ class ReadBatcher:
     """
 
     __slots__ = (
+        "_alone",
         "_batches",
         "_checkout",
         "_client",
-        "_conn",
         "_direct",
         "_pool",
         "_queue",
@@ -98,7 +98,7 @@ class ReadBatcher:
         # (tests/deployments/test_sentinel_failover.py), so reads made alone use the client.
         self._pool: Any = own_pool(client)
         self._checkout = () if self._pool is None else checkout_args(self._pool)
-        self._conn: Any = None
+        self._alone = OwnConnection(client)
         self._timeout = timeout
         self.max_batches = max_batches
         self.max_batch = max_batch
@@ -154,39 +154,24 @@ class ReadBatcher:
             self._direct -= 1
 
     async def _send_alone(self, name: str, kind: int) -> list[Any]:
-        """``GET name`` (and ``PTTL name``) on the batcher's own connection: the replies.
-
-        A connection the server closed while idle (a restart, an idle timeout) fails on
-        first use: the read is made once more on a fresh connection, as the client's
-        ``Retry(NoBackoff(), 1)`` does. redis-py disconnects the connection itself when a
-        send or read fails or is cancelled, so a half-read reply never stays behind. The
-        caller bounds the whole (`get`'s ``asyncio.timeout``).
+        """``GET name`` (and ``PTTL name``) on the batcher's own connection
+        (`_direct.OwnConnection`: one retry on a fresh connection, the caller's deadline):
+        the replies.
 
         Raises:
             redis.exceptions.ResponseError: the first error reply (the others are read).
         """
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._pool.make_connection()
-        packed, count = _pack_reads(conn.encoder, ((name, kind),))
-        replies = await exchange(conn, packed, count)
-        for reply in replies:
-            if isinstance(reply, redis_errors.ResponseError):
-                raise reply
-        return replies
+        return await self._alone.call_packed(
+            lambda conn: _pack_reads(conn.encoder, ((name, kind),))
+        )
 
     async def connect(self) -> None:
         """Open the connection of reads made alone now (nothing to do in a cluster)."""
-        if self._pool is not None:
-            if self._conn is None:
-                self._conn = self._pool.make_connection()
-            await self._conn.connect()
+        await self._alone.connect()
 
     async def aclose(self) -> None:
         """Close the batcher's own connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.disconnect()
+        await self._alone.aclose()
 
     def _enqueue(self, name: str, kind: int) -> asyncio.Future[Any]:
         # A bare asyncio future and call_soon, for the measured reason in the module

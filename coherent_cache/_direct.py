@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any, final
 
 from redis import exceptions as redis_errors
@@ -92,12 +93,24 @@ class OwnConnection:
         Raises:
             redis.exceptions.ResponseError: the first error reply (the others are read).
         """
+        return await self.call_packed(lambda conn: (conn.pack_commands(commands), len(commands)))
+
+    async def call_packed(
+        self, pack: Callable[[Any], tuple[bytes | list[bytes], int]]
+    ) -> list[Any]:
+        """`call` with the commands packed by ``pack(connection)``: (the bytes, how many
+        commands); for callers that build the RESP themselves (`_autopipeline`).
+
+        Raises:
+            redis.exceptions.ResponseError: the first error reply (the others are read).
+        """
         self.busy = True
         try:
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._pool.make_connection()
-            replies = await exchange(conn, conn.pack_commands(commands), len(commands))
+            packed, count = pack(conn)
+            replies = await exchange(conn, packed, count)
         finally:
             self.busy = self._pool is None  # always busy without an own connection
         for reply in replies:
