@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from coherent_cache import CacheClosedError, CacheConfig, CacheManager, create_cache_manager
 from coherent_cache._supervisor import Supervisor
-from coherent_cache.l1 import InvalidatePattern
+from coherent_cache.l1 import InvalidateTags
 from coherent_cache.testing import RedisServer
 
 from .conftest import FakeClock, ManagerFactory
@@ -168,10 +168,10 @@ class TestBoundLogs:
         cache = await make_manager(l1_mailbox_size=1)
         assert cache._supervisor is not None
         with capture_logs() as events:
-            # One to the waiting actor, one buffered, one overflows (pattern clears are
-            # never applied inline).
+            # One to the waiting actor, one buffered, one overflows (tag drops are never
+            # applied inline).
             for _ in range(3):
-                cache._actor.submit(InvalidatePattern("nothing:*"))
+                cache._actor.submit(InvalidateTags(("nothing",)))
             cache._supervisor.log.error("task_crashed", task="probe")
         overflow = next(e for e in events if e["event"] == "l1_mailbox_overflow")
         crashed = next(e for e in events if e["event"] == "task_crashed")
