@@ -411,12 +411,13 @@ class LoadEngine:
         stored, fresh = window
         ttl = policy.ttl
         # Two thresholds. The lock holder finds L2 due when its entry has at most (1 - f) of
-        # the call's TTL left: measuring against this copy's length instead (a copy made
-        # from L2 late is shorter) made holders find L2 "refreshed elsewhere" over and over,
-        # each copy shorter still, while nobody loaded, until the key expired fleet-wide.
-        # A lock loser's copy is renewed when it has more than (1 - f) of its length left.
+        # the shortest length an entry of this value gets (`_entry_length`) left: measuring
+        # against this copy's length instead (a copy made from L2 late is shorter) made
+        # holders find L2 "refreshed elsewhere" over and over, each copy shorter still,
+        # while nobody loaded, until the key expired fleet-wide. A lock loser's copy is
+        # renewed when it has more than (1 - f) of its length left.
         length = fresh - stored
-        l2_span = ttl if isinstance(ttl, float) else length
+        l2_span = self._entry_length(value, policy, length)
         l1_span = min(ttl, length) if isinstance(ttl, float) else length
         marks = self._refresh_marks
         if len(marks) >= REFRESH_MARKS_MAX:
@@ -432,6 +433,24 @@ class LoadEngine:
             flight,
             (value, (1 - fraction) * l2_span, (1 - fraction) * l1_span),
         )
+
+    @staticmethod
+    def _entry_length(value: Any, policy: LoadPolicy, fallback: float) -> float:
+        """The shortest TTL a store of ``value`` under ``policy`` gets: ``none_ttl`` for a
+        ``None`` when set, else ``ttl`` (a callable's result for ``value``), less
+        ``ttl_jitter``; ``fallback`` (the L1 copy's length) when that is unknown (no TTL, or
+        the callable fails: already logged when the value was stored)."""
+        ttl: Any = policy.ttl
+        if value is None and policy.none_ttl is not USE_DEFAULT:
+            ttl = policy.none_ttl
+        elif callable(ttl):
+            try:
+                ttl = check_ttl(ttl(value))
+            except Exception:
+                return fallback
+        if not isinstance(ttl, float):
+            return fallback
+        return ttl * (1 - policy.ttl_jitter)
 
     async def _refresh_locked(
         self,

@@ -704,24 +704,30 @@ class RedisCache:
         channel = self.config.channel
         signed = None if notify is None else (channel, self._signed(channel, notify))
         progress = Progress()
+        failure: BackendError | None = None
         try:
             await self._sweep.sweep(match, progress, signed)
         except BackendError as exc:
+            failure = exc
             self._dropped_writes += 1
+        if progress.published:
+            self.published += 1
+        elif signed is not None:
+            # After a failure midway too. A script whose reply timed out may still have
+            # published on the server: then the message goes twice, harmlessly (a drop is
+            # idempotent), and never before the last UNLINK (the script is atomic).
+            with contextlib.suppress(BackendError):  # counted by _call
+                await self._call(self._publish_command, lambda: self._publish(*signed))
+                self.published += 1
+        if failure is not None:
             if raise_errors:
-                raise
+                raise failure
             self.log.warning(
                 "l2_clear_pattern_incomplete",
                 pattern_prefix=key_prefix(pattern),
                 removed=progress.removed,
-                error=str(exc),
+                error=str(failure),
             )
-        if progress.published:
-            self.published += 1
-        elif signed is not None:
-            with contextlib.suppress(BackendError):  # counted by _call
-                await self._call(self._publish_command, lambda: self._publish(*signed))
-                self.published += 1
         return progress.removed
 
     async def clear(self) -> int:

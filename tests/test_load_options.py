@@ -3,6 +3,7 @@ result, none_ttl (fake clock for the TTL logic, a real server for both tiers).""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -46,6 +47,13 @@ class Gate:
             raise
         self.finished += 1
         return self.value if not callable(self.value) else self.value(self.calls)
+
+
+class NoJitter(random.Random):
+    """A random source whose jitter is always 0."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return 0.0
 
 
 class TestPolicy:
@@ -340,6 +348,54 @@ class TestRefreshAhead:
         assert 1 == gate_b.calls
         assert "b" == b.l1.peek("k")
         assert 90_000 < await raw_redis.pttl(f"{namespace}:k") <= 100_000
+
+    async def test_holder_measures_a_none_against_none_ttl(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str, clock: FakeClock
+    ) -> None:
+        """lock=True with none_ttl: B refreshes a cached None (stored for none_ttl); A's
+        refresh right after finds L2 not due by none_ttl and copies it: one load per
+        window, not one per instance (measured against ``ttl`` it looked due)."""
+        a = await make_manager(timer=clock)
+        b = await make_manager(timer=clock)
+        gate_a, gate_b = Gate(None, blocked=False), Gate(None, blocked=False)
+        options: dict[str, Any] = {
+            "ttl": 100, "none_ttl": 10, "refresh_ahead": 0.5, "lock": True,
+        }  # fmt: skip
+        assert None is await a.get_or_set("k", gate_a, **options)
+        assert None is await b.get_or_set("k", gate_b, **options)  # from L2
+        await raw_redis.pexpire(f"{namespace}:k", 4_000)  # as if 6 s old
+        clock.tick(6)
+        assert None is await b.get_or_set("k", gate_b, **options)  # B refreshes: loads
+        await eventually(lambda: gate_b.calls, expect=1)
+        await eventually(lambda: not b.load_engine.in_flight("k"))
+        assert 9_000 < await raw_redis.pttl(f"{namespace}:k")  # B's new None, 10 s
+        assert None is await a.get_or_set("k", gate_a, **options)  # A's refresh: copies
+        await eventually(lambda: a.stats()["loader"]["refreshes"], expect=1)
+        await eventually(lambda: not a.load_engine.in_flight("k"))
+        assert (1, 1) == (gate_a.calls, gate_b.calls)
+
+    async def test_holder_allows_for_ttl_jitter(
+        self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str, clock: FakeClock
+    ) -> None:
+        """lock=True with ttl_jitter=0.6: an entry another instance just stored may live
+        only 40 % of ttl; the holder finds 45 s of a 100 s ttl not due and copies it."""
+        cache = await make_manager(timer=clock)
+        cache.load_engine._random = NoJitter()  # this instance stores exactly ttl
+        gate = Gate(lambda n: n, blocked=False)
+        options: dict[str, Any] = {
+            "ttl": 100, "ttl_jitter": 0.6, "refresh_ahead": 0.5, "lock": True,
+        }  # fmt: skip
+        assert 1 == await cache.get_or_set("k", gate, **options)  # stored for exactly 100 s
+        clock.tick(60)
+        await raw_redis.pexpire(f"{namespace}:k", 45_000)  # as if stored elsewhere, 45 s
+        assert 1 == await cache.get_or_set("k", gate, **options)
+        await eventually(lambda: cache.stats()["loader"]["refreshes"], expect=1)
+        await eventually(lambda: not cache.load_engine.in_flight("k"))
+        assert 1 == gate.calls
+        await raw_redis.pexpire(f"{namespace}:k", 15_000)  # now due even for the shortest
+        clock.tick(25)
+        assert 1 == await cache.get_or_set("k", gate, **options)
+        await eventually(lambda: gate.calls, expect=2)
 
     async def test_lock_loser_loads_when_the_holder_leaves_without_refreshing(
         self, make_manager: ManagerFactory, raw_redis: Redis, namespace: str, clock: FakeClock

@@ -19,12 +19,14 @@ from typing import Self
 class _Link:
     """One proxied connection: the client side, the server side, and what it is."""
 
-    __slots__ = ("client", "delayed", "subscriber", "upstream")
+    __slots__ = ("client", "delayed", "subscriber", "tail", "upstream")
 
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
         self.subscriber = False
+        self.tail = b""
+        """The last bytes sent upstream while `HoldingProxy.hold_requests` looks for a marker."""
         # (due time, bytes) of server→client data, once the link's replies were delayed.
         self.delayed: asyncio.Queue[tuple[float, bytes]] | None = None
 
@@ -209,9 +211,13 @@ class HoldingProxy:
                         if self._subscribers_blocked:
                             break
                     marker = self._request_marker
-                    if marker is not None and marker in data.upper():
-                        self._request_held.set()
-                        await self._requests_flowing.wait()
+                    if marker is not None:
+                        # the last bytes of the previous read too: a marker split across reads
+                        seen = link.tail + data.upper()
+                        link.tail = seen[-len(marker) :]
+                        if marker in seen:
+                            self._request_held.set()
+                            await self._requests_flowing.wait()
                 elif not self._flowing.is_set() and (
                     self._hold_subscribers if link.subscriber else self._hold_commands
                 ):
