@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
@@ -50,6 +51,9 @@ _HOW_TO_GET_ONE: Final = (
     f"or point {ENV_TEST_REDIS_URL} at a running server"
 )
 _LIVE: set[RedisServer] = set()
+BIND_ATTEMPTS: Final = 3
+"""Starts on fresh ports before `RedisServer.start` gives up on a port taken meanwhile."""
+_BIND_FAILED: Final = ("Failed listening on port", "Address already in use")
 
 
 class ServerNotFoundError(RuntimeError):
@@ -123,11 +127,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class RedisServer:
     """A private ``valkey-server``/``redis-server`` process on 127.0.0.1, without persistence.
 
+    A port chosen here was free when it was chosen, not necessarily when the server binds
+    it (another process may take it in between): if the first start fails to listen, it is
+    retried on fresh ports, at most `BIND_ATTEMPTS` times.
+
     Args:
         binary: the server binary; `find_server_binary` when omitted.
         port: the port; a free one when omitted. It is kept across `restart`.
         extra_args: more command-line options, e.g. ``("--maxmemory", "1mb")``.
         startup_timeout: seconds to wait for the first PONG.
+        port_args: options naming more ports, chosen afresh when the first start is
+            retried on fresh ports, e.g. ``lambda: ("--cluster-port", str(free_port()))``;
+            kept across `restart`.
     """
 
     host: Final = "127.0.0.1"
@@ -139,10 +150,15 @@ class RedisServer:
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
         startup_timeout: float = 10.0,
+        port_args: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self.binary = Path(binary) if binary is not None else find_server_binary()
+        self._port_chosen = port is None
         self.port = port if port is not None else free_port(self.host)
         self.extra_args = extra_args
+        self._port_args = port_args
+        self._chosen_args = port_args() if port_args is not None else ()
+        self._served = False
         self.startup_timeout = startup_timeout
         self._dir = tempfile.mkdtemp(prefix="coherent-cache-server-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -175,6 +191,29 @@ class RedisServer:
         """
         if self.running:
             return self
+        attempts = BIND_ATTEMPTS if self._port_chosen and not self._served else 1
+        for attempt in range(1, attempts + 1):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if self._launch():
+                self._served = True
+                return self
+            self.stop()
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
+            if attempt < attempts and any(sign in text for sign in _BIND_FAILED):
+                self.port = free_port(self.host)  # taken since it was chosen: another one
+                if self._port_args is not None:
+                    self._chosen_args = self._port_args()
+                continue
+            raise RuntimeError(
+                f"{self.binary} did not answer PING on {self.host}:{self.port} within "
+                f"{self.startup_timeout}s; its log ends with:\n{text[-2000:]}"
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self) -> bool:
+        """Start the process; whether it answered PING within ``startup_timeout``."""
         args = [
             str(self.binary),
             "--port", str(self.port),
@@ -187,6 +226,7 @@ class RedisServer:
             "--enable-debug-command", "local",
             "--loglevel", "warning",
             *self.extra_args,
+            *self._chosen_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
         try:
@@ -203,16 +243,11 @@ class RedisServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                break
+                return False
             if _ping(self.host, self.port, 0.5):
-                return self
+                return True
             time.sleep(0.02)
-        self.stop()
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(
-            f"{self.binary} did not answer PING on {self.host}:{self.port} within "
-            f"{self.startup_timeout}s; its log ends with:\n{tail}"
-        )
+        return False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server by pid: SIGTERM, then SIGKILL after ``timeout`` seconds."""

@@ -163,9 +163,12 @@ class ValkeyCluster(Deployment):
             "--cluster-allow-reads-when-down", "no",
         )  # fmt: skip
         # An explicit cluster bus port: the default (port + 10000) fails above port 55535.
+        # Chosen afresh with the node's port if either was taken before the node bound it.
         self.nodes = [
             RedisServer(
-                self.server_binary, extra_args=(*args, "--cluster-port", str(free_port(HOST)))
+                self.server_binary,
+                extra_args=args,
+                port_args=lambda: ("--cluster-port", str(free_port(HOST))),
             )
             for _ in range(primaries * (1 + replicas))
         ]
