@@ -136,8 +136,9 @@ class RedisServer:
         port: the port; a free one when omitted. It is kept across `restart`.
         extra_args: more command-line options, e.g. ``("--maxmemory", "1mb")``.
         startup_timeout: seconds to wait for the first PONG.
-        port_args: options naming more ports, chosen afresh when the first start is
-            retried on fresh ports, e.g. ``lambda: ("--cluster-port", str(free_port()))``;
+        port_args: options naming more ports, evaluated at the first start (so they may
+            name a port another server got by then, e.g. ``--replicaof``) and again when it
+            is retried on fresh ports, e.g. ``lambda: ("--cluster-port", str(free_port()))``;
             kept across `restart`.
     """
 
@@ -157,7 +158,7 @@ class RedisServer:
         self.port = port if port is not None else free_port(self.host)
         self.extra_args = extra_args
         self._port_args = port_args
-        self._chosen_args = port_args() if port_args is not None else ()
+        self._chosen_args: tuple[str, ...] = ()
         self._served = False
         self.startup_timeout = startup_timeout
         self._dir = tempfile.mkdtemp(prefix="coherent-cache-server-")
@@ -192,6 +193,8 @@ class RedisServer:
         if self.running:
             return self
         attempts = BIND_ATTEMPTS if self._port_chosen and not self._served else 1
+        if self._port_args is not None and not self._served:
+            self._chosen_args = self._port_args()
         for attempt in range(1, attempts + 1):
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             if self._launch():

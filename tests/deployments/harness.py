@@ -20,7 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from coherent_cache.testing import RedisServer, _die_with_parent, free_port
+from coherent_cache.testing import _BIND_FAILED as BIND_FAILED
+from coherent_cache.testing import BIND_ATTEMPTS, RedisServer, _die_with_parent, free_port
 
 __all__ = ["Deployment", "SentinelDeployment", "ValkeyCluster", "server_tools"]
 
@@ -243,35 +244,60 @@ class ValkeyCluster(Deployment):
 class _Sentinel:
     """One ``valkey-server --sentinel`` process with its own writable config file."""
 
-    def __init__(self, binary: Path, directory: Path, primary_port: int, quorum: int) -> None:
+    def __init__(
+        self, binary: Path, directory: Path, primary_port: Callable[[], int], quorum: int
+    ) -> None:
         self.binary = binary
         self.port = free_port(HOST)
         self.dir = directory / f"sentinel-{self.port}"
         self.dir.mkdir()
         self.conf = self.dir / "sentinel.conf"
-        self.conf.write_text(
-            f"port {self.port}\n"
-            f"bind {HOST}\n"
-            f'dir "{self.dir}"\n'
-            f"sentinel monitor {SentinelDeployment.master_name} {HOST} {primary_port} {quorum}\n"
-            f"sentinel down-after-milliseconds {SentinelDeployment.master_name} 1000\n"
-            f"sentinel failover-timeout {SentinelDeployment.master_name} 4000\n"
-            f"sentinel parallel-syncs {SentinelDeployment.master_name} 1\n"
-        )
+        self.primary_port = primary_port
+        self.quorum = quorum
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        log = (self.dir / "sentinel.log").open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                [str(self.binary), str(self.conf), "--sentinel", "--loglevel", "warning"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+    def start(self, timeout: float = 10.0) -> None:
+        """Write the config (the primary's port as it is now) and start; wait for PING.
+
+        A port taken since it was chosen (the log says so) moves the sentinel to a fresh
+        one, at most `BIND_ATTEMPTS` times, as `RedisServer` does.
+        """
+        log_path = self.dir / "sentinel.log"
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            name = SentinelDeployment.master_name
+            self.conf.write_text(
+                f"port {self.port}\n"
+                f"bind {HOST}\n"
+                f'dir "{self.dir}"\n'
+                f"sentinel monitor {name} {HOST} {self.primary_port()} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {name} 1000\n"
+                f"sentinel failover-timeout {name} 4000\n"
+                f"sentinel parallel-syncs {name} 1\n"
             )
-        finally:
-            log.close()
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            log = log_path.open("ab")
+            try:
+                self._proc = subprocess.Popen(
+                    [str(self.binary), str(self.conf), "--sentinel", "--loglevel", "warning"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                )
+            finally:
+                log.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    if command(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
+                        return
+                time.sleep(0.02)
+            self.stop()
+            text = log_path.read_bytes()[offset:].decode(errors="replace")
+            if attempt < BIND_ATTEMPTS and any(sign in text for sign in BIND_FAILED):
+                self.port = free_port(HOST)
+                continue
+            raise RuntimeError(f"sentinel on port {self.port} did not start: {text[-2000:]}")
 
     def stop(self) -> None:
         proc = self._proc
@@ -300,13 +326,17 @@ class SentinelDeployment(Deployment):
         super().__init__()
         self.startup_timeout = startup_timeout
         self.primary = RedisServer(self.server_binary)
+        # The primary's port is read when each process starts (it may have moved to a
+        # fresh one if the first was taken meanwhile, see RedisServer).
         self.replica = RedisServer(
             self.server_binary,
-            extra_args=("--replicaof", HOST, str(self.primary.port), "--replica-priority", "50"),
+            extra_args=("--replica-priority", "50"),
+            port_args=lambda: ("--replicaof", HOST, str(self.primary.port)),
         )
         self.servers = [self.primary, self.replica]
         self.sentinels = [
-            _Sentinel(self.server_binary, self._dir, self.primary.port, quorum=2) for _ in range(3)
+            _Sentinel(self.server_binary, self._dir, lambda: self.primary.port, quorum=2)
+            for _ in range(3)
         ]
 
     @property
