@@ -215,9 +215,9 @@ class RedisServer:
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _launch(self) -> bool:
-        """Start the process; whether it answered PING within ``startup_timeout``."""
-        args = [
+    def _command(self) -> list[str]:
+        """The server's command line (a subclass may start another kind of server)."""
+        return [
             str(self.binary),
             "--port", str(self.port),
             "--bind", self.host,
@@ -231,6 +231,10 @@ class RedisServer:
             *self.extra_args,
             *self._chosen_args,
         ]  # fmt: skip
+
+    def _launch(self) -> bool:
+        """Start the process; whether it answered PING within ``startup_timeout``."""
+        args = self._command()
         log = self.log_path.open("ab")
         try:
             self._proc = subprocess.Popen(

@@ -20,8 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from coherent_cache.testing import _BIND_FAILED as BIND_FAILED
-from coherent_cache.testing import BIND_ATTEMPTS, RedisServer, _die_with_parent, free_port
+from coherent_cache.testing import RedisServer, free_port
 
 __all__ = ["Deployment", "SentinelDeployment", "ValkeyCluster", "server_tools"]
 
@@ -241,76 +240,29 @@ class ValkeyCluster(Deployment):
         return f"<ValkeyCluster {[node.port for node in self.nodes]}>"
 
 
-class _Sentinel:
-    """One ``valkey-server --sentinel`` process with its own writable config file."""
+class _Sentinel(RedisServer):
+    """One ``valkey-server --sentinel`` process with its own writable config file; started,
+    waited for and stopped as any `RedisServer` (a port taken meanwhile moves it to a
+    fresh one), its config written at each start with the primary's port as it is then."""
 
-    def __init__(
-        self, binary: Path, directory: Path, primary_port: Callable[[], int], quorum: int
-    ) -> None:
-        self.binary = binary
-        self.port = free_port(HOST)
-        self.dir = directory / f"sentinel-{self.port}"
-        self.dir.mkdir()
-        self.conf = self.dir / "sentinel.conf"
+    def __init__(self, binary: Path, primary_port: Callable[[], int], quorum: int) -> None:
+        super().__init__(binary)
+        self.conf = Path(self._dir) / "sentinel.conf"
         self.primary_port = primary_port
         self.quorum = quorum
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Write the config (the primary's port as it is now) and start; wait for PING.
-
-        A port taken since it was chosen (the log says so) moves the sentinel to a fresh
-        one, at most `BIND_ATTEMPTS` times, as `RedisServer` does.
-        """
-        log_path = self.dir / "sentinel.log"
-        for attempt in range(1, BIND_ATTEMPTS + 1):
-            name = SentinelDeployment.master_name
-            self.conf.write_text(
-                f"port {self.port}\n"
-                f"bind {HOST}\n"
-                f'dir "{self.dir}"\n'
-                f"sentinel monitor {name} {HOST} {self.primary_port()} {self.quorum}\n"
-                f"sentinel down-after-milliseconds {name} 1000\n"
-                f"sentinel failover-timeout {name} 4000\n"
-                f"sentinel parallel-syncs {name} 1\n"
-            )
-            offset = log_path.stat().st_size if log_path.exists() else 0
-            log = log_path.open("ab")
-            try:
-                self._proc = subprocess.Popen(
-                    [str(self.binary), str(self.conf), "--sentinel", "--loglevel", "warning"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent,
-                )
-            finally:
-                log.close()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    if command(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
-                        return
-                time.sleep(0.02)
-            self.stop()
-            text = log_path.read_bytes()[offset:].decode(errors="replace")
-            if attempt < BIND_ATTEMPTS and any(sign in text for sign in BIND_FAILED):
-                self.port = free_port(HOST)
-                continue
-            raise RuntimeError(f"sentinel on port {self.port} did not start: {text[-2000:]}")
-
-    def stop(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        self._proc = None
+    def _command(self) -> list[str]:
+        name = SentinelDeployment.master_name
+        self.conf.write_text(
+            f"port {self.port}\n"
+            f"bind {HOST}\n"
+            f'dir "{self._dir}"\n'
+            f"sentinel monitor {name} {HOST} {self.primary_port()} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 4000\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        return [str(self.binary), str(self.conf), "--sentinel", "--loglevel", "warning"]
 
 
 class SentinelDeployment(Deployment):
@@ -335,8 +287,7 @@ class SentinelDeployment(Deployment):
         )
         self.servers = [self.primary, self.replica]
         self.sentinels = [
-            _Sentinel(self.server_binary, self._dir, lambda: self.primary.port, quorum=2)
-            for _ in range(3)
+            _Sentinel(self.server_binary, lambda: self.primary.port, quorum=2) for _ in range(3)
         ]
 
     @property
@@ -395,8 +346,6 @@ class SentinelDeployment(Deployment):
         wait_for(healthy, "sentinels watching a primary with its replica", within)
 
     def close(self) -> None:
-        for sentinel in self.sentinels:
-            sentinel.stop()
-        for server in self.servers:
+        for server in [*self.sentinels, *self.servers]:
             server.close()
         super().close()
