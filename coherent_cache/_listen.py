@@ -1,4 +1,5 @@
-"""The listen loop of a subscribed connection: the bus's and each client-tracking one's.
+"""The listen loop of a subscribed connection, and the loop that resubscribes it: the bus's
+and each client-tracking one's.
 
 Both are RESP2 pub/sub connections whose silence must not be mistaken for health. The
 loop reads replies; after ``bus_health_check_interval`` seconds without one it sends a
@@ -11,16 +12,17 @@ whether the primary moved, and ends the subscription if so.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import anyio
+from anyio.abc import TaskStatus
 from redis.asyncio.connection import AbstractConnection
 
 from ._clients import BusEndpoint
 from .config import CacheConfig
 
-__all__ = ("listen",)
+__all__ = ("listen", "resubscribe")
 
 
 async def listen(
@@ -92,3 +94,65 @@ async def listen(
             if on_alive is not None:
                 on_alive()
         on_reply(reply)
+
+
+async def resubscribe(
+    *,
+    subscribe: Callable[[], Awaitable[AbstractConnection]],
+    listen: Callable[[AbstractConnection], Awaitable[None]],
+    on_subscribed: Callable[[], None],
+    on_lost: Callable[[], None],
+    on_failed: Callable[[BaseException, bool, int], None],
+    on_stopping: Callable[[], None],
+    errors: tuple[type[BaseException], ...],
+    backoff: Callable[[int], float],
+    task_status: TaskStatus[None],
+    ready_within: float,
+    attempts: int | None = None,
+) -> None:
+    """Subscribe, listen and resubscribe after ``backoff(attempt)``; report readiness once.
+
+    ``subscribe`` connects and subscribes (bounded), ``listen`` reads until the
+    connection is lost (`listen`). ``on_subscribed`` follows each confirmed subscription;
+    ``on_lost`` each end of one, but not by cancellation (``on_stopping`` then);
+    ``on_failed(exc, subscribed, attempt)`` reports each of ``errors`` that ended an
+    attempt or a subscription (anything else propagates). ``task_status.started()`` is
+    called after the first confirmed subscription, or once attempts have failed for
+    ``ready_within`` seconds (at least one attempt). ``attempts``: return after this many
+    failed attempts in a row; ``None``: never. Cancellation closes the connection and
+    propagates.
+    """
+    ready = False
+    attempt = 0
+    give_up_at = time.monotonic() + ready_within
+    while True:
+        conn: AbstractConnection | None = None
+        subscribed = False
+        try:
+            conn = await subscribe()
+            subscribed = True
+            on_subscribed()
+            if not ready:
+                ready = True
+                task_status.started()
+            attempt = 0
+            await listen(conn)
+        except errors as exc:
+            on_failed(exc, subscribed, attempt)
+        except anyio.get_cancelled_exc_class():
+            subscribed = False  # stopping, not a loss
+            on_stopping()
+            raise
+        finally:
+            if subscribed:
+                on_lost()
+            if conn is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await conn.disconnect()
+        if not ready and time.monotonic() >= give_up_at:
+            ready = True
+            task_status.started()
+        attempt += 1
+        if attempts is not None and attempt >= attempts:
+            return
+        await anyio.sleep(backoff(attempt))

@@ -41,7 +41,7 @@ from redis.asyncio.connection import AbstractConnection
 from ._backoff import backoff_delay
 from ._clients import BusEndpoint, bus_endpoint, bus_pool
 from ._invalidation import TrustGate
-from ._listen import listen
+from ._listen import listen, resubscribe
 from ._log import Logger, get_logger
 from .config import CacheConfig
 from .keys import redis_key
@@ -259,6 +259,8 @@ class TrackingChannel:
         self.connected = False
         self.last_seen = owner.timer()
         self._random = random.Random()
+        self._ever = False
+        """Whether it was ever subscribed (a later subscription is a recovery)."""
 
     def _where(self) -> str | None:
         return self._endpoint.address if self._endpoint is not None else self.address
@@ -276,62 +278,53 @@ class TrackingChannel:
         (cluster mode: a node that stays unreachable is left to the topology refresh);
         ``None``: never.
         """
-        owner, cfg = self.owner, self.owner.config
-        ready = False
-        attempt = 0
-        ever = False
-        give_up_at = time.monotonic() + ready_within
-        while True:
-            conn: AbstractConnection | None = None
-            subscribed = False
-            try:
-                conn = await self._subscribe()
-                subscribed = True
-                self.last_seen = owner.timer()
-                self.connected = True
-                owner.subscribed(self, recovered=ever)
-                ever = True
-                owner.log.info(
-                    "tracking_subscribed", channel=self.name, node=self._where(),
-                    recoveries=owner.recoveries,
-                )  # fmt: skip
-                if not ready:
-                    ready = True
-                    task_status.started()
-                attempt = 0
-                await self._listen(conn)
-            except (TrackingLost, TimeoutError, redis_errors.RedisError, OSError) as exc:
-                if self._endpoint is not None:
-                    self._endpoint.failed()
-                level = owner.log.warning if subscribed or attempt == 0 else owner.log.debug
-                level(
-                    "tracking_disconnected" if subscribed else "tracking_connect_failed",
-                    channel=self.name,
-                    node=self._where(),
-                    attempt=attempt,
-                    error=type(exc).__name__,
-                    detail=str(exc),
-                )
-            except anyio.get_cancelled_exc_class():
-                subscribed = False  # stopping, not a loss
-                self.connected = False
-                raise
-            finally:
-                if subscribed:
-                    self.connected = False
-                    owner.lost(self, self.last_seen)
-                if conn is not None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                        await conn.disconnect()
-            if not ready and time.monotonic() >= give_up_at:
-                ready = True
-                task_status.started()
-            attempt += 1
-            if attempts is not None and attempt >= attempts:
-                return
-            await anyio.sleep(
-                backoff_delay(attempt, base=0.05, cap=cfg.reconnect_backoff_max, rng=self._random)
-            )
+        await resubscribe(
+            subscribe=self._subscribe,
+            listen=self._listen,
+            on_subscribed=self._subscribed,
+            on_lost=self._lost,
+            on_failed=self._failed,
+            on_stopping=self._stopping,
+            errors=(TrackingLost, TimeoutError, redis_errors.RedisError, OSError),
+            backoff=lambda attempt: backoff_delay(
+                attempt, base=0.05, cap=self.owner.config.reconnect_backoff_max, rng=self._random
+            ),
+            task_status=task_status,
+            ready_within=ready_within,
+            attempts=attempts,
+        )
+
+    def _subscribed(self) -> None:
+        owner = self.owner
+        self.last_seen = owner.timer()
+        self.connected = True
+        owner.subscribed(self, recovered=self._ever)
+        self._ever = True
+        owner.log.info(
+            "tracking_subscribed", channel=self.name, node=self._where(),
+            recoveries=owner.recoveries,
+        )  # fmt: skip
+
+    def _lost(self) -> None:
+        self.connected = False
+        self.owner.lost(self, self.last_seen)
+
+    def _failed(self, exc: BaseException, subscribed: bool, attempt: int) -> None:
+        if self._endpoint is not None:
+            self._endpoint.failed()
+        log = self.owner.log
+        level = log.warning if subscribed or attempt == 0 else log.debug
+        level(
+            "tracking_disconnected" if subscribed else "tracking_connect_failed",
+            channel=self.name,
+            node=self._where(),
+            attempt=attempt,
+            error=type(exc).__name__,
+            detail=str(exc),
+        )
+
+    def _stopping(self) -> None:
+        self.connected = False
 
     async def _subscribe(self) -> AbstractConnection:
         """Connect, turn BCAST tracking on (redirected to this connection), subscribe."""

@@ -36,7 +36,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from ._backoff import backoff_delay
 from ._clients import bus_endpoint, bus_pool
-from ._listen import listen
+from ._listen import listen, resubscribe
 from ._log import Logger, get_logger
 from ._signing import OVERHEAD, verify
 from .config import CacheConfig
@@ -392,56 +392,42 @@ class InvalidationBus:
         ``reconnect_backoff_max``). Malformed messages are dropped and counted without
         ending the subscription. Cancellation closes the connection and propagates.
         """
-        ready = False
-        attempt = 0
-        give_up_at = time.monotonic() + ready_within
         try:
-            while True:
-                self._attempts += 1
-                conn: AbstractConnection | None = None
-                subscribed = False
-                try:
-                    conn = await self._subscribe()
-                    subscribed = True
-                    self._mark_subscribed()
-                    if not ready:
-                        ready = True
-                        task_status.started()
-                    attempt = 0
-                    await self._listen(conn)
-                except (BusConnectionLost, TimeoutError, redis_errors.RedisError, OSError) as exc:
-                    self._endpoint.failed()
-                    level = self.log.warning if subscribed or attempt == 0 else self.log.debug
-                    level(
-                        "bus_disconnected" if subscribed else "bus_connect_failed",
-                        channel=self.channel,
-                        node=self._endpoint.address,
-                        attempt=attempt,
-                        error=type(exc).__name__,
-                        detail=str(exc),
-                    )
-                except anyio.get_cancelled_exc_class():
-                    subscribed = False  # stopping, not a loss
-                    self.connected = False
-                    raise
-                finally:
-                    if subscribed:
-                        self._mark_lost()
-                    if conn is not None:
-                        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                            await conn.disconnect()
-                if not ready and time.monotonic() >= give_up_at:
-                    ready = True
-                    task_status.started()
-                attempt += 1
-                await anyio.sleep(self._backoff(attempt))
+            await resubscribe(
+                subscribe=self._subscribe,
+                listen=self._listen,
+                on_subscribed=self._mark_subscribed,
+                on_lost=self._mark_lost,
+                on_failed=self._failed,
+                on_stopping=self._stopping,
+                errors=(BusConnectionLost, TimeoutError, redis_errors.RedisError, OSError),
+                backoff=self._backoff,
+                task_status=task_status,
+                ready_within=ready_within,
+            )
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await self._pool.disconnect()
                 await self._endpoint.aclose()
 
+    def _failed(self, exc: BaseException, subscribed: bool, attempt: int) -> None:
+        self._endpoint.failed()
+        level = self.log.warning if subscribed or attempt == 0 else self.log.debug
+        level(
+            "bus_disconnected" if subscribed else "bus_connect_failed",
+            channel=self.channel,
+            node=self._endpoint.address,
+            attempt=attempt,
+            error=type(exc).__name__,
+            detail=str(exc),
+        )
+
+    def _stopping(self) -> None:
+        self.connected = False
+
     async def _subscribe(self) -> AbstractConnection:
         """Connect where the deployment says (`_clients.bus_endpoint`) and subscribe."""
+        self._attempts += 1
         cfg = self.config
         endpoint = self._endpoint
         deadline = endpoint.attempts_per_connect * (cfg.connect_timeout + cfg.operation_timeout)
