@@ -22,7 +22,7 @@ from redis.asyncio.connection import AbstractConnection
 from ._clients import BusEndpoint
 from .config import CacheConfig
 
-__all__ = ("listen", "resubscribe")
+__all__ = ("await_subscribed", "listen", "resubscribe")
 
 
 async def listen(
@@ -156,3 +156,22 @@ async def resubscribe(
         if attempts is not None and attempt >= attempts:
             return
         await anyio.sleep(backoff(attempt))
+
+
+async def await_subscribed(
+    conn: AbstractConnection,
+    command: str,
+    confirmation: bytes,
+    *,
+    reply_timeout: float,
+    lost: Callable[[str], Exception],
+) -> None:
+    """Read ``conn`` until the ``confirmation`` of ``command`` (``b"subscribe"`` for
+    ``SUBSCRIBE``), each reply within ``reply_timeout`` (the caller bounds the whole);
+    raise ``lost(...)`` if the server goes."""
+    while True:
+        reply = await conn.read_response(timeout=reply_timeout)
+        if reply is None:
+            raise lost(f"no reply to {command}")
+        if isinstance(reply, list) and reply and reply[0] == confirmation:
+            return

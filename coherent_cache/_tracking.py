@@ -41,7 +41,7 @@ from redis.asyncio.connection import AbstractConnection
 from ._backoff import backoff_delay
 from ._clients import BusEndpoint, bus_endpoint, bus_pool
 from ._invalidation import TrustGate
-from ._listen import listen, resubscribe
+from ._listen import await_subscribed, listen, resubscribe
 from ._log import Logger, get_logger
 from .config import CacheConfig
 from .keys import redis_key
@@ -350,12 +350,14 @@ class TrackingChannel:
                 reply = await conn.read_response(timeout=cfg.operation_timeout)
                 if reply not in (b"OK", "OK"):
                     raise TrackingLost(f"CLIENT TRACKING refused: {reply!r}")
-                while True:
-                    reply = await conn.read_response(timeout=cfg.operation_timeout)
-                    if reply is None:
-                        raise TrackingLost("no reply to SUBSCRIBE")
-                    if isinstance(reply, list) and reply and reply[0] == b"subscribe":
-                        return conn
+                await await_subscribed(
+                    conn,
+                    "SUBSCRIBE",
+                    b"subscribe",
+                    reply_timeout=cfg.operation_timeout,
+                    lost=TrackingLost,
+                )
+                return conn
             except BaseException:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                     await conn.disconnect()

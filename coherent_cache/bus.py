@@ -36,7 +36,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from ._backoff import backoff_delay
 from ._clients import bus_endpoint, bus_pool
-from ._listen import listen, resubscribe
+from ._listen import await_subscribed, listen, resubscribe
 from ._log import Logger, get_logger
 from ._signing import OVERHEAD, verify
 from .config import CacheConfig
@@ -435,12 +435,14 @@ class InvalidationBus:
             conn = await endpoint.connect()
             try:
                 await conn.send_command(endpoint.subscribe_command, self.channel)
-                while True:
-                    reply = await conn.read_response(timeout=cfg.operation_timeout)
-                    if reply is None:
-                        raise BusConnectionLost(f"no reply to {endpoint.subscribe_command}")
-                    if isinstance(reply, list) and reply and reply[0] == endpoint.subscribed_kind:
-                        return conn
+                await await_subscribed(
+                    conn,
+                    endpoint.subscribe_command,
+                    endpoint.subscribed_kind,
+                    reply_timeout=cfg.operation_timeout,
+                    lost=BusConnectionLost,
+                )
+                return conn
             except BaseException:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                     await conn.disconnect()
